@@ -1,0 +1,22 @@
+"""GGUF tensor names, spelled once. `{i}` is the layer index."""
+
+TOKEN_EMBD = "token_embd.weight"
+OUTPUT_NORM = "output_norm.weight"
+OUTPUT = "output.weight"  # absent when the output projection is tied to the embedding
+
+ATTN_NORM = "blk.{i}.attn_norm.weight"
+ATTN_Q = "blk.{i}.attn_q.weight"
+ATTN_K = "blk.{i}.attn_k.weight"
+ATTN_V = "blk.{i}.attn_v.weight"
+ATTN_Q_BIAS = "blk.{i}.attn_q.bias"
+ATTN_K_BIAS = "blk.{i}.attn_k.bias"
+ATTN_V_BIAS = "blk.{i}.attn_v.bias"
+ATTN_Q_NORM = "blk.{i}.attn_q_norm.weight"
+ATTN_K_NORM = "blk.{i}.attn_k_norm.weight"
+ATTN_OUT = "blk.{i}.attn_output.weight"
+ATTN_POST_NORM = "blk.{i}.post_attention_norm.weight"
+FFN_NORM = "blk.{i}.ffn_norm.weight"
+FFN_GATE = "blk.{i}.ffn_gate.weight"
+FFN_UP = "blk.{i}.ffn_up.weight"
+FFN_DOWN = "blk.{i}.ffn_down.weight"
+FFN_POST_NORM = "blk.{i}.post_ffw_norm.weight"

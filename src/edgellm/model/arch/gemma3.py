@@ -1,0 +1,38 @@
+"""Gemma 3: scaled embeddings, GeGLU, pre- and post-norms, q/k norms, and interleaved sliding-window layers.
+
+Facts llama.cpp hard-codes rather than reads (src/llama-model.cpp, LLM_ARCH_GEMMA3): five sliding-window
+layers then one global layer, the sliding layers' RoPE base of 10000, and the softmax scale
+1/sqrt(head_dim) (1/sqrt(n_embd/n_head) for the 62-layer 27B). The converter already adds Gemma's +1 to
+every norm weight, so norms are plain RMSNorm here.
+"""
+
+import math
+
+from ..config import Meta, ModelConfig
+
+SWA_PATTERN = 6  # every 6th layer is global
+SWA_ROPE_BASE = 10000.0
+
+
+def read_config(meta: Meta, n_vocab: int) -> ModelConfig:
+    common = meta.common(n_vocab)
+    n_layers = common["n_layers"]
+    window = int(meta.get("{arch}.attention.sliding_window", 0) or 0)
+    pattern = int(meta.get("{arch}.attention.sliding_window_pattern", SWA_PATTERN))
+    swa_layers = tuple(window > 0 and (i % pattern) < pattern - 1 for i in range(n_layers))
+    width = common["n_embd"] // common["n_head"] if n_layers == 62 else common["head_dim"]
+    return ModelConfig(
+        **common
+        | dict(
+            rope_neox=True,
+            rope_base_swa=SWA_ROPE_BASE,
+            sliding_window=window,
+            swa_layers=swa_layers,
+            embed_scale=math.sqrt(common["n_embd"]),
+            ffn_act="gelu",
+            qk_norm=True,
+            post_norms=True,
+            attn_scale=1.0 / math.sqrt(width),
+            final_logit_softcap=float(meta.get("{arch}.final_logit_softcapping", 0.0) or 0.0),
+        )
+    )

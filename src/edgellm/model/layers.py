@@ -1,0 +1,110 @@
+"""Transformer building blocks in NumPy float32: the reference the C kernels are checked against.
+
+Weights stay packed in the store; `linear` dequantizes one tile of rows at a time, so no float copy of a
+whole matrix (let alone the model) is ever kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..quant.formats import dequantize_rows
+
+# Largest float32 weight tile materialised at once by `linear` (bytes).
+DEQUANT_TILE_BYTES = 16 << 20
+# Queries per attention block, bounding the (heads, queries, keys) score tensor on long prompts.
+ATTN_QUERY_BLOCK = 256
+
+
+def linear(x: np.ndarray, store, name: str) -> np.ndarray:
+    """x @ W.T for a packed W (n_out, n_in): (n_tokens, n_in) -> (n_tokens, n_out)."""
+    info = store.info(name)
+    n_out, n_in = info.shape
+    raw = store.raw(name)
+    tile = max(1, DEQUANT_TILE_BYTES // (4 * n_in))
+    if tile >= n_out:
+        return x @ dequantize_rows(raw, info.type, n_in, slice(0, n_out)).T
+    out = np.empty((x.shape[0], n_out), dtype=np.float32)
+    for r0 in range(0, n_out, tile):
+        r1 = min(n_out, r0 + tile)
+        out[:, r0:r1] = x @ dequantize_rows(raw, info.type, n_in, slice(r0, r1)).T  # (n_tokens, r1 - r0)
+    return out
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm over the last axis (works per head too: x (..., head_dim), weight (head_dim,))."""
+    ms = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True)
+    return (x / np.sqrt(ms + eps)) * weight
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (what Gemma and ggml_gelu use)."""
+    return 0.5 * x * (1.0 + np.tanh(np.float32(0.7978845608028654) * (x + np.float32(0.044715) * x * x * x)))
+
+
+ACTIVATIONS = {"silu": silu, "gelu": gelu_tanh}
+
+
+def rope(x: np.ndarray, positions: np.ndarray, base: float, n_rot: int, neox: bool, scale: float = 1.0):
+    """Rotary position embedding of the first `n_rot` dims of each head.
+
+    x: (n_tokens, n_heads, head_dim). `neox` rotates pairs (i, i + n_rot/2); otherwise adjacent pairs
+    (2i, 2i+1), which is what llama.cpp's converter arranges for Llama-family weights.
+    """
+    half = n_rot // 2
+    inv_freq = base ** (-np.arange(0, half, dtype=np.float64) * 2.0 / n_rot)  # (half,)
+    theta = (positions.astype(np.float64) * scale)[:, None] * inv_freq[None, :]  # (n_tokens, half)
+    cos = np.cos(theta).astype(np.float32)[:, None, :]  # (n_tokens, 1, half)
+    sin = np.sin(theta).astype(np.float32)[:, None, :]
+    out = x.copy()
+    if neox:
+        a, b = x[..., :half], x[..., half:n_rot]
+        out[..., :half] = a * cos - b * sin
+        out[..., half:n_rot] = a * sin + b * cos
+    else:
+        a, b = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+        out[..., 0:n_rot:2] = a * cos - b * sin
+        out[..., 1:n_rot:2] = a * sin + b * cos
+    return out
+
+
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    q_positions: np.ndarray,
+    scale: float,
+    window: int = 0,
+) -> np.ndarray:
+    """Causal grouped-query attention of new queries over every cached key.
+
+    q: (n_tokens, n_head, head_dim); k: (n_kv, n_head_kv, head_dim); v: (n_kv, n_head_kv, head_dim_v),
+    where key j sits at position j. With `window` > 0 a query at p sees keys at p - window < j <= p.
+    Returns (n_tokens, n_head * head_dim_v).
+    """
+    n_tokens, n_head, head_dim = q.shape
+    n_kv, n_head_kv, head_dim_v = v.shape
+    group = n_head // n_head_kv
+    kt = k.transpose(1, 2, 0)  # (n_head_kv, head_dim, n_kv)
+    vt = v.transpose(1, 0, 2)  # (n_head_kv, n_kv, head_dim_v)
+    key_pos = np.arange(n_kv)
+    out = np.empty((n_tokens, n_head, head_dim_v), dtype=np.float32)
+    for t0 in range(0, n_tokens, ATTN_QUERY_BLOCK):
+        t1 = min(n_tokens, t0 + ATTN_QUERY_BLOCK)
+        qb = q[t0:t1].reshape(t1 - t0, n_head_kv, group, head_dim).transpose(1, 2, 0, 3)  # (kv, g, t, d)
+        scores = (qb @ kt[:, None]) * np.float32(scale)  # (n_head_kv, group, t, n_kv)
+        qpos = q_positions[t0:t1, None]
+        masked = key_pos[None, :] > qpos  # (t, n_kv)
+        if window > 0:
+            masked |= qpos - key_pos[None, :] >= window
+        scores[..., masked] = -np.inf
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        ob = scores @ vt[:, None]  # (n_head_kv, group, t, head_dim_v)
+        out[t0:t1] = ob.transpose(2, 0, 1, 3).reshape(t1 - t0, n_head, head_dim_v)
+    return out.reshape(n_tokens, n_head * head_dim_v)

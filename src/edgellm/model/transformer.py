@@ -1,0 +1,142 @@
+"""The decoder-only transformer shared by every supported architecture, driven by its `ModelConfig`.
+
+Forward works on a batch of new tokens (prefill) or one (decode) after whatever the KV cache holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import FormatError
+from ..formats import names
+from . import layers
+from .config import ModelConfig
+from .registry import read_config
+
+
+class Transformer:
+    def __init__(self, config: ModelConfig, store):
+        self.config = config
+        self.store = store
+        self.output_name = names.OUTPUT if store.has(names.OUTPUT) else names.TOKEN_EMBD
+        self._check_tensors()
+        # Norm weights and biases are tiny: keep them as floats (a few hundred KB in all).
+        self._small: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def from_store(cls, metadata: Mapping[str, Any], store) -> "Transformer":
+        embd = store.info(names.TOKEN_EMBD)
+        return cls(read_config(metadata, n_vocab=embd.shape[0], source=store.source), store)
+
+    # -- checks --------------------------------------------------------------------------------------
+    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        c = self.config
+        q_dim, kv_dim, v_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v
+        shapes = {names.TOKEN_EMBD: (c.n_vocab, c.n_embd), names.OUTPUT_NORM: (c.n_embd,)}
+        if self.output_name == names.OUTPUT:
+            shapes[names.OUTPUT] = (c.n_vocab, c.n_embd)
+        per_layer = {
+            names.ATTN_NORM: (c.n_embd,),
+            names.ATTN_Q: (q_dim, c.n_embd),
+            names.ATTN_K: (kv_dim, c.n_embd),
+            names.ATTN_V: (v_dim, c.n_embd),
+            names.ATTN_OUT: (c.n_embd, c.n_head * c.head_dim_v),
+            names.FFN_NORM: (c.n_embd,),
+            names.FFN_GATE: (c.n_ff, c.n_embd),
+            names.FFN_UP: (c.n_ff, c.n_embd),
+            names.FFN_DOWN: (c.n_embd, c.n_ff),
+        }
+        if c.qkv_bias:
+            per_layer |= {names.ATTN_Q_BIAS: (q_dim,), names.ATTN_K_BIAS: (kv_dim,), names.ATTN_V_BIAS: (v_dim,)}
+        if c.qk_norm:
+            per_layer |= {names.ATTN_Q_NORM: (c.head_dim,), names.ATTN_K_NORM: (c.head_dim,)}
+        if c.post_norms:
+            per_layer |= {names.ATTN_POST_NORM: (c.n_embd,), names.FFN_POST_NORM: (c.n_embd,)}
+        for i in range(c.n_layers):
+            shapes |= {template.format(i=i): shape for template, shape in per_layer.items()}
+        return shapes
+
+    def _check_tensors(self) -> None:
+        for name, shape in self._expected_shapes().items():
+            info = self.store.info(name)
+            if tuple(info.shape) != shape:
+                raise FormatError(
+                    f"{self.store.source}: tensor '{name}' has shape {info.shape}, expected {shape} "
+                    f"from the {self.config.architecture} metadata"
+                )
+
+    # -- forward -------------------------------------------------------------------------------------
+    def _vec(self, name: str) -> np.ndarray:
+        if name not in self._small:
+            self._small[name] = self.store.dense(name)
+        return self._small[name]
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.n_vocab):
+            raise ValueError(f"token id out of range 0..{self.config.n_vocab - 1}")
+        x = self.store.rows(names.TOKEN_EMBD, tokens)  # (n_tokens, n_embd)
+        if self.config.embed_scale != 1.0:
+            x *= np.float32(self.config.embed_scale)
+        return x
+
+    def forward(self, tokens: np.ndarray, cache, logits_rows: slice | None = slice(-1, None)) -> np.ndarray:
+        """Run `tokens` after the cached ones; return logits (n_selected, n_vocab) for `logits_rows`
+        of this batch (default: the last token; None: no logits, only fill the cache)."""
+        c = self.config
+        tokens = np.asarray(tokens, dtype=np.int64)
+        cache.reserve(len(tokens))
+        positions = np.arange(cache.n_past, cache.n_past + len(tokens))
+        x = self.embed(tokens)  # (n_tokens, n_embd)
+        for i in range(c.n_layers):
+            x = self._block(i, x, positions, cache)
+        cache.advance(len(tokens))
+        if logits_rows is None:
+            return np.empty((0, c.n_vocab), dtype=np.float32)
+        h = layers.rms_norm(x[logits_rows], self._vec(names.OUTPUT_NORM), c.norm_eps)
+        logits = layers.linear(h, self.store, self.output_name)  # (n_selected, n_vocab)
+        if c.final_logit_softcap:
+            logits = np.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+        return logits
+
+    def _block(self, i: int, x: np.ndarray, positions: np.ndarray, cache) -> np.ndarray:
+        c = self.config
+        n = lambda template: template.format(i=i)  # noqa: E731
+        h = layers.rms_norm(x, self._vec(n(names.ATTN_NORM)), c.norm_eps)
+        attn = self._attention(i, h, positions, cache)
+        if c.post_norms:
+            attn = layers.rms_norm(attn, self._vec(n(names.ATTN_POST_NORM)), c.norm_eps)
+        x = x + attn
+        h = layers.rms_norm(x, self._vec(n(names.FFN_NORM)), c.norm_eps)
+        gate = layers.ACTIVATIONS[c.ffn_act](layers.linear(h, self.store, n(names.FFN_GATE)))  # (n_tokens, n_ff)
+        ffn = layers.linear(gate * layers.linear(h, self.store, n(names.FFN_UP)), self.store, n(names.FFN_DOWN))
+        if c.post_norms:
+            ffn = layers.rms_norm(ffn, self._vec(n(names.FFN_POST_NORM)), c.norm_eps)
+        return x + ffn
+
+    def _attention(self, i: int, h: np.ndarray, positions: np.ndarray, cache) -> np.ndarray:
+        c = self.config
+        n = lambda template: template.format(i=i)  # noqa: E731
+        n_tokens = h.shape[0]
+        q = layers.linear(h, self.store, n(names.ATTN_Q))
+        k = layers.linear(h, self.store, n(names.ATTN_K))
+        v = layers.linear(h, self.store, n(names.ATTN_V))
+        if c.qkv_bias:
+            q += self._vec(n(names.ATTN_Q_BIAS))
+            k += self._vec(n(names.ATTN_K_BIAS))
+            v += self._vec(n(names.ATTN_V_BIAS))
+        q = q.reshape(n_tokens, c.n_head, c.head_dim)  # (n_tokens, n_head, head_dim)
+        k = k.reshape(n_tokens, c.n_head_kv, c.head_dim)  # (n_tokens, n_head_kv, head_dim)
+        v = v.reshape(n_tokens, c.n_head_kv, c.head_dim_v)  # (n_tokens, n_head_kv, head_dim_v)
+        if c.qk_norm:
+            q = layers.rms_norm(q, self._vec(n(names.ATTN_Q_NORM)), c.norm_eps)
+            k = layers.rms_norm(k, self._vec(n(names.ATTN_K_NORM)), c.norm_eps)
+        swa = c.is_swa(i)
+        base = c.rope_base_swa if swa and c.rope_base_swa else c.rope_base
+        scale = 1.0 if swa else c.rope_scale
+        q = layers.rope(q, positions, base, c.rope_dim, c.rope_neox, scale)
+        k = layers.rope(k, positions, base, c.rope_dim, c.rope_neox, scale)
+        keys, values = cache.store(i, k, v)
+        out = layers.attention(q, keys, values, positions, c.softmax_scale(), c.sliding_window if swa else 0)
+        return layers.linear(out, self.store, n(names.ATTN_OUT))

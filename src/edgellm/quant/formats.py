@@ -1,0 +1,550 @@
+"""Weight-format registry: one entry per GGML block format, with its byte layout and NumPy reference codecs.
+
+The NumPy code here is the spec that the C kernels are tested against: it is vectorised over blocks and
+bit-exact with gguf-py's `gguf.quants` (itself bit-exact with ggml-quants.c), but makes no attempt to be fast.
+It does no matmuls and no k-quant quantization (that needs a search over scales, not a reference round).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from math import prod
+
+import gguf
+import numpy as np
+
+from edgellm.errors import FormatError, UnsupportedError
+
+QK_K = 256  # weights per k-quant super-block (ggml's QK_K)
+
+
+class GGMLType(IntEnum):
+    """ggml tensor type ids of the formats we support; the values are ggml's and never change."""
+
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
+    Q8_0 = 8
+    Q2_K = 10
+    Q3_K = 11
+    Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
+    BF16 = 30
+
+
+class Format:
+    """One GGML weight format: block geometry plus reference quantize/dequantize.
+
+    Subclasses set `type`, `block_size`, `type_size` and implement `_dequantize_blocks` (and
+    `_quantize_blocks` where a reference quantizer exists); `@_register` turns each into its registry entry.
+    """
+
+    __slots__ = ()
+    type: GGMLType
+    block_size: int  # weights per block
+    type_size: int  # bytes per block
+
+    @property
+    def name(self) -> str:
+        return self.type.name
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.type_size * 8 / self.block_size
+
+    @property
+    def can_quantize(self) -> bool:
+        """Whether this format has a reference quantizer here."""
+        return type(self)._quantize_blocks is not Format._quantize_blocks
+
+    def row_bytes(self, n_per_row: int) -> int:
+        """Bytes taken by a row of `n_per_row` weights.
+
+        Raises:
+            FormatError: the row is not a whole number of blocks (ggml cannot store it).
+        """
+        if n_per_row % self.block_size != 0:
+            raise FormatError(
+                f"{self.name}: a row of {n_per_row} weights is not a multiple of the block size "
+                f"{self.block_size}; pad the row or pick a format with a smaller block"
+            )
+        return n_per_row // self.block_size * self.type_size
+
+    def dequantize(self, blocks: np.ndarray) -> np.ndarray:
+        """Decode whole blocks to a flat float32 array of n_blocks * block_size weights.
+
+        `blocks` is raw block bytes, usually uint8 of shape (n_blocks, type_size); any contiguous array is
+        reinterpreted as bytes, because gguf's reader hands out F32/F16 tensors as float arrays.
+        """
+        raw = _as_bytes(blocks)
+        if raw.size % self.type_size != 0:
+            raise FormatError(
+                f"{self.name}: {raw.size} bytes is not a whole number of {self.type_size}-byte blocks "
+                f"(truncated tensor data?)"
+            )
+        out = self._dequantize_blocks(raw.reshape(-1, self.type_size))  # (n_blocks, block_size)
+        return out.reshape(-1)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Encode float weights (size a multiple of block_size) to uint8 blocks of shape (n_blocks, type_size).
+
+        Raises:
+            UnsupportedError: this format has no reference quantizer here.
+            FormatError: the number of weights is not a multiple of the block size.
+        """
+        if not self.can_quantize:
+            quantizable = ", ".join(f.name for f in FORMATS.values() if f.can_quantize)
+            raise UnsupportedError(
+                f"{self.name} has no reference quantizer in edgellm.quant.formats; "
+                f"formats with one: {quantizable}"
+            )
+        x = np.asarray(x, dtype=np.float32).reshape(-1)
+        if x.size % self.block_size != 0:
+            raise FormatError(
+                f"{self.name}: cannot quantize {x.size} weights, need a multiple of the block size {self.block_size}"
+            )
+        out = self._quantize_blocks(x.reshape(-1, self.block_size))  # (n_blocks, type_size)
+        return out.astype(np.uint8, copy=False)
+
+    def _dequantize_blocks(self, blocks: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<Format {self.name} block_size={self.block_size} type_size={self.type_size}>"
+
+
+FORMATS: dict[GGMLType, Format] = {}
+
+
+def _register(cls: type[Format]) -> Format:
+    """Class decorator: add one instance to FORMATS and bind the class's name to it (`Q4_K.dequantize(...)`)."""
+    fmt = cls()
+    if fmt.type in FORMATS:
+        raise RuntimeError(f"format {fmt.name} registered twice")
+    FORMATS[fmt.type] = fmt
+    return fmt
+
+
+# --- byte helpers. GGUF is little-endian, so multi-byte fields are read with explicit '<' dtypes. ---
+
+def _as_bytes(data: np.ndarray) -> np.ndarray:
+    """Flat uint8 view of `data` (no copy when it is contiguous, e.g. a memory map)."""
+    return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+
+
+def _f16(blocks: np.ndarray, offset: int) -> np.ndarray:
+    """The f16 field at byte `offset` of every block, as float32 of shape (n_blocks, 1)."""
+    return blocks[:, offset:offset + 2].view("<f2").astype(np.float32)
+
+
+def _f16_bytes(x: np.ndarray) -> np.ndarray:
+    """float32 (n_blocks, 1) -> its f16 encoding (round to nearest even, as ggml), uint8 (n_blocks, 2)."""
+    return x.astype("<f2").view(np.uint8)
+
+
+def _unpack(packed: np.ndarray, width: int) -> np.ndarray:
+    """Split each byte into 8 // width fields of `width` bits, lowest bits first.
+
+    (..., n_bytes) -> (..., 8 // width, n_bytes): the new axis sits before the byte axis, which is how ggml
+    lays out its quants (field k of byte l belongs to weight k * n_bytes + l).
+    """
+    shifts = np.arange(0, 8, width, dtype=np.uint8)[:, None]  # (8 // width, 1)
+    return (packed[..., None, :] >> shifts) & np.uint8((1 << width) - 1)
+
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    """C roundf: nearest integer, ties away from zero (np.rint would round ties to even)."""
+    t = np.trunc(v)
+    return np.where(np.abs(v - t) == 0.5, t + np.sign(v), np.rint(v))
+
+
+def _inverse(d: np.ndarray) -> np.ndarray:
+    """1 / d, and 0 where d == 0 (ggml: `id = d ? 1.0f/d : 0.0f`), in float32."""
+    out = np.zeros_like(d, dtype=np.float32)
+    np.divide(np.float32(1), d, out=out, where=d != 0)
+    return out
+
+
+def _abs_max_signed(x: np.ndarray) -> np.ndarray:
+    """Per block, the value with the largest magnitude, sign kept (first one on ties, as ggml's loop)."""
+    i = np.abs(x).argmax(axis=-1, keepdims=True)
+    return np.take_along_axis(x, i, axis=-1)  # (n_blocks, 1)
+
+
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """(n_blocks, 32) values < 16 -> (n_blocks, 16) bytes: weight j in the low nibble, weight j + 16 in the high."""
+    return (q[:, :16] & np.uint8(0x0F)) | (q[:, 16:] << np.uint8(4))
+
+
+# --- float formats: a "block" is one weight ---
+
+@_register
+class F32(Format):
+    # 1 weight in 4 bytes: little-endian IEEE binary32.
+    type = GGMLType.F32
+    block_size = 1
+    type_size = 4
+
+    def _dequantize_blocks(self, blocks):
+        return blocks.view("<f4").astype(np.float32)
+
+    def _quantize_blocks(self, x):
+        return x.astype("<f4").view(np.uint8)
+
+
+@_register
+class F16(Format):
+    # 1 weight in 2 bytes: little-endian IEEE binary16.
+    type = GGMLType.F16
+    block_size = 1
+    type_size = 2
+
+    def _dequantize_blocks(self, blocks):
+        return blocks.view("<f2").astype(np.float32)
+
+    def _quantize_blocks(self, x):
+        return x.astype("<f2").view(np.uint8)
+
+
+@_register
+class BF16(Format):
+    # 1 weight in 2 bytes: the high 16 bits of a binary32.
+    type = GGMLType.BF16
+    block_size = 1
+    type_size = 2
+
+    def _dequantize_blocks(self, blocks):
+        return (blocks.view("<u2").astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+    def _quantize_blocks(self, x):
+        # ggml_compute_fp32_to_bf16 (ggml-impl.h): NaN keeps its high bits and is forced quiet, everything
+        # else rounds to nearest even. uint64 so that the rounding add cannot wrap.
+        u = x.view(np.uint32).astype(np.uint64)
+        is_nan = (u & 0x7FFFFFFF) > 0x7F800000
+        rounded = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
+        return np.where(is_nan, (u >> 16) | 64, rounded).astype("<u2").view(np.uint8)
+
+
+# --- 32-weight blocks ---
+
+@_register
+class Q8_0(Format):
+    # Q8_0: 32 weights in 34 bytes, w = d * q
+    #   byte 0..1   d       f16
+    #   byte 2..33  qs[32]  int8 q of weight j
+    type = GGMLType.Q8_0
+    block_size = 32
+    type_size = 34
+
+    def _dequantize_blocks(self, blocks):
+        q = blocks[:, 2:].view(np.int8).astype(np.float32)
+        return _f16(blocks, 0) * q
+
+    def _quantize_blocks(self, x):
+        # quantize_row_q8_0_ref: d = amax / 127, q = roundf(x / d)
+        d = np.abs(x).max(axis=-1, keepdims=True) / np.float32(127)
+        q = _round_half_away(x * _inverse(d)).astype(np.int8).view(np.uint8)
+        return np.concatenate([_f16_bytes(d), q], axis=-1)
+
+
+@_register
+class Q4_0(Format):
+    # Q4_0: 32 weights in 18 bytes, w = d * (q - 8)
+    #   byte 0..1   d       f16
+    #   byte 2..17  qs[16]  4-bit q: weight j in the low nibble of qs[j], weight j + 16 in the high nibble
+    type = GGMLType.Q4_0
+    block_size = 32
+    type_size = 18
+
+    def _dequantize_blocks(self, blocks):
+        q = _unpack(blocks[:, 2:], 4).reshape(-1, 32).astype(np.int8) - np.int8(8)
+        return _f16(blocks, 0) * q.astype(np.float32)
+
+    def _quantize_blocks(self, x):
+        # quantize_row_q4_0_ref: the signed abs-max maps to -8 so the full range -8..7 is used.
+        d = _abs_max_signed(x) / np.float32(-8)
+        q = np.clip(np.trunc(x * _inverse(d) + np.float32(8.5)), 0, 15).astype(np.uint8)
+        return np.concatenate([_f16_bytes(d), _pack_nibbles(q)], axis=-1)
+
+
+@_register
+class Q4_1(Format):
+    # Q4_1: 32 weights in 20 bytes, w = d * q + m
+    #   byte 0..1   d       f16
+    #   byte 2..3   m       f16 block minimum
+    #   byte 4..19  qs[16]  4-bit q, nibble order as Q4_0
+    type = GGMLType.Q4_1
+    block_size = 32
+    type_size = 20
+
+    def _dequantize_blocks(self, blocks):
+        q = _unpack(blocks[:, 4:], 4).reshape(-1, 32).astype(np.float32)
+        return _f16(blocks, 0) * q + _f16(blocks, 2)
+
+    def _quantize_blocks(self, x):
+        lo, hi = x.min(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True)
+        d = (hi - lo) / np.float32(15)
+        q = np.clip(np.trunc((x - lo) * _inverse(d) + np.float32(0.5)), 0, 15).astype(np.uint8)
+        return np.concatenate([_f16_bytes(d), _f16_bytes(lo), _pack_nibbles(q)], axis=-1)
+
+
+def _q5_quants(blocks: np.ndarray, qh_offset: int) -> np.ndarray:
+    """5-bit q of Q5_0/Q5_1: low 4 bits from qs (after qh), bit 4 of weight j from bit j of the u32 qh."""
+    low = _unpack(blocks[:, qh_offset + 4:], 4).reshape(-1, 32)
+    high = np.unpackbits(blocks[:, qh_offset:qh_offset + 4], axis=-1, bitorder="little")  # (n_blocks, 32)
+    return low | (high << np.uint8(4))
+
+
+def _q5_pack(q: np.ndarray) -> np.ndarray:
+    """(n_blocks, 32) values < 32 -> qh[4] + qs[16] bytes."""
+    qh = np.packbits(q >> np.uint8(4), axis=-1, bitorder="little")  # (n_blocks, 4): bit j = bit 4 of weight j
+    return np.concatenate([qh, _pack_nibbles(q)], axis=-1)
+
+
+@_register
+class Q5_0(Format):
+    # Q5_0: 32 weights in 22 bytes, w = d * (q - 16)
+    #   byte 0..1   d       f16
+    #   byte 2..5   qh      u32: bit j is bit 4 of weight j
+    #   byte 6..21  qs[16]  low 4 bits, nibble order as Q4_0
+    type = GGMLType.Q5_0
+    block_size = 32
+    type_size = 22
+
+    def _dequantize_blocks(self, blocks):
+        q = _q5_quants(blocks, 2).astype(np.int8) - np.int8(16)
+        return _f16(blocks, 0) * q.astype(np.float32)
+
+    def _quantize_blocks(self, x):
+        d = _abs_max_signed(x) / np.float32(-16)
+        q = np.clip(np.trunc(x * _inverse(d) + np.float32(16.5)), 0, 31).astype(np.uint8)
+        return np.concatenate([_f16_bytes(d), _q5_pack(q)], axis=-1)
+
+
+@_register
+class Q5_1(Format):
+    # Q5_1: 32 weights in 24 bytes, w = d * q + m
+    #   byte 0..1   d       f16
+    #   byte 2..3   m       f16 block minimum
+    #   byte 4..7   qh      u32: bit j is bit 4 of weight j
+    #   byte 8..23  qs[16]  low 4 bits, nibble order as Q4_0
+    type = GGMLType.Q5_1
+    block_size = 32
+    type_size = 24
+
+    def _dequantize_blocks(self, blocks):
+        q = _q5_quants(blocks, 4).astype(np.float32)
+        return _f16(blocks, 0) * q + _f16(blocks, 2)
+
+    def _quantize_blocks(self, x):
+        lo, hi = x.min(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True)
+        d = (hi - lo) / np.float32(31)
+        q = np.clip(np.trunc((x - lo) * _inverse(d) + np.float32(0.5)), 0, 31).astype(np.uint8)
+        return np.concatenate([_f16_bytes(d), _f16_bytes(lo), _q5_pack(q)], axis=-1)
+
+
+# --- k-quants: 256-weight super-blocks of 16 or 8 sub-blocks, each with its own quantized scale ---
+
+@_register
+class Q2_K(Format):
+    # Q2_K: 256 weights in 84 bytes, 16 sub-blocks of 16, w = d * (sc & 0xF) * q - dmin * (sc >> 4)
+    #   byte  0..15  scales[16]  sub-block s: scale in the low nibble, min in the high nibble
+    #   byte 16..79  qs[64]      2-bit q: weight 128h + 32j + l (h < 2, j < 4, l < 32) is bits 2j..2j+1 of qs[32h + l]
+    #   byte 80..81  d           f16 scale of the sub-block scales
+    #   byte 82..83  dmin        f16 scale of the sub-block mins
+    type = GGMLType.Q2_K
+    block_size = QK_K
+    type_size = 84
+
+    def _dequantize_blocks(self, blocks):
+        n = blocks.shape[0]
+        sc = blocks[:, :16]
+        dl = (_f16(blocks, 80) * (sc & np.uint8(0x0F)).astype(np.float32))[..., None]  # (n, 16, 1)
+        ml = (_f16(blocks, 82) * (sc >> np.uint8(4)).astype(np.float32))[..., None]  # (n, 16, 1)
+        q = _unpack(blocks[:, 16:80].reshape(n, 2, 32), 2).reshape(n, 16, 16).astype(np.float32)
+        return (dl * q - ml).reshape(n, QK_K)
+
+
+def _q3_k_scales(packed: np.ndarray) -> np.ndarray:
+    """12 bytes -> 16 signed 6-bit scales (stored +32).
+
+    Scale s: low 4 bits in nibble s // 8 of byte s % 8, high 2 bits at bit 2 * (s // 4) of byte 8 + s % 4.
+    """
+    n = packed.shape[0]
+    low = _unpack(packed[:, :8], 4).reshape(n, 16)
+    high = _unpack(packed[:, 8:12], 2).reshape(n, 16)
+    return (low | (high << np.uint8(4))).astype(np.int8) - np.int8(32)
+
+
+@_register
+class Q3_K(Format):
+    # Q3_K: 256 weights in 110 bytes, 16 sub-blocks of 16, w = d * scale * (q - 4), q = low | high << 2
+    #   byte   0..31   hmask[32]  bit 2 of q: weight 32b + l is bit b of hmask[l]
+    #   byte  32..95   qs[64]     bits 0..1 of q, order as Q2_K
+    #   byte  96..107  scales[12] 16 6-bit scales, see _q3_k_scales
+    #   byte 108..109  d          f16
+    # "w = d * scale * (low - 4)" when the hmask bit is clear: ggml subtracts 4 only for a 0 bit.
+    type = GGMLType.Q3_K
+    block_size = QK_K
+    type_size = 110
+
+    def _dequantize_blocks(self, blocks):
+        n = blocks.shape[0]
+        dl = (_f16(blocks, 108) * _q3_k_scales(blocks[:, 96:108]).astype(np.float32))[..., None]  # (n, 16, 1)
+        low = _unpack(blocks[:, 32:96].reshape(n, 2, 32), 2).reshape(n, QK_K)
+        high = _unpack(blocks[:, :32], 1).reshape(n, QK_K)
+        q = (low | (high << np.uint8(2))).astype(np.int8) - np.int8(4)
+        return (dl * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
+
+
+def _k4_scales_mins(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """12 bytes -> 8 6-bit scales and 8 6-bit mins (ggml get_scale_min_k4), each (n_blocks, 8) float32.
+
+    bytes 0..3: scale 0..3 in bits 0..5, bits 4..5 of scale 4..7 in bits 6..7
+    bytes 4..7: min 0..3 in bits 0..5,   bits 4..5 of min 4..7 in bits 6..7
+    bytes 8..11: bits 0..3 of scale 4..7 in the low nibble, of min 4..7 in the high nibble
+    """
+    a, b, c = packed[:, 0:4], packed[:, 4:8], packed[:, 8:12]
+    six = np.uint8(0x3F)
+    scales = np.concatenate([a & six, (c & np.uint8(0x0F)) | ((a >> np.uint8(6)) << np.uint8(4))], axis=-1)
+    mins = np.concatenate([b & six, (c >> np.uint8(4)) | ((b >> np.uint8(6)) << np.uint8(4))], axis=-1)
+    return scales.astype(np.float32), mins.astype(np.float32)
+
+
+def _k4_dequantize(blocks: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Shared tail of Q4_K/Q5_K: w = d * scale * q - dmin * min over 8 sub-blocks of 32; q is (n, 256)."""
+    n = blocks.shape[0]
+    scales, mins = _k4_scales_mins(blocks[:, 4:16])
+    dl = (_f16(blocks, 0) * scales)[..., None]  # (n, 8, 1)
+    ml = (_f16(blocks, 2) * mins)[..., None]  # (n, 8, 1)
+    return (dl * q.reshape(n, 8, 32).astype(np.float32) - ml).reshape(n, QK_K)
+
+
+@_register
+class Q4_K(Format):
+    # Q4_K: 256 weights in 144 bytes, 8 sub-blocks of 32, w = d * scale * q - dmin * min
+    #   byte  0..1    d          f16 scale of the sub-block scales
+    #   byte  2..3    dmin       f16 scale of the sub-block mins
+    #   byte  4..15   scales[12] 8 6-bit scales + 8 6-bit mins, see _k4_scales_mins
+    #   byte 16..143  qs[128]    4-bit q: weight 64h + 32k + l (h < 4, k < 2, l < 32) is nibble k of qs[32h + l]
+    type = GGMLType.Q4_K
+    block_size = QK_K
+    type_size = 144
+
+    def _dequantize_blocks(self, blocks):
+        n = blocks.shape[0]
+        q = _unpack(blocks[:, 16:].reshape(n, 4, 32), 4)  # (n, 4, 2, 32)
+        return _k4_dequantize(blocks, q)
+
+
+@_register
+class Q5_K(Format):
+    # Q5_K: 256 weights in 176 bytes, 8 sub-blocks of 32, w = d * scale * q - dmin * min
+    #   byte  0..1    d          f16
+    #   byte  2..3    dmin       f16
+    #   byte  4..15   scales[12] as Q4_K
+    #   byte 16..47   qh[32]     bit 4 of q: weight 32b + l is bit b of qh[l]
+    #   byte 48..175  qs[128]    bits 0..3 of q, order as Q4_K
+    type = GGMLType.Q5_K
+    block_size = QK_K
+    type_size = 176
+
+    def _dequantize_blocks(self, blocks):
+        n = blocks.shape[0]
+        low = _unpack(blocks[:, 48:].reshape(n, 4, 32), 4).reshape(n, QK_K)
+        high = _unpack(blocks[:, 16:48], 1).reshape(n, QK_K)
+        return _k4_dequantize(blocks, low | (high << np.uint8(4)))
+
+
+@_register
+class Q6_K(Format):
+    # Q6_K: 256 weights in 210 bytes, 16 sub-blocks of 16, w = d * scale * (q - 32)
+    #   byte   0..127  ql[128]    bits 0..3 of q: weight 128h + 64k + m (h, k < 2, m < 64) is nibble k of ql[64h + m]
+    #   byte 128..191  qh[64]     bits 4..5 of q: weight 128h + 32j + l (j < 4, l < 32) is bits 2j..2j+1 of qh[32h + l]
+    #   byte 192..207  scales[16] int8 scale of sub-block s (weights 16s..16s+15)
+    #   byte 208..209  d          f16
+    type = GGMLType.Q6_K
+    block_size = QK_K
+    type_size = 210
+
+    def _dequantize_blocks(self, blocks):
+        n = blocks.shape[0]
+        low = _unpack(blocks[:, :128].reshape(n, 2, 64), 4).reshape(n, QK_K)
+        high = _unpack(blocks[:, 128:192].reshape(n, 2, 32), 2).reshape(n, QK_K)
+        q = (low | (high << np.uint8(4))).astype(np.int8) - np.int8(32)
+        dl = (_f16(blocks, 208) * blocks[:, 192:208].view(np.int8).astype(np.float32))[..., None]  # (n, 16, 1)
+        return (dl * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
+
+
+# --- lookups over the registry ---
+
+def get_format(type_id: int) -> Format:
+    """The registry entry for a ggml type id (an int, GGMLType or gguf.GGMLQuantizationType).
+
+    Raises:
+        UnsupportedError: the type is not one we handle; the message names it and lists the supported ones.
+    """
+    fmt = FORMATS.get(type_id)  # IntEnum members hash like their int, so any of the three spellings works
+    if fmt is not None:
+        return fmt
+    try:
+        ggml_name = gguf.GGMLQuantizationType(int(type_id)).name
+    except ValueError:
+        ggml_name = "unknown to ggml"
+    supported = ", ".join(f.name for f in FORMATS.values())
+    raise UnsupportedError(
+        f"tensor type {int(type_id)} ({ggml_name}) is not supported; supported: {supported} "
+        f"(re-quantize the model to one of these)"
+    )
+
+
+def dequantize(data: np.ndarray, type_id: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode a whole tensor's raw bytes to float32 of `shape` (numpy order: the last dim is the row).
+
+    Raises:
+        FormatError: the row length is not a multiple of the block size, or the byte count does not match.
+        UnsupportedError: unknown tensor type.
+    """
+    fmt = get_format(type_id)
+    shape = tuple(int(s) for s in shape)
+    n_bytes = fmt.row_bytes(shape[-1]) * prod(shape[:-1])
+    raw = _as_bytes(data)
+    if raw.size != n_bytes:
+        raise FormatError(
+            f"{fmt.name} tensor of shape {shape} needs {n_bytes} bytes, but {raw.size} were given "
+            f"(truncated file or wrong type/shape in the header?)"
+        )
+    return fmt.dequantize(raw).reshape(shape)
+
+
+def dequantize_rows(
+    data: np.ndarray, type_id: int, n_per_row: int, rows: np.ndarray | slice
+) -> np.ndarray:
+    """Decode only the selected rows of a tensor (embedding lookups, chunked matmuls).
+
+    Rows that are not selected are never read, so `data` can be a memory map of a large tensor.
+
+    Args:
+        data: the tensor's raw bytes, n_rows * row_bytes of them.
+        rows: a slice, or integer row indices (any shape; repeats allowed).
+    Returns:
+        float32 of shape (n_selected_rows, n_per_row), in the order `rows` gives.
+    """
+    fmt = get_format(type_id)
+    row_bytes = fmt.row_bytes(n_per_row)
+    raw = _as_bytes(data)
+    if raw.size % row_bytes != 0:
+        raise FormatError(
+            f"{fmt.name} tensor with rows of {n_per_row} weights ({row_bytes} bytes) cannot be {raw.size} bytes long "
+            f"(truncated file or wrong row length?)"
+        )
+    table = raw.reshape(-1, row_bytes)  # (n_rows, row_bytes), still a view: nothing read yet
+    picked = table[rows if isinstance(rows, slice) else np.asarray(rows, dtype=np.intp)]
+    return fmt.dequantize(picked).reshape(-1, n_per_row)
