@@ -373,15 +373,15 @@ def _tensor_bytes(t: TensorData) -> bytes | memoryview:
     fmt = get_format(t.type)
     if t.data.dtype != np.uint8:
         if t.type == GGMLType.F32:
-            return np.ascontiguousarray(t.data, dtype="<f4").data
+            return np.ascontiguousarray(t.data, dtype="<f4").data.cast("B")
         if t.type == GGMLType.F16:
-            return np.ascontiguousarray(t.data, dtype="<f2").data
+            return np.ascontiguousarray(t.data, dtype="<f2").data.cast("B")
         raise TypeError(f"tensor '{t.name}': pass packed uint8 bytes for type {fmt.name}")
     n_rows = int(np.prod(t.shape[:-1], dtype=np.int64))
     expected = n_rows * fmt.row_bytes(t.shape[-1])
     if t.data.size != expected:
         raise FormatError(f"tensor '{t.name}': {t.data.size} bytes given, {fmt.name} {t.shape} needs {expected}")
-    return np.ascontiguousarray(t.data).data
+    return np.ascontiguousarray(t.data).data.cast("B")
 
 
 def write_gguf(

@@ -1,0 +1,242 @@
+"""Python API shaped like llama-cpp-python's `Llama`: completions and chat completions as OpenAI-style dicts."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from . import hub
+from .chat_template import default_template, render_chat
+from .errors import ConfigError
+from .formats.gguf import GGUFFile
+from .model.transformer import Transformer
+from .runtime.sampling import SamplingParams, make_sampler
+from .runtime.session import Session
+from .runtime.store import MappedStore
+from .tokenizer import StreamDecoder, Tokenizer
+
+
+class LLM:
+    """A loaded model ready to generate.
+
+    Args:
+        model: catalog name (e.g. "smollm2-135m"), path to a .gguf file, or hf://owner/repo/file.gguf.
+        n_ctx: context size in tokens (prompt + generated); capped at the model's training context.
+        n_threads: CPU threads for the kernels (the NumPy path uses what its BLAS uses).
+        n_batch: prompt tokens evaluated per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike = hub.DEFAULT_MODEL,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        seed: int | None = None,
+        pull: bool = True,
+    ):
+        if n_ctx <= 0 or n_batch <= 0:
+            raise ConfigError(f"n_ctx and n_batch must be positive (got n_ctx={n_ctx}, n_batch={n_batch})")
+        self.model_path = hub.resolve(model, pull=pull)
+        self.gguf = GGUFFile(self.model_path)
+        self.metadata = self.gguf.metadata
+        self.model = Transformer.from_store(self.metadata, MappedStore(self.gguf))
+        self.tokenizer = Tokenizer.from_metadata(self.metadata)
+        self.config = self.model.config
+        self.n_ctx = min(n_ctx, self.config.n_ctx_train)
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.seed = seed
+        self.session = Session(self.model, self.n_ctx, n_batch)
+        self.chat_template = self.metadata.get("tokenizer.chat_template") or default_template(
+            self.config.architecture
+        )
+
+    # -- tokens --------------------------------------------------------------------------------------
+    def tokenize(self, text: str | bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return self.tokenizer.encode(text, add_special=add_bos, parse_special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> bytes:
+        return b"".join(self.tokenizer.token_bytes(t) for t in tokens)
+
+    # -- generation ----------------------------------------------------------------------------------
+    def generate(self, tokens: Sequence[int], max_tokens: int | None = None, **sampling: Any) -> Iterator[int]:
+        """Yield token ids after `tokens` until an end-of-generation token or `max_tokens`."""
+        sampler = make_sampler(SamplingParams(**_sampling_args(sampling, self.seed)))
+        return self.session.generate(tokens, sampler, max_tokens, self.tokenizer.eog_ids)
+
+    def stream_text(
+        self, prompt_ids: Sequence[int], max_tokens: int | None, stop: Sequence[str] = (), **sampling: Any
+    ) -> Iterator[tuple[str, int]]:
+        """Yield (text delta, n_tokens so far), cutting at the first stop string (which is not emitted)."""
+        stops = [s for s in stop if s]
+        decoder = StreamDecoder(self.tokenizer)
+        pending = ""
+        n = 0
+        self.finish_reason = "length"
+        self.generated: list[int] = []
+        for token in self.generate(prompt_ids, max_tokens, **sampling):
+            n += 1
+            self.generated.append(token)
+            pending += decoder.feed(token)
+            cut = _first_stop(pending, stops)
+            if cut is not None:
+                if pending[:cut]:
+                    yield pending[:cut], n
+                self.finish_reason = "stop"
+                return
+            keep = _stop_prefix_len(pending, stops)
+            if len(pending) > keep:
+                yield pending[: len(pending) - keep], n
+                pending = pending[len(pending) - keep :]
+        pending += decoder.flush()
+        if pending:
+            yield pending, n
+        self.finish_reason = self.session.finish_reason
+
+    def create_completion(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        top_k: int = 40,
+        repeat_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+    ) -> dict | Iterator[dict]:
+        """OpenAI-style text completion (`stream=True` yields chunks)."""
+        ids = list(prompt) if not isinstance(prompt, str) else self.tokenize(prompt, add_bos=True, special=True)
+        sampling = dict(temperature=temperature, top_p=top_p, min_p=min_p, top_k=top_k,
+                        repeat_penalty=repeat_penalty, seed=seed)  # fmt: skip
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        pieces = self.stream_text(ids, max_tokens, stops, **sampling)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": str(self.model_path.name)}  # fmt: skip
+        if stream:
+            return self._completion_chunks(head, pieces)
+        text, n = "", 0
+        for delta, n in pieces:
+            text += delta
+        return head | {
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": self.finish_reason}],
+            "usage": _usage(len(ids), n),
+        }
+
+    def _completion_chunks(self, head: dict, pieces: Iterator[tuple[str, int]]) -> Iterator[dict]:
+        for delta, _ in pieces:
+            yield head | {"choices": [{"text": delta, "index": 0, "logprobs": None, "finish_reason": None}]}
+        yield head | {"choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": self.finish_reason}]}
+
+    __call__ = create_completion
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if not self.chat_template:
+            raise ConfigError(f"{self.model_path.name} has no chat template; use a plain completion instead")
+        tok = self.tokenizer
+        return render_chat(
+            self.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
+            eos_token=tok.token_text(tok.eos_id) if tok.eos_id is not None else "",
+        )
+
+    def create_chat_completion(
+        self,
+        messages: list[dict],
+        max_tokens: int | None = None,
+        temperature: float = 0.2,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        top_k: int = 40,
+        repeat_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+    ) -> dict | Iterator[dict]:
+        """OpenAI-style chat completion rendered with the model's chat template."""
+        text = self.apply_chat_template(messages)
+        # The template writes BOS itself where the model wants one.
+        ids = self.tokenizer.encode(text, add_special=not _starts_with_bos(text, self.tokenizer), parse_special=True)
+        sampling = dict(temperature=temperature, top_p=top_p, min_p=min_p, top_k=top_k,
+                        repeat_penalty=repeat_penalty, seed=seed)  # fmt: skip
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        pieces = self.stream_text(ids, max_tokens, stops, **sampling)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_path.name}
+        if stream:
+            return self._chat_chunks(head, pieces)
+        content, n = "", 0
+        for delta, n in pieces:
+            content += delta
+        return head | {
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "logprobs": None, "finish_reason": self.finish_reason}],  # fmt: skip
+            "usage": _usage(len(ids), n),
+        }
+
+    def _chat_chunks(self, head: dict, pieces: Iterator[tuple[str, int]]) -> Iterator[dict]:
+        head = head | {"object": "chat.completion.chunk"}
+        yield head | {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+        for delta, _ in pieces:
+            yield head | {"choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": None}]}
+        yield head | {"choices": [{"index": 0, "delta": {}, "finish_reason": self.finish_reason}]}
+
+    def close(self) -> None:
+        self.gguf.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _sampling_args(sampling: dict, default_seed: int | None) -> dict:
+    args = {k: v for k, v in sampling.items() if v is not None}
+    if "temp" in args:  # llama-cpp-python spelling
+        args["temperature"] = args.pop("temp")
+    args.setdefault("seed", default_seed)
+    unknown = set(args) - set(SamplingParams.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _stop_prefix_len(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest tail of `text` that could still grow into a stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def _starts_with_bos(text: str, tok: Tokenizer) -> bool:
+    return tok.bos_id is not None and text.startswith(tok.token_text(tok.bos_id))
+
+
+def _usage(n_prompt: int, n_completion: int) -> dict:
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
+
+
+def load(model: str | os.PathLike = hub.DEFAULT_MODEL, **kwargs: Any) -> LLM:
+    return LLM(model, **kwargs)
+
+
+__all__ = ["LLM", "load", "Path"]

@@ -1,0 +1,66 @@
+"""Argument groups and output helpers shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_model_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    from ..hub import DEFAULT_MODEL  # light import: no numpy
+
+    parser.add_argument(
+        "-m", "--model", default=default or DEFAULT_MODEL,
+        help=f"catalog name, .gguf path or hf://owner/repo/file.gguf (default: {default or DEFAULT_MODEL})",
+    )  # fmt: skip
+
+
+def add_context_arguments(parser: argparse.ArgumentParser, ctx_default: int = 2048) -> None:
+    parser.add_argument("-c", "--ctx-size", type=positive_int, default=ctx_default, help="context size in tokens")
+    parser.add_argument("-t", "--threads", type=positive_int, default=None, help="CPU threads (default: all)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("sampling")
+    g.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (-1: until done)")
+    g.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy)")
+    g.add_argument("--top-k", type=int, default=40)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--min-p", type=float, default=0.05)
+    g.add_argument("--repeat-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty, seed=args.seed,
+    )  # fmt: skip
+
+
+def max_tokens(args: argparse.Namespace) -> int | None:
+    return None if args.n_predict < 0 else args.n_predict
+
+
+def load_llm(args: argparse.Namespace):
+    from ..api import LLM
+
+    return LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads)
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, ensure_ascii=False, indent=1)
+    sys.stdout.write("\n")

@@ -1,0 +1,48 @@
+"""`edgellm perplexity`: perplexity of a text file over n_ctx windows, as llama.cpp's llama-perplexity."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_model_argument, positive_int, print_json
+
+
+def add_perplexity_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
+    parser.add_argument("-f", "--file", required=True, help="text file to score (e.g. wiki.test.raw)")
+    parser.add_argument("-c", "--ctx-size", type=positive_int, default=512, help="window size in tokens")
+    parser.add_argument("--chunks", type=positive_int, default=None, help="score only the first K windows")
+    parser.add_argument("-t", "--threads", type=positive_int, default=None)
+    parser.add_argument("--json", action="store_true", help='print {"ppl", "ppl_stderr", "n_chunks", "n_ctx"}')
+
+
+def run_perplexity(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..api import LLM
+    from ..eval.perplexity import perplexity
+
+    with open(args.file, encoding="utf-8") as f:
+        text = f.read()
+    llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads)
+    tok = llm.tokenizer
+    tokens = np.asarray(tok.encode(text, add_special=True, parse_special=False))
+    bar = tqdm(total=0, unit="chunk", disable=not sys.stderr.isatty(), file=sys.stderr)
+
+    def on_chunk(done: int, total: int, running: float) -> None:
+        bar.total = total
+        bar.set_postfix(ppl=f"{running:.4f}")
+        bar.update(1)
+
+    result = perplexity(
+        llm.model, tokens, args.ctx_size, args.chunks, bos_id=tok.bos_id if tok.add_bos else None, on_chunk=on_chunk
+    )
+    bar.close()
+    if args.json:
+        print_json({"ppl": result.ppl, "ppl_stderr": result.ppl_stderr, "n_chunks": result.n_chunks,
+                    "n_ctx": result.n_ctx, "n_scored": result.n_scored, "model": str(llm.model_path)})  # fmt: skip
+    else:
+        print(f"PPL = {result.ppl:.4f} +/- {result.ppl_stderr:.5f} ({result.n_chunks} chunks of {result.n_ctx})")
+    return 0

@@ -1,0 +1,94 @@
+"""Perplexity computed the way llama.cpp's `llama-perplexity` does it, so the numbers compare directly.
+
+The whole text is tokenized once (BOS only if the vocabulary adds one). Each chunk is a window of n_ctx
+tokens evaluated from an empty cache, its first token replaced by BOS when the vocabulary adds one, and only
+the second half of the window is scored, so every scored token sees at least n_ctx/2 tokens of context.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..runtime.kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    ppl: float
+    ppl_stderr: float
+    n_chunks: int
+    n_ctx: int
+    n_scored: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def chunk_nll(model, chunk: np.ndarray, n_batch: int = 512) -> np.ndarray:
+    """Negative log-likelihood of each token in the second half of `chunk` given what precedes it."""
+    n_ctx = len(chunk)
+    first = n_ctx // 2
+    cache = KVCache(model.config, n_ctx)
+    logits = []
+    for start in range(0, n_ctx, n_batch):
+        batch = chunk[start : start + n_batch]
+        lo = max(first - start, 0)  # only positions first..n_ctx-2 predict a scored token
+        hi = min(len(batch), n_ctx - 1 - start)
+        rows = slice(lo, hi) if lo < hi else None
+        out = model.forward(batch, cache, rows)
+        if rows is not None:
+            logits.append(out)
+    logp = log_softmax(np.concatenate(logits))  # (n_ctx - 1 - first, n_vocab)
+    targets = chunk[first + 1 :]
+    return -logp[np.arange(len(targets)), targets]
+
+
+def perplexity(
+    model,
+    tokens: np.ndarray,
+    n_ctx: int = 512,
+    n_chunks: int | None = None,
+    bos_id: int | None = None,
+    on_chunk: Callable[[int, int, float], None] | None = None,
+) -> PerplexityResult:
+    """Perplexity over consecutive n_ctx windows of `tokens`; `bos_id` replaces each window's first token.
+
+    `on_chunk(done, total, running_ppl)` is called after each window (progress display).
+    """
+    if n_ctx < 4:
+        raise ConfigError(f"context size {n_ctx} is too small for perplexity; use at least 4 (512 is usual)")
+    available = len(tokens) // n_ctx
+    if available == 0:
+        raise ConfigError(
+            f"the text has {len(tokens)} tokens, fewer than one window of {n_ctx}; "
+            "give a longer file or a smaller -c"
+        )
+    n_chunks = available if n_chunks is None else min(n_chunks, available)
+    nll_sum = nll2_sum = 0.0
+    count = 0
+    for c in range(n_chunks):
+        chunk = np.array(tokens[c * n_ctx : (c + 1) * n_ctx], dtype=np.int64)
+        if bos_id is not None:
+            chunk[0] = bos_id
+        nll = chunk_nll(model, chunk)
+        nll_sum += float(nll.sum())
+        nll2_sum += float(np.square(nll).sum())
+        count += len(nll)
+        if on_chunk is not None:
+            on_chunk(c + 1, n_chunks, math.exp(nll_sum / count))
+    mean = nll_sum / count
+    variance = max(nll2_sum / count - mean * mean, 0.0)
+    ppl = math.exp(mean)
+    stderr = math.sqrt(variance / (count - 1)) * ppl if count > 1 else float("nan")
+    return PerplexityResult(ppl, stderr, n_chunks, n_ctx, count)

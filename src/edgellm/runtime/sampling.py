@@ -1,0 +1,118 @@
+"""Token samplers over one row of logits, in llama.cpp's default chain order:
+repetition penalty -> top-k -> top-p -> min-p -> temperature -> draw.
+
+Each filter is one function returning masked logits (-inf for removed tokens); `make_sampler` chains them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40  # 0 disables
+    top_p: float = 0.95  # 1.0 disables
+    min_p: float = 0.05  # 0.0 disables
+    repeat_penalty: float = 1.0  # 1.0 disables
+    repeat_last_n: int = 64  # how many recent tokens the penalty looks at
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (self.top_k >= 0, "top_k must be >= 0"),
+            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
+            (self.repeat_penalty > 0, "repeat_penalty must be > 0"),
+            (self.repeat_last_n >= 0, "repeat_last_n must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"bad sampling setting: {message}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+def repetition_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float) -> np.ndarray:
+    """Divide positive logits of recently seen tokens by `penalty`, multiply negative ones (llama.cpp / CTRL)."""
+    if penalty == 1.0 or not len(recent):
+        return logits
+    ids = np.unique(np.asarray(recent, dtype=np.int64))
+    out = logits.copy()
+    seen = out[ids]
+    out[ids] = np.where(seen > 0, seen / penalty, seen * penalty)
+    return out
+
+
+def top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    if k <= 0 or k >= logits.size:
+        return logits
+    kth = np.partition(logits, -k)[-k]
+    return np.where(logits >= kth, logits, -np.inf)
+
+
+def _probs(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits.astype(np.float64) - np.max(logits))
+    return z / z.sum()
+
+
+def top_p(logits: np.ndarray, p: float) -> np.ndarray:
+    """Keep the smallest set of most likely tokens whose probability reaches p."""
+    if p >= 1.0:
+        return logits
+    probs = _probs(logits)
+    order = np.argsort(-probs, kind="stable")
+    cumulative = np.cumsum(probs[order])
+    n_keep = int(np.searchsorted(cumulative, p) + 1)
+    out = np.full_like(logits, -np.inf)
+    keep = order[:n_keep]
+    out[keep] = logits[keep]
+    return out
+
+
+def min_p(logits: np.ndarray, p: float) -> np.ndarray:
+    """Drop tokens less likely than p times the most likely one."""
+    if p <= 0.0:
+        return logits
+    threshold = np.max(logits) + np.log(p)
+    return np.where(logits >= threshold, logits, -np.inf)
+
+
+class Sampler:
+    """Picks the next token from a row of logits given the tokens so far."""
+
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+        self.filters: list[Callable[[np.ndarray], np.ndarray]] = [
+            lambda x: top_k(x, params.top_k),
+            lambda x: top_p(x, params.top_p),
+            lambda x: min_p(x, params.min_p),
+        ]
+
+    def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        p = self.params
+        recent = history[-p.repeat_last_n :] if p.repeat_last_n else ()
+        logits = repetition_penalty(np.asarray(logits, dtype=np.float32), recent, p.repeat_penalty)
+        if p.greedy:
+            return int(np.argmax(logits))
+        for f in self.filters:
+            logits = f(logits)
+        probs = _probs(logits / p.temperature)
+        return int(self.rng.choice(probs.size, p=probs))
+
+
+def make_sampler(params: SamplingParams | None = None, **overrides) -> Sampler:
+    base = params or SamplingParams()
+    if overrides:
+        base = SamplingParams(**{**base.__dict__, **overrides})
+    return Sampler(base)

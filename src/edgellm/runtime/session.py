@@ -1,0 +1,109 @@
+"""A model with its KV cache: evaluates prompts (reusing the cached common prefix) and generates tokens."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import BudgetError
+from .kv_cache import KVCache
+
+
+@dataclass
+class Timings:
+    n_prompt: int = 0  # prompt tokens actually evaluated (cached prefix excluded)
+    prompt_seconds: float = 0.0
+    n_generated: int = 0
+    generate_seconds: float = 0.0
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.n_prompt / self.prompt_seconds if self.prompt_seconds else 0.0
+
+    @property
+    def generate_tps(self) -> float:
+        return self.n_generated / self.generate_seconds if self.generate_seconds else 0.0
+
+
+class Session:
+    def __init__(self, model, n_ctx: int, n_batch: int = 512):
+        self.model = model
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.cache = KVCache(model.config, n_ctx)
+        self.tokens: list[int] = []  # what the cache holds, in order
+        self.timings = Timings()
+
+    def reset(self) -> None:
+        self.cache.truncate(0)
+        self.tokens = []
+
+    def eval_prompt(self, ids: Sequence[int]) -> np.ndarray:
+        """Make the cache hold exactly `ids`; return the logits after the last one."""
+        ids = list(ids)
+        if not ids:
+            raise BudgetError("empty prompt: give at least one token (or let the tokenizer add BOS)")
+        if len(ids) > self.n_ctx:
+            raise BudgetError(
+                f"prompt has {len(ids)} tokens, more than the context size {self.n_ctx}; "
+                "shorten the prompt or raise the context size (--ctx-size)"
+            )
+        common = 0
+        for a, b in zip(self.tokens, ids):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # always run the last token to get its logits
+        self.cache.truncate(common)
+        self.tokens = ids[:common]
+        t0 = time.perf_counter()
+        logits = None
+        for start in range(common, len(ids), self.n_batch):
+            batch = ids[start : start + self.n_batch]
+            last = start + len(batch) == len(ids)
+            out = self.model.forward(np.asarray(batch), self.cache, slice(-1, None) if last else None)
+            self.tokens.extend(batch)
+            if last:
+                logits = out[0]
+        self.timings = Timings(n_prompt=len(ids) - common, prompt_seconds=time.perf_counter() - t0)
+        return logits
+
+    def step(self, token: int) -> np.ndarray:
+        """Append one token; return the logits after it."""
+        logits = self.model.forward(np.asarray([token]), self.cache)[0]
+        self.tokens.append(token)
+        return logits
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        sample: Callable[[np.ndarray, Sequence[int]], int],
+        max_tokens: int | None,
+        stop_ids: frozenset[int] = frozenset(),
+    ) -> Iterator[int]:
+        """Yield sampled tokens until an end-of-generation token, `max_tokens`, or a full context.
+
+        The end-of-generation token itself is not yielded. `self.finish_reason` says why it ended.
+        """
+        logits = self.eval_prompt(prompt_ids)
+        self.finish_reason = "length"
+        t0 = time.perf_counter()
+        n = 0
+        try:
+            while max_tokens is None or n < max_tokens:
+                token = sample(logits, self.tokens)
+                if token in stop_ids:
+                    self.finish_reason = "stop"
+                    return
+                n += 1
+                self.timings.n_generated = n
+                yield token
+                if len(self.tokens) >= self.n_ctx:
+                    return
+                logits = self.step(token)
+                self.timings.generate_seconds = time.perf_counter() - t0
+        finally:
+            self.timings.generate_seconds = time.perf_counter() - t0

