@@ -153,6 +153,7 @@ _EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "
               "<｜end▁of▁sentence｜>", "[e~[")
 _ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")  # gpt-oss
 
+_MISSING_CHAR = "\x00<edgellm:missing>"  # a BPE unknown token that no GGUF vocabulary contains
 _VOCAB_TYPES = {"gpt2": "bpe", "llama": "spm"}
 _SUPPORTED_MODELS = "gpt2 (byte-level BPE), llama (SentencePiece)"
 
@@ -197,10 +198,11 @@ class Tokenizer:
         self._specials_all = _SpecialMatcher([(i, tokens[i]) for i in special])
         self._specials_user = _SpecialMatcher([(i, tokens[i]) for i in special if not attrs[i] & _HIDDEN_ATTRS])
 
+        self._missing_id = self.n_vocab  # BPE: characters outside the vocabulary, dropped (see _build_bpe)
         if spm:
             self._hf = _build_spm(tokens, self._token_to_id, scores)
         else:
-            self._hf = _build_bpe(self._token_to_id, merges, self._pre_tokenizer)
+            self._hf = _build_bpe(self._token_to_id, merges, self._pre_tokenizer, missing_id=self.n_vocab)
         self._attrs = attrs.tolist()  # final attributes; a list is faster to index per token
         self._pieces: list[bytes | None] = [None] * self.n_vocab
 
@@ -320,7 +322,10 @@ class Tokenizer:
             encoded = self._hf.encode_batch_fast(raw, add_special_tokens=False) if len(raw) > 1 else [
                 self._hf.encode(raw[0], add_special_tokens=False)]
             for slot, enc in zip(reversed(slots), reversed(encoded)):
-                out[slot:slot + 1] = enc.ids
+                ids = enc.ids
+                if self._missing_id in ids:
+                    ids = [i for i in ids if i != self._missing_id]
+                out[slot:slot + 1] = ids
         if add_special and self.add_eos:
             out.append(self.eos_id)
         return out
@@ -521,7 +526,7 @@ def _clean_spaces(data: bytes) -> bytes:
     return bytes(t[:total])
 
 
-def _build_bpe(vocab: dict[str, int], merges: list[str], pre: PreTokenizer) -> _HFTokenizer:
+def _build_bpe(vocab: dict[str, int], merges: list[str], pre: PreTokenizer, missing_id: int) -> _HFTokenizer:
     pairs, seen = [], set()
     for merge in merges:
         cut = merge.find(" ", 1)  # as llama.cpp: the first space after the first character
@@ -532,7 +537,12 @@ def _build_bpe(vocab: dict[str, int], merges: list[str], pre: PreTokenizer) -> _
         if (a, b) not in seen and a in vocab and b in vocab and a + b in vocab:
             seen.add((a, b))
             pairs.append((a, b))
-    hf = _HFTokenizer(_hf_models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre.ignore_merges))
+    # A character missing from the vocabulary stays a symbol in llama.cpp (blocking merges across it) and is
+    # dropped at the end; tokenizers drops it before merging unless it has an unknown token to map it to.
+    # So we give it one, with an id past the vocabulary, and remove that id from the output.
+    vocab = {**vocab, _MISSING_CHAR: missing_id}
+    hf = _HFTokenizer(_hf_models.BPE(vocab=vocab, merges=pairs, unk_token=_MISSING_CHAR,
+                                     ignore_merges=pre.ignore_merges))
     splits = [_hf_pre.Split(Regex(r), behavior="isolated") for r in pre.regexes]
     hf.pre_tokenizer = _hf_pre.Sequence([*splits, _hf_pre.ByteLevel(add_prefix_space=False, use_regex=False)])
     return hf

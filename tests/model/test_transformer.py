@@ -1,0 +1,142 @@
+"""The NumPy transformer: cache consistency, masks, RoPE, and loading checks on tiny random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgellm.errors import FormatError, UnsupportedError
+from edgellm.formats.gguf import GGUFFile, write_gguf, TensorData
+from edgellm.model import layers
+from edgellm.model.registry import read_config
+from edgellm.model.transformer import Transformer
+from edgellm.runtime.kv_cache import KVCache
+from edgellm.runtime.store import MappedStore
+
+
+def load(path) -> Transformer:
+    g = GGUFFile(path)
+    return Transformer.from_store(g.metadata, MappedStore(g))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma3", "tiny_qwen2"])
+def test_prefill_logits_equal_token_by_token_decode(fixture, request):
+    model = load(request.getfixturevalue(fixture))
+    tokens = np.random.default_rng(3).integers(0, model.config.n_vocab, size=11)
+    prefill = model.forward(tokens, KVCache(model.config, 32), logits_rows=slice(None))
+    cache = KVCache(model.config, 32)
+    decode = np.stack([model.forward(tokens[i : i + 1], cache)[0] for i in range(len(tokens))])
+    assert prefill.shape == (11, model.config.n_vocab)
+    np.testing.assert_allclose(decode, prefill, rtol=1e-4, atol=1e-4)
+    # Prefill split in two batches agrees too (the cache carries the first batch).
+    cache = KVCache(model.config, 32)
+    model.forward(tokens[:5], cache, logits_rows=None)
+    np.testing.assert_allclose(model.forward(tokens[5:], cache, slice(None)), prefill[5:], rtol=1e-4, atol=1e-4)
+
+
+def test_gemma3_sliding_window_changes_only_distant_positions(tiny_gemma3):
+    model = load(tiny_gemma3)
+    c = model.config
+    assert c.sliding_window == 4 and c.swa_layers == (True, True)
+    tokens = np.arange(10) % c.n_vocab
+    base = model.forward(tokens, KVCache(c, 16), slice(None))
+    # Changing the first token cannot reach position 9 through two 4-wide windows (reach 2*3=6 back).
+    other = tokens.copy()
+    other[0] = (other[0] + 7) % c.n_vocab
+    moved = model.forward(other, KVCache(c, 16), slice(None))
+    np.testing.assert_allclose(moved[9], base[9], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(moved[3], base[3])
+
+
+def _naive_attention(q, k, v, positions, scale, window):
+    n_tokens, n_head, _ = q.shape
+    group = n_head // k.shape[1]
+    out = np.zeros((n_tokens, n_head, v.shape[2]))
+    for t in range(n_tokens):
+        for h in range(n_head):
+            keys = [j for j in range(k.shape[0]) if j <= positions[t] and (window == 0 or positions[t] - j < window)]
+            s = np.array([q[t, h] @ k[j, h // group] * scale for j in keys])
+            w = np.exp(s - s.max())
+            w /= w.sum()
+            out[t, h] = sum(wi * v[j, h // group] for wi, j in zip(w, keys))
+    return out.reshape(n_tokens, -1)
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_attention_matches_naive_loop(window, monkeypatch):
+    monkeypatch.setattr(layers, "ATTN_QUERY_BLOCK", 2)  # exercise the query blocking
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((5, 4, 8)).astype(np.float32)
+    k = rng.standard_normal((7, 2, 8)).astype(np.float32)
+    v = rng.standard_normal((7, 2, 6)).astype(np.float32)
+    positions = np.arange(2, 7)
+    got = layers.attention(q, k, v, positions, 0.3, window)
+    np.testing.assert_allclose(got, _naive_attention(q, k, v, positions, 0.3, window), rtol=1e-5, atol=1e-5)
+
+
+def test_rope_rotates_pairs_by_position_times_frequency():
+    x = np.zeros((1, 1, 4), dtype=np.float32)
+    x[0, 0] = [1.0, 0.0, 1.0, 0.0]
+    # head_dim 4, base 100: frequencies 1 and 1/10. Position 2 turns pair 0 by 2 rad, pair 1 by 0.2 rad.
+    norm = layers.rope(x, np.array([2]), 100.0, 4, neox=False)[0, 0]
+    np.testing.assert_allclose(norm, [np.cos(2), np.sin(2), np.cos(0.2), np.sin(0.2)], rtol=1e-6)
+    # NEOX pairs dims (0, 2) and (1, 3).
+    x[0, 0] = [1.0, 0.0, 0.0, 0.0]
+    neox = layers.rope(x, np.array([2]), 100.0, 4, neox=True)[0, 0]
+    np.testing.assert_allclose(neox, [np.cos(2), 0.0, np.sin(2), 0.0], atol=1e-6)
+
+
+def test_rms_norm_and_gelu_reference_values():
+    x = np.array([[3.0, 4.0]], dtype=np.float32)
+    np.testing.assert_allclose(layers.rms_norm(x, np.array([1.0, 2.0]), 0.0), [[3 / np.sqrt(12.5), 8 / np.sqrt(12.5)]])
+    np.testing.assert_allclose(layers.gelu_tanh(np.array([1.0], dtype=np.float32)), [0.8411920], rtol=1e-6)
+    np.testing.assert_allclose(layers.silu(np.array([1.0])), [0.7310586], rtol=1e-6)
+
+
+def test_linear_tiles_give_the_same_product(tiny_llama, monkeypatch):
+    g = GGUFFile(tiny_llama)
+    store = MappedStore(g)
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    whole = layers.linear(x, store, "token_embd.weight")
+    monkeypatch.setattr(layers, "DEQUANT_TILE_BYTES", 64 * 4 * 7)  # 7 rows per tile
+    np.testing.assert_allclose(layers.linear(x, store, "token_embd.weight"), whole, rtol=1e-6)
+    np.testing.assert_allclose(whole, x @ store.dense("token_embd.weight").T, rtol=1e-5, atol=1e-5)
+
+
+def _rewrite_without(src, dst, drop=(), meta_changes=None, reshape=None):
+    g = GGUFFile(src)
+    meta = dict(g.metadata) | (meta_changes or {})
+    tensors = []
+    for t in g.tensors.values():
+        if t.name in drop:
+            continue
+        shape = reshape[1] if reshape and t.name == reshape[0] else t.shape
+        data = g.raw(t.name).reshape(-1)
+        if shape != t.shape:
+            data = np.zeros(int(np.prod(shape)), dtype=np.float32)
+        tensors.append(TensorData(t.name, t.type, shape, data))
+    return write_gguf(dst, meta, tensors, metadata_types=g.metadata_types)
+
+
+def test_missing_tensor_is_named(tiny_llama, tmp_path):
+    path = _rewrite_without(tiny_llama, tmp_path / "m.gguf", drop={"blk.1.ffn_up.weight"})
+    with pytest.raises(FormatError, match="tensor 'blk.1.ffn_up.weight' is missing"):
+        load(path)
+
+
+def test_wrong_shape_is_named(tiny_llama, tmp_path):
+    path = _rewrite_without(tiny_llama, tmp_path / "m.gguf", reshape=("blk.0.attn_norm.weight", (32,)))
+    with pytest.raises(FormatError, match=r"'blk.0.attn_norm.weight' has shape \(32,\), expected \(64,\)"):
+        load(path)
+
+
+def test_unsupported_architecture_lists_supported():
+    with pytest.raises(UnsupportedError, match="architecture 'mamba' is not supported; supported: gemma3, llama"):
+        read_config({"general.architecture": "mamba"}, 10)
+
+
+def test_missing_hparam_is_named(tiny_llama):
+    meta = dict(GGUFFile(tiny_llama).metadata)
+    del meta["llama.block_count"]
+    with pytest.raises(FormatError, match="metadata key 'llama.block_count' is missing"):
+        read_config(meta, 10)
