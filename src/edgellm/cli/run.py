@@ -43,6 +43,7 @@ def run_run(args: argparse.Namespace) -> int:
         })  # fmt: skip
     else:
         sys.stdout.write("\n")
+        sys.stdout.flush()
         print(
             f"prompt: {len(ids)} tokens, {t.prompt_tps:.1f} tok/s | "
             f"generation: {t.n_generated} tokens, {t.generate_tps:.1f} tok/s",
