@@ -75,10 +75,10 @@ def _detokenize(vocab, ids: list[int], remove_special: bool, unparse_special: bo
 
 
 def golden_for_model(path: str, texts: list[str]) -> list[dict]:
-    from llama_cpp import Llama
+    import llama_cpp
 
-    llm = Llama(model_path=path, vocab_only=True, verbose=False)
-    vocab = llm._model.vocab
+    llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
     cases = []
     for text in texts:
         flags = [(True, True), (False, True)]

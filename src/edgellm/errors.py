@@ -23,3 +23,7 @@ class ModelNotFoundError(ConfigError):
 
 class BudgetError(EdgeLLMError):
     """A request that does not fit the memory or context budget."""
+
+
+class PullError(EdgeLLMError):
+    """A model could not be fetched: pip or the Hugging Face hub failed, or the disk is full."""

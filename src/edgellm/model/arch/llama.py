@@ -1,4 +1,4 @@
-"""Llama family: Llama 2/3, SmolLM2, Mistral. The baseline the other architectures differ from.
+"""Llama family: Llama 2/3, SmolLM2, Mistral (its GGUFs say "llama"); the baseline others differ from.
 
 llama.cpp's converter permutes Q and K rows so that RoPE rotates adjacent pairs (rope_neox=False).
 """
