@@ -1,7 +1,9 @@
 """Real packaged models against llama.cpp's known-good outputs (tests/fixtures/llamacpp_greedy.json).
 
-Greedy decoding from the same GGUF must give llama.cpp's tokens. llama.cpp multiplies with 8-bit quantized
-activations and keeps an F16 cache, so the two drift apart after a near-tie; we compare the first tokens.
+We feed llama.cpp's greedy continuation back in (teacher forcing) and ask, at every step, whether our
+argmax is llama.cpp's token. llama.cpp multiplies with 8-bit quantized activations and keeps an F16 cache,
+so on a near-tie the two may pick differently: there our logit for llama.cpp's token must be within
+NEAR_TIE of our best.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 from edgellm.api import LLM
 
 GOLDEN = json.loads((Path(__file__).parent.parent / "fixtures" / "llamacpp_greedy.json").read_text())["models"]
-N_COMPARE = 12
+NEAR_TIE = 0.35  # logits; the largest gap measured on these prompts is 0.26
 
 
 @pytest.fixture(scope="module", params=["smollm2-135m", "gemma3-270m"])
@@ -24,12 +26,23 @@ def llm(request, real_model_path):
 
 
 @pytest.mark.real_model
-def test_greedy_tokens_match_llama_cpp(llm):
+def test_greedy_choices_match_llama_cpp(llm):
+    from edgellm.runtime.kv_cache import KVCache
+
     model, name = llm
     for case in GOLDEN[name]:
-        ids = model.tokenize(case["prompt"], add_bos=True, special=True)
-        got = list(model.generate(ids, max_tokens=N_COMPARE, temperature=0.0))
-        assert got == case["ids"][:N_COMPARE], (case["prompt"], model.detokenize(got))
+        prompt = model.tokenize(case["prompt"], add_bos=True, special=True)
+        expected = np.asarray(case["ids"])
+        seq = np.concatenate([prompt, expected])
+        logits = model.model.forward(seq, KVCache(model.config, len(seq)), slice(len(prompt) - 1, len(seq) - 1))
+        ours = logits.argmax(axis=1)
+        gap = logits.max(axis=1) - logits[np.arange(len(expected)), expected]
+        assert (ours == expected).mean() >= 0.9, case["prompt"]
+        assert gap.max() <= NEAR_TIE, (case["prompt"], gap.round(3).tolist())
+        # Greedy decoding from scratch follows the same path up to the first near-tie.
+        first_tie = int(np.argmax(gap > 0)) if (gap > 0).any() else len(expected)
+        n = min(first_tie, 6)
+        assert list(model.generate(prompt, max_tokens=n, temperature=0.0)) == case["ids"][:n]
 
 
 @pytest.mark.real_model

@@ -29,10 +29,15 @@ class PerplexityResult:
         return asdict(self)
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+def token_nll(logits: np.ndarray, targets: np.ndarray, rows_per_step: int = 32) -> np.ndarray:
+    """-log softmax(logits)[target] per row, in float64, a few rows at a time (vocabularies reach 262k)."""
+    out = np.empty(len(targets))
+    for r0 in range(0, len(targets), rows_per_step):
+        x = logits[r0 : r0 + rows_per_step].astype(np.float64)  # (rows, n_vocab)
+        peak = x.max(axis=1)
+        lse = peak + np.log(np.exp(x - peak[:, None]).sum(axis=1))
+        out[r0 : r0 + len(x)] = lse - x[np.arange(len(x)), targets[r0 : r0 + len(x)]]
+    return out
 
 
 def chunk_nll(model, chunk: np.ndarray, n_batch: int = 512) -> np.ndarray:
@@ -40,18 +45,16 @@ def chunk_nll(model, chunk: np.ndarray, n_batch: int = 512) -> np.ndarray:
     n_ctx = len(chunk)
     first = n_ctx // 2
     cache = KVCache(model.config, n_ctx)
-    logits = []
+    nll = []
     for start in range(0, n_ctx, n_batch):
         batch = chunk[start : start + n_batch]
         lo = max(first - start, 0)  # only positions first..n_ctx-2 predict a scored token
         hi = min(len(batch), n_ctx - 1 - start)
         rows = slice(lo, hi) if lo < hi else None
-        out = model.forward(batch, cache, rows)
+        logits = model.forward(batch, cache, rows)  # (hi - lo, n_vocab)
         if rows is not None:
-            logits.append(out)
-    logp = log_softmax(np.concatenate(logits))  # (n_ctx - 1 - first, n_vocab)
-    targets = chunk[first + 1 :]
-    return -logp[np.arange(len(targets)), targets]
+            nll.append(token_nll(logits, chunk[start + lo + 1 : start + hi + 1]))
+    return np.concatenate(nll)
 
 
 def perplexity(
