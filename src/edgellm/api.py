@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from . import hub
@@ -114,10 +113,8 @@ class LLM:
     ) -> dict | Iterator[dict]:
         """OpenAI-style text completion (`stream=True` yields chunks)."""
         ids = list(prompt) if not isinstance(prompt, str) else self.tokenize(prompt, add_bos=True, special=True)
-        sampling = dict(temperature=temperature, top_p=top_p, min_p=min_p, top_k=top_k,
-                        repeat_penalty=repeat_penalty, seed=seed)  # fmt: skip
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        pieces = self.stream_text(ids, max_tokens, stops, **sampling)
+        pieces = self.stream_text(ids, max_tokens, _stop_list(stop), temperature=temperature, top_p=top_p,
+                                  min_p=min_p, top_k=top_k, repeat_penalty=repeat_penalty, seed=seed)  # fmt: skip
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": str(self.model_path.name)}  # fmt: skip
         if stream:
@@ -166,10 +163,8 @@ class LLM:
         text = self.apply_chat_template(messages)
         # The template writes BOS itself where the model wants one.
         ids = self.tokenizer.encode(text, add_special=not _starts_with_bos(text, self.tokenizer), parse_special=True)
-        sampling = dict(temperature=temperature, top_p=top_p, min_p=min_p, top_k=top_k,
-                        repeat_penalty=repeat_penalty, seed=seed)  # fmt: skip
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        pieces = self.stream_text(ids, max_tokens, stops, **sampling)
+        pieces = self.stream_text(ids, max_tokens, _stop_list(stop), temperature=temperature, top_p=top_p,
+                                  min_p=min_p, top_k=top_k, repeat_penalty=repeat_penalty, seed=seed)  # fmt: skip
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_path.name}
         if stream:
             return self._chat_chunks(head, pieces)
@@ -211,6 +206,10 @@ def _sampling_args(sampling: dict, default_seed: int | None) -> dict:
     return args
 
 
+def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(hits) if hits else None
@@ -239,4 +238,4 @@ def load(model: str | os.PathLike = hub.DEFAULT_MODEL, **kwargs: Any) -> LLM:
     return LLM(model, **kwargs)
 
 
-__all__ = ["LLM", "load", "Path"]
+__all__ = ["LLM", "load"]

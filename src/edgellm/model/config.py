@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from gguf import Keys
 
-from ..errors import FormatError
+from ..errors import FormatError, UnsupportedError
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,6 @@ class ModelConfig:
     qkv_bias: bool = False
     final_logit_softcap: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def n_params_hint(self) -> str:
-        return f"{self.n_layers} layers, width {self.n_embd}, {self.n_head}/{self.n_head_kv} heads"
 
     def softmax_scale(self) -> float:
         return self.attn_scale or 1.0 / math.sqrt(self.head_dim)
@@ -106,8 +102,6 @@ def _per_layer_uniform(value: Any, what: str) -> int:
     if hasattr(value, "__len__"):
         values = set(int(v) for v in value)
         if len(values) != 1:
-            from ..errors import UnsupportedError
-
             raise UnsupportedError(f"per-layer {what} values {sorted(values)} are not supported yet")
         return values.pop()
     return int(value)

@@ -1,4 +1,4 @@
-"""Weight stores: where a tensor's packed bytes live, and the one place that turns them into floats.
+"""Weight stores: where a tensor's packed bytes live.
 
 The model asks a store for tensors by name and never opens files. `MappedStore` serves zero-copy views of a
 memory-mapped GGUF; later stores (flash with a budget, sparse FFN rows) keep the same surface.
