@@ -1,0 +1,90 @@
+"""Kernel dispatch: the compiled C library when it is there, the NumPy reference otherwise.
+
+The C library picks its best path (avx512 > avx2 > generic on x86, neon on Arm) from the CPU at import.
+`EDGELLM_KERNELS=ref|generic|avx2|avx512|neon|auto` forces one (`ref` is the NumPy path) and
+`EDGELLM_DISABLE_ISA=avx512,...` rules paths out. `capabilities()` reports what was found and chosen.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from ..errors import ConfigError
+
+try:
+    from . import _C
+except ImportError:  # pragma: no cover - exercised only on installs without a compiler
+    _C = None
+    warnings.warn(
+        "edgellm: the C kernels are not built; running on the slow NumPy reference path "
+        "(reinstall with a C compiler available)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+REF = "ref"
+_state = {"path": REF, "threads": os.cpu_count() or 1}
+
+
+def _choose(requested: str, disabled: set[str]) -> str:
+    if _C is None or requested == REF:
+        return REF
+    supported = [p for p in _C.capabilities()["supported"] if p not in disabled]
+    if requested == "auto":
+        order = ["avx512", "avx2", "neon", "generic"]
+        return next((p for p in order if p in supported), REF)
+    if requested not in supported:
+        raise ConfigError(
+            f"EDGELLM_KERNELS={requested} is not available here; available: {', '.join([REF] + supported)}"
+        )
+    return requested
+
+
+def use(path: str = "auto") -> str:
+    """Select a kernel path ('auto', 'ref', 'generic', 'avx2', 'avx512', 'neon'); returns the one chosen."""
+    disabled = {p.strip() for p in os.environ.get("EDGELLM_DISABLE_ISA", "").split(",") if p.strip()}
+    chosen = _choose(path, disabled)
+    if chosen != REF:
+        _C.set_isa(chosen)
+    _state["path"] = chosen
+    return chosen
+
+
+def active_path() -> str:
+    return _state["path"]
+
+
+def set_threads(n_threads: int | None) -> None:
+    _state["threads"] = max(1, int(n_threads or os.cpu_count() or 1))
+
+
+def capabilities() -> dict:
+    """What the build and the CPU offer, and which path runs."""
+    if _C is None:
+        return {"extension": False, "compiled": [], "supported": [], "selected": REF, "threads": _state["threads"]}
+    caps = _C.capabilities()
+    return {"extension": True, "compiled": caps["compiled"], "supported": caps["supported"],
+            "selected": _state["path"], "threads": _state["threads"]}  # fmt: skip
+
+
+def has_matmul(type_id: int) -> bool:
+    if _state["path"] == REF:
+        return False
+    try:
+        return _C.type_info(int(type_id))["has_dot"]
+    except ValueError:
+        return False
+
+
+def matmul(x: np.ndarray, raw: np.ndarray, type_id: int, n_out: int, n_in: int) -> np.ndarray:
+    """x (n_tokens, n_in) float32 @ W.T for packed W (n_out rows) -> (n_tokens, n_out) float32."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty((x.shape[0], n_out), dtype=np.float32)
+    _C.matmul(int(type_id), raw, n_out, n_in, x, x.shape[0], out, _state["threads"])
+    return out
+
+
+use(os.environ.get("EDGELLM_KERNELS", "auto"))

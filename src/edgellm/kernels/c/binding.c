@@ -1,0 +1,176 @@
+/* Python binding: edgellm.kernels._C. Buffers in, buffers out (no NumPy C API); the GIL is released
+ * around every kernel so other Python threads (the server) keep running. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+
+#include "edgellm.h"
+
+static el_pool *pool = NULL;
+
+static el_pool *get_pool(int n_threads) {
+    if (n_threads < 1) n_threads = 1;
+    if (!pool || el_pool_size(pool) != n_threads) {
+        el_pool_free(pool);
+        pool = el_pool_create(n_threads);
+    }
+    return pool;
+}
+
+static int check_type(int type) {
+    if (type < 0 || type >= EL_TYPE_COUNT || !el_traits[type].name) {
+        PyErr_Format(PyExc_ValueError, "tensor type %d has no C kernel", type);
+        return -1;
+    }
+    return 0;
+}
+
+static size_t row_bytes(int type, int n) {
+    return (size_t)(n / el_traits[type].block_size) * el_traits[type].type_size;
+}
+
+static PyObject *py_capabilities(PyObject *self, PyObject *args) {
+    PyObject *compiled = PyList_New(0), *supported = PyList_New(0);
+    for (int i = 0; i < EL_ISA_COUNT; i++) {
+        PyObject *name = PyUnicode_FromString(el_isa_names[i]);
+        if (el_isa_compiled((enum el_isa)i)) PyList_Append(compiled, name);
+        if (el_cpu_supports((enum el_isa)i)) PyList_Append(supported, name);
+        Py_DECREF(name);
+    }
+    PyObject *result = Py_BuildValue("{s:N,s:N,s:s}", "compiled", compiled, "supported", supported, "current",
+                                     el_isa_names[el_current_isa()]);
+    return result;
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    for (int i = 0; i < EL_ISA_COUNT; i++) {
+        if (strcmp(name, el_isa_names[i]) == 0) {
+            if (el_set_isa((enum el_isa)i) != 0) {
+                PyErr_Format(PyExc_ValueError, "kernel path '%s' is not available on this CPU/build", name);
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "unknown kernel path '%s'", name);
+    return NULL;
+}
+
+static PyObject *py_type_info(PyObject *self, PyObject *args) {
+    int type;
+    if (!PyArg_ParseTuple(args, "i", &type)) return NULL;
+    if (check_type(type)) return NULL;
+    const el_type_traits *t = &el_traits[type];
+    return Py_BuildValue("{s:s,s:i,s:n,s:i,s:O,s:O,s:O}", "name", t->name, "block_size", t->block_size,
+                         "type_size", (Py_ssize_t)t->type_size, "dot_type", (int)t->dot_type, "has_dot",
+                         t->dot ? Py_True : Py_False, "has_from_float", t->from_float ? Py_True : Py_False,
+                         "has_to_float", t->to_float ? Py_True : Py_False);
+}
+
+/* matmul(type, w, n_rows, n_cols, x, n_tokens, out, n_threads) */
+static PyObject *py_matmul(PyObject *self, PyObject *args) {
+    int type, n_rows, n_cols, n_tokens, n_threads;
+    Py_buffer w, x, out;
+    if (!PyArg_ParseTuple(args, "iy*iiy*iw*i", &type, &w, &n_rows, &n_cols, &x, &n_tokens, &out, &n_threads))
+        return NULL;
+    PyObject *result = NULL;
+    void *scratch = NULL;
+    if (check_type(type)) goto done;
+    const el_type_traits *t = &el_traits[type];
+    if (!t->dot) {
+        PyErr_Format(PyExc_ValueError, "no matmul kernel for %s", t->name);
+        goto done;
+    }
+    if (n_rows < 0 || n_cols <= 0 || n_tokens < 0 || n_cols % t->block_size) {
+        PyErr_SetString(PyExc_ValueError, "bad matmul shape");
+        goto done;
+    }
+    if ((size_t)w.len < row_bytes(type, n_cols) * (size_t)n_rows ||
+        (size_t)x.len < (size_t)n_cols * n_tokens * sizeof(float) ||
+        (size_t)out.len < (size_t)n_rows * n_tokens * sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "matmul buffer too small for the given shape");
+        goto done;
+    }
+    size_t scratch_bytes = el_matmul_scratch_bytes((enum el_type)type, n_cols, n_tokens);
+    if (scratch_bytes && !(scratch = malloc(scratch_bytes))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = el_matmul(get_pool(n_threads), (enum el_type)type, w.buf, n_rows, n_cols, x.buf, n_tokens, out.buf,
+                   n_rows, scratch);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "matmul failed");
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    free(scratch);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/* quantize_row(dot_type, x, out): activation quantizer of a dot type (Q8_0, Q8_1, Q8_K) */
+static PyObject *py_quantize_row(PyObject *self, PyObject *args) {
+    int type;
+    Py_buffer x, out;
+    if (!PyArg_ParseTuple(args, "iy*w*", &type, &x, &out)) return NULL;
+    PyObject *result = NULL;
+    if (check_type(type)) goto done;
+    const el_type_traits *t = &el_traits[type];
+    const int64_t k = x.len / (Py_ssize_t)sizeof(float);
+    if (!t->from_float || k % t->block_size || (size_t)out.len < row_bytes(type, (int)k)) {
+        PyErr_SetString(PyExc_ValueError, "bad quantize_row arguments");
+        goto done;
+    }
+    t->from_float(x.buf, out.buf, k);
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/* dequantize_row(type, w, out): k = len(out) / 4 weights */
+static PyObject *py_dequantize_row(PyObject *self, PyObject *args) {
+    int type;
+    Py_buffer w, out;
+    if (!PyArg_ParseTuple(args, "iy*w*", &type, &w, &out)) return NULL;
+    PyObject *result = NULL;
+    if (check_type(type)) goto done;
+    const el_type_traits *t = &el_traits[type];
+    const int64_t k = out.len / (Py_ssize_t)sizeof(float);
+    if (!t->to_float || k % t->block_size || (size_t)w.len < row_bytes(type, (int)k)) {
+        PyErr_SetString(PyExc_ValueError, "bad dequantize_row arguments");
+        goto done;
+    }
+    t->to_float(w.buf, out.buf, k);
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"capabilities", py_capabilities, METH_NOARGS, "Compiled, supported and current kernel paths."},
+    {"set_isa", py_set_isa, METH_VARARGS, "Use one kernel path (generic, avx2, avx512, neon)."},
+    {"type_info", py_type_info, METH_VARARGS, "Block geometry and available kernels of a type id."},
+    {"matmul", py_matmul, METH_VARARGS, "out[t, r] = W[r] . x[t] on packed weights."},
+    {"quantize_row", py_quantize_row, METH_VARARGS, "Quantize floats to an activation block type."},
+    {"dequantize_row", py_dequantize_row, METH_VARARGS, "Dequantize packed weights to floats."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "edgellm C kernels", -1, methods};
+
+PyMODINIT_FUNC PyInit__C(void) {
+    el_init();
+    return PyModule_Create(&module);
+}

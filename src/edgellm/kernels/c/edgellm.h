@@ -1,0 +1,137 @@
+/* edgellm kernel library: block layouts, kernel signatures and the dispatch table.
+ *
+ * Layouts are ggml's (ggml-common.h) byte for byte, so GGUF tensors are used in place. Every kernel has three
+ * tiers sharing one signature: NumPy reference (edgellm.quant.formats), portable C (_generic) and ISA paths
+ * (_avx2, _avx512, _neon). Weights are multiplied against activations quantized once per product to the
+ * format's "dot type" (Q8_0, Q8_1 or Q8_K), as llama.cpp does.
+ */
+#ifndef EDGELLM_H
+#define EDGELLM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef uint16_t el_fp16_t;
+
+#define QK4_0 32
+#define QK4_1 32
+#define QK5_0 32
+#define QK5_1 32
+#define QK8_0 32
+#define QK8_1 32
+#define QK_K 256
+#define K_SCALE_SIZE 12
+
+/* ggml type ids (never change). */
+enum el_type {
+    EL_F32 = 0, EL_F16 = 1, EL_Q4_0 = 2, EL_Q4_1 = 3, EL_Q5_0 = 6, EL_Q5_1 = 7, EL_Q8_0 = 8, EL_Q8_1 = 9,
+    EL_Q2_K = 10, EL_Q3_K = 11, EL_Q4_K = 12, EL_Q5_K = 13, EL_Q6_K = 14, EL_Q8_K = 15, EL_BF16 = 30,
+    EL_TYPE_COUNT = 31
+};
+
+/* d: scale; weight j = d * (q_j - 8); qs: weight j in the low nibble of byte j, weight j+16 in the high. */
+typedef struct { el_fp16_t d; uint8_t qs[QK4_0 / 2]; } block_q4_0;
+/* weight j = d * q_j + m */
+typedef struct { el_fp16_t d; el_fp16_t m; uint8_t qs[QK4_1 / 2]; } block_q4_1;
+/* weight j = d * (q_j - 16), q_j's fifth bit is bit j of qh */
+typedef struct { el_fp16_t d; uint8_t qh[4]; uint8_t qs[QK5_0 / 2]; } block_q5_0;
+typedef struct { el_fp16_t d; el_fp16_t m; uint8_t qh[4]; uint8_t qs[QK5_1 / 2]; } block_q5_1;
+typedef struct { el_fp16_t d; int8_t qs[QK8_0]; } block_q8_0;
+/* activation block for the formats with a min: s = d * sum(qs) carries the offset term */
+typedef struct { el_fp16_t d; el_fp16_t s; int8_t qs[QK8_1]; } block_q8_1;
+/* k-quants: super-blocks of 256 weights in sub-blocks of 16 or 32 with their own 4/6/8-bit scales */
+typedef struct { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; el_fp16_t d; el_fp16_t dmin; } block_q2_K;
+typedef struct { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[12]; el_fp16_t d; } block_q3_K;
+typedef struct { el_fp16_t d; el_fp16_t dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K / 2]; } block_q4_K;
+typedef struct { el_fp16_t d; el_fp16_t dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K;
+typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; el_fp16_t d; } block_q6_K;
+/* activation super-block for k-quants: float scale, and the sum of each 16 quants (bsums) */
+typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
+
+#define EL_STATIC_ASSERT(cond, msg) typedef char el_static_assert_##msg[(cond) ? 1 : -1]
+EL_STATIC_ASSERT(sizeof(block_q4_0) == 18, q4_0);
+EL_STATIC_ASSERT(sizeof(block_q4_1) == 20, q4_1);
+EL_STATIC_ASSERT(sizeof(block_q5_0) == 22, q5_0);
+EL_STATIC_ASSERT(sizeof(block_q5_1) == 24, q5_1);
+EL_STATIC_ASSERT(sizeof(block_q8_0) == 34, q8_0);
+EL_STATIC_ASSERT(sizeof(block_q8_1) == 36, q8_1);
+EL_STATIC_ASSERT(sizeof(block_q2_K) == 84, q2_K);
+EL_STATIC_ASSERT(sizeof(block_q3_K) == 110, q3_K);
+EL_STATIC_ASSERT(sizeof(block_q4_K) == 144, q4_K);
+EL_STATIC_ASSERT(sizeof(block_q5_K) == 176, q5_K);
+EL_STATIC_ASSERT(sizeof(block_q6_K) == 210, q6_K);
+EL_STATIC_ASSERT(sizeof(block_q8_K) == 292, q8_K);
+
+/* Dot products of one weight row against `nc` activation rows.
+ *   n: weights per row (a multiple of the block size); w: the packed weight row;
+ *   y: first activation row in the dot type, rows `by` bytes apart; s[j * bs] = dot(w, y_j) for j < nc.
+ * ISA paths may unpack a weight block once and reuse it for all nc rows (prefill tiles). */
+typedef void (*el_dot_fn)(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc);
+/* Activation quantizer: k floats (a multiple of the dot type's block size) -> blocks of the dot type. */
+typedef void (*el_from_float_fn)(const float *x, void *y, int64_t k);
+/* Dequantize k weights of a row (for gathers such as embedding lookups). */
+typedef void (*el_to_float_fn)(const void *x, float *y, int64_t k);
+
+typedef struct {
+    const char *name;
+    int block_size;          /* weights per block */
+    size_t type_size;        /* bytes per block */
+    enum el_type dot_type;   /* activations are quantized to this type (EL_F32: used as float) */
+    el_dot_fn dot;
+    el_from_float_fn from_float; /* quantizer for this type when it is a dot type */
+    el_to_float_fn to_float;
+} el_type_traits;
+
+/* ISA paths, in order of preference. */
+enum el_isa { EL_ISA_GENERIC = 0, EL_ISA_AVX2 = 1, EL_ISA_AVX512 = 2, EL_ISA_NEON = 3, EL_ISA_COUNT = 4 };
+
+extern el_type_traits el_traits[EL_TYPE_COUNT];
+extern const char *el_isa_names[EL_ISA_COUNT];
+
+/* CPU detection and the dispatch table. */
+int el_cpu_supports(enum el_isa isa);
+int el_isa_compiled(enum el_isa isa);
+int el_set_isa(enum el_isa isa); /* fills el_traits for that path (falls back per kernel to generic); 0 on success */
+enum el_isa el_current_isa(void);
+void el_init(void);
+
+/* fp16 <-> fp32 (portable; ISA files may use F16C / NEON conversions). */
+float el_fp16_to_fp32(el_fp16_t h);
+el_fp16_t el_fp32_to_fp16(float f);
+extern float el_fp16_table[1 << 16];
+static inline float el_f16(el_fp16_t h) { return el_fp16_table[h]; }
+
+/* Per-ISA registration: each fills the kernels it implements into the table. */
+void el_register_generic(el_type_traits *t);
+void el_register_avx2(el_type_traits *t);
+void el_register_avx512(el_type_traits *t);
+void el_register_neon(el_type_traits *t);
+
+/* Generic kernels (also the per-kernel fallback of every ISA path). */
+void el_quantize_row_q8_0_generic(const float *x, void *y, int64_t k);
+void el_quantize_row_q8_1_generic(const float *x, void *y, int64_t k);
+void el_quantize_row_q8_K_generic(const float *x, void *y, int64_t k);
+
+/* Thread pool: persistent workers; el_pool_run calls fn(ctx, ith, nth) on every thread (caller is ith 0). */
+typedef struct el_pool el_pool;
+typedef void (*el_task_fn)(void *ctx, int ith, int nth);
+el_pool *el_pool_create(int n_threads);
+void el_pool_free(el_pool *pool);
+int el_pool_size(const el_pool *pool);
+void el_pool_run(el_pool *pool, el_task_fn fn, void *ctx);
+
+/* Matrix products: out[t, r] = dot(W row r, x row t) for t < n_tokens, r < n_rows.
+ *   w: n_rows rows of `type`, each n_cols weights; x: n_tokens x n_cols floats (row-major);
+ *   out: n_tokens rows, out_stride floats apart. `scratch` must hold el_matmul_scratch_bytes(...) bytes. */
+size_t el_matmul_scratch_bytes(enum el_type type, int n_cols, int n_tokens);
+int el_matmul(el_pool *pool, enum el_type type, const void *w, int n_rows, int n_cols,
+              const float *x, int n_tokens, float *out, int out_stride, void *scratch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,170 @@
+"""Every C kernel path against the NumPy reference, on random data of awkward sizes.
+
+Paths: every ISA path this machine supports (generic always). Formats: every registry format.
+Error budget: activations are quantized to 8 bits per block (Q8_0/Q8_1: 32 values, Q8_K: 256), so each
+product may differ from the exact float64 one by at most sum_i |w_i| * amax(block of x_i) / 254, plus
+float rounding (fp16 scales, float accumulation). Float formats multiply float activations directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgellm import kernels
+from edgellm.quant.formats import FORMATS, GGMLType
+
+pytestmark = pytest.mark.skipif(kernels._C is None, reason="C extension not built")
+
+PATHS = kernels._C.capabilities()["supported"] if kernels._C else []
+FLOAT_TYPES = {GGMLType.F32, GGMLType.F16, GGMLType.BF16}
+# byte offsets of the fp16 scale fields in each block (d, and dmin / m where the format has one)
+SCALE_OFFSETS = {
+    GGMLType.Q4_0: [0], GGMLType.Q4_1: [0, 2], GGMLType.Q5_0: [0], GGMLType.Q5_1: [0, 2], GGMLType.Q8_0: [0],
+    GGMLType.Q2_K: [80, 82], GGMLType.Q3_K: [108], GGMLType.Q4_K: [0, 2], GGMLType.Q5_K: [0, 2],
+    GGMLType.Q6_K: [208],
+}  # fmt: skip
+ACT_BLOCK = {GGMLType.Q2_K: 256, GGMLType.Q3_K: 256, GGMLType.Q4_K: 256, GGMLType.Q5_K: 256, GGMLType.Q6_K: 256}
+
+
+@pytest.fixture(autouse=True)
+def restore_path():
+    before = kernels.active_path()
+    yield
+    kernels.use(before)
+    kernels.set_threads(None)
+
+
+def random_weights(rng, ttype, n_rows, n_cols, scale=0.05):
+    """Packed random weights: random quant bits with sane fp16 scales (or random floats)."""
+    fmt = FORMATS[ttype]
+    if ttype in FLOAT_TYPES:
+        values = (rng.standard_normal((n_rows, n_cols)) * scale).astype(np.float32)
+        return fmt.quantize(values.reshape(-1)).reshape(n_rows, -1)
+    n_blocks = n_rows * n_cols // fmt.block_size
+    blocks = rng.integers(0, 256, size=(n_blocks, fmt.type_size), dtype=np.uint8)
+    for off in SCALE_OFFSETS[ttype]:
+        d = (rng.uniform(0.2, 1.0, n_blocks) * scale / 8).astype(np.float16)
+        blocks[:, off : off + 2] = d.view(np.uint8).reshape(n_blocks, 2)
+    return blocks.reshape(n_rows, -1)
+
+
+def reference(raw, ttype, n_rows, n_cols, x):
+    w = FORMATS[ttype].dequantize(raw.reshape(-1)).reshape(n_rows, n_cols).astype(np.float64)
+    return x.astype(np.float64) @ w.T, w
+
+
+def budget(w, x, ttype):
+    exact_scale = np.abs(x.astype(np.float64)) @ np.abs(w).T  # sum |w_i x_i|
+    if ttype in FLOAT_TYPES:
+        return 1e-5 * exact_scale + 1e-6
+    block = ACT_BLOCK.get(ttype, 32)
+    amax = np.abs(x).reshape(x.shape[0], -1, block).max(axis=2)  # (n_tokens, n_blocks)
+    act_err = np.repeat(amax / 254.0, block, axis=1)  # per-element worst rounding
+    return 1.01 * (act_err @ np.abs(w).T) + 3e-3 * exact_scale + 1e-6
+
+
+SHAPES = [(1, 1), (3, 7), (17, 18), (33, 3)]  # (rows, blocks per row): single block, tails, odd counts
+TOKENS = [1, 2, 5, 9]  # 5 and 9 leave partial tiles of 4
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("ttype", list(FORMATS), ids=lambda t: t.name)
+def test_matmul_matches_reference_within_budget(path, ttype):
+    kernels.use(path)
+    assert kernels.has_matmul(ttype), f"no {path} matmul kernel for {ttype.name}"
+    rng = np.random.default_rng(int(ttype) * 31 + len(path))
+    block = max(FORMATS[ttype].block_size, ACT_BLOCK.get(ttype, 32))
+    for (n_rows, n_blocks), n_tokens in zip(SHAPES, TOKENS):
+        n_cols = n_blocks * block
+        raw = random_weights(rng, ttype, n_rows, n_cols)
+        x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
+        x[:, :block] *= 30.0  # one loud block: scales differ between blocks
+        got = kernels.matmul(x, raw, ttype, n_rows, n_cols)
+        ref, w = reference(raw, ttype, n_rows, n_cols, x)
+        err = np.abs(got - ref)
+        allowed = budget(w, x, ttype)
+        worst = np.unravel_index(np.argmax(err / allowed), err.shape)
+        assert (err <= allowed).all(), (
+            f"{path} {ttype.name} shape {n_rows}x{n_cols} tokens {n_tokens}: error {err[worst]:.3g} "
+            f"> budget {allowed[worst]:.3g} at {worst}"
+        )
+
+
+@pytest.mark.parametrize("ttype", list(FORMATS), ids=lambda t: t.name)
+def test_all_paths_agree_with_generic(ttype):
+    rng = np.random.default_rng(7)
+    block = max(FORMATS[ttype].block_size, ACT_BLOCK.get(ttype, 32))
+    n_rows, n_cols = 13, 5 * block
+    raw = random_weights(rng, ttype, n_rows, n_cols)
+    x = rng.standard_normal((6, n_cols)).astype(np.float32)
+    kernels.use("generic")
+    expected = kernels.matmul(x, raw, ttype, n_rows, n_cols)
+    for path in PATHS:
+        kernels.use(path)
+        np.testing.assert_allclose(kernels.matmul(x, raw, ttype, n_rows, n_cols), expected, rtol=2e-5,
+                                   atol=2e-5 * np.abs(expected).max(), err_msg=path)  # fmt: skip
+
+
+@pytest.mark.parametrize("ttype", [GGMLType.Q8_0, GGMLType.Q4_1, GGMLType.F16], ids=lambda t: t.name)
+def test_zero_and_constant_inputs(ttype):
+    rng = np.random.default_rng(0)
+    raw = random_weights(rng, ttype, 5, 64)
+    for path in PATHS:
+        kernels.use(path)
+        zeros = kernels.matmul(np.zeros((2, 64), np.float32), raw, ttype, 5, 64)
+        ref, _ = reference(raw, ttype, 5, 64, np.zeros((2, 64), np.float32))
+        np.testing.assert_allclose(zeros, ref, atol=1e-6)
+        ones = np.ones((3, 64), np.float32)
+        ref, w = reference(raw, ttype, 5, 64, ones)
+        np.testing.assert_allclose(kernels.matmul(ones, raw, ttype, 5, 64), ref, rtol=1e-2, atol=1e-3)
+    # all-zero weight blocks give exact zeros
+    kernels.use(PATHS[-1])
+    zero_w = np.zeros_like(raw)
+    assert not kernels.matmul(rng.standard_normal((2, 64)).astype(np.float32), zero_w, ttype, 5, 64).any()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_thread_counts_give_identical_results(path):
+    kernels.use(path)
+    rng = np.random.default_rng(1)
+    raw = random_weights(rng, GGMLType.Q4_0, 70, 96)
+    x = rng.standard_normal((5, 96)).astype(np.float32)
+    results = []
+    for n in (1, 2, 3, 4):
+        kernels.set_threads(n)
+        results.append(kernels.matmul(x, raw, GGMLType.Q4_0, 70, 96))
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+def test_c_block_sizes_equal_registry():
+    for ttype, fmt in FORMATS.items():
+        info = kernels._C.type_info(int(ttype))
+        assert (info["block_size"], info["type_size"]) == (fmt.block_size, fmt.type_size), ttype.name
+
+
+@pytest.mark.parametrize("ttype", list(FORMATS), ids=lambda t: t.name)
+def test_dequantize_row_is_bit_exact(ttype):
+    rng = np.random.default_rng(2)
+    block = FORMATS[ttype].block_size
+    raw = random_weights(rng, ttype, 1, 3 * max(block, 32))
+    k = raw.size * FORMATS[ttype].block_size // FORMATS[ttype].type_size
+    for path in PATHS:
+        kernels.use(path)
+        out = np.empty(k, np.float32)
+        kernels._C.dequantize_row(int(ttype), raw, out)
+        np.testing.assert_array_equal(out.view(np.uint32), FORMATS[ttype].dequantize(raw).view(np.uint32))
+
+
+def test_q8_0_activation_quantizer_matches_reference():
+    x = np.random.default_rng(3).standard_normal(32 * 7).astype(np.float32)
+    x[:32] = 0.0  # all-zero block
+    ref = FORMATS[GGMLType.Q8_0].quantize(x)
+    for path in PATHS:
+        kernels.use(path)
+        out = np.empty_like(ref)
+        kernels._C.quantize_row(int(GGMLType.Q8_0), x, out)
+        q_ours, q_ref = out[:, 2:].view(np.int8).astype(int), ref[:, 2:].view(np.int8).astype(int)
+        assert np.abs(q_ours - q_ref).max() <= 1, path  # ISA paths may round exact halves to even
+        np.testing.assert_array_equal(out[:, :2], ref[:, :2])
