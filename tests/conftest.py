@@ -30,3 +30,14 @@ def tiny_gemma3(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Path:
     return build_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny-qwen2.gguf", arch="qwen2")
+
+
+@pytest.fixture
+def reference_path():
+    """Run on the NumPy reference kernels for the duration of a test."""
+    from edgellm import kernels
+
+    before = kernels.active_path()
+    kernels.use("ref")
+    yield
+    kernels.use(before)

@@ -93,7 +93,7 @@ def test_rms_norm_and_gelu_reference_values():
     np.testing.assert_allclose(layers.silu(np.array([1.0])), [0.7310586], rtol=1e-6)
 
 
-def test_linear_tiles_give_the_same_product(tiny_llama, monkeypatch):
+def test_linear_tiles_give_the_same_product(tiny_llama, monkeypatch, reference_path):
     g = GGUFFile(tiny_llama)
     store = MappedStore(g)
     x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
@@ -140,3 +140,27 @@ def test_missing_hparam_is_named(tiny_llama):
     del meta["llama.block_count"]
     with pytest.raises(FormatError, match="metadata key 'llama.block_count' is missing"):
         read_config(meta, 10)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma3", "tiny_qwen2"])
+def test_c_engine_matches_numpy_reference(fixture, request):
+    """The C forward pass against the NumPy one; differences come from 8-bit activation quantization."""
+    from edgellm import kernels
+
+    if kernels._C is None:
+        pytest.skip("C extension not built")
+    model = load(request.getfixturevalue(fixture))
+    tokens = np.random.default_rng(5).integers(0, model.config.n_vocab, size=12)
+    before = kernels.active_path()
+    try:
+        kernels.use("ref")
+        assert model.compiled() is None
+        ref = model.forward(tokens, KVCache(model.config, 32), slice(None))
+        for path in kernels.capabilities()["supported"]:
+            kernels.use(path)
+            assert model.compiled() is not None, path
+            got = model.forward(tokens, KVCache(model.config, 32), slice(None))
+            assert np.abs(got - ref).max() < 0.08 * ref.std(), path
+            assert (got.argmax(axis=1) == ref.argmax(axis=1)).mean() >= 0.9, path
+    finally:
+        kernels.use(before)

@@ -61,6 +61,10 @@ def set_threads(n_threads: int | None) -> None:
     _state["threads"] = max(1, int(n_threads or os.cpu_count() or 1))
 
 
+def threads() -> int:
+    return _state["threads"]
+
+
 def capabilities() -> dict:
     """What the build and the CPU offer, and which path runs."""
     if _C is None:

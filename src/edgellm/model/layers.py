@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from ..quant.formats import dequantize_rows
 
 # Largest float32 weight tile materialised at once by `linear` (bytes).
@@ -17,10 +18,15 @@ ATTN_QUERY_BLOCK = 256
 
 
 def linear(x: np.ndarray, store, name: str) -> np.ndarray:
-    """x @ W.T for a packed W (n_out, n_in): (n_tokens, n_in) -> (n_tokens, n_out)."""
+    """x @ W.T for a packed W (n_out, n_in): (n_tokens, n_in) -> (n_tokens, n_out).
+
+    Runs the C kernel on the packed blocks when one is active, else the NumPy reference.
+    """
     info = store.info(name)
     n_out, n_in = info.shape
     raw = store.raw(name)
+    if kernels.has_matmul(info.type):
+        return kernels.matmul(x, raw, info.type, n_out, n_in)
     tile = max(1, DEQUANT_TILE_BYTES // (4 * n_in))
     if tile >= n_out:
         return x @ dequantize_rows(raw, info.type, n_in, slice(0, n_out)).T

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .. import kernels
 from ..errors import FormatError
 from ..formats import names
 from . import layers
@@ -24,6 +25,8 @@ class Transformer:
         self._check_tensors()
         # Norm weights and biases are tiny: keep them as floats (a few hundred KB in all).
         self._small: dict[str, np.ndarray] = {}
+        self._compiled = None
+        self._compiled_path = None
 
     @classmethod
     def from_store(cls, metadata: Mapping[str, Any], store) -> "Transformer":
@@ -81,12 +84,33 @@ class Transformer:
             x *= np.float32(self.config.embed_scale)
         return x
 
+    def compiled(self):
+        """The C engine's plan for this model, or None when the NumPy reference path runs."""
+        path = kernels.active_path()
+        if self._compiled_path != path:
+            from ..kernels.plan import CompiledModel, engine_supports
+
+            usable = engine_supports(self.store, self._expected_shapes()) and self.output_name is not None
+            self._compiled = CompiledModel(self.config, self.store, self.output_name, self._vec) if usable else None
+            self._compiled_path = path
+        return self._compiled
+
     def forward(self, tokens: np.ndarray, cache, logits_rows: slice | None = slice(-1, None)) -> np.ndarray:
         """Run `tokens` after the cached ones; return logits (n_selected, n_vocab) for `logits_rows`
         of this batch (default: the last token; None: no logits, only fill the cache)."""
         c = self.config
         tokens = np.asarray(tokens, dtype=np.int64)
         cache.reserve(len(tokens))
+        compiled = self.compiled() if cache.k.dtype == np.float32 else None
+        if compiled is not None:
+            rows = range(len(tokens))[logits_rows] if logits_rows is not None else range(0)
+            if rows.step != 1:
+                raise ValueError("logits_rows must be a contiguous slice")
+            if tokens.size and (tokens.min() < 0 or tokens.max() >= c.n_vocab):
+                raise ValueError(f"token id out of range 0..{c.n_vocab - 1}")
+            logits = compiled.forward(tokens, cache, rows.start if len(rows) else 0, len(rows), kernels.threads())
+            cache.advance(len(tokens))
+            return logits
         positions = np.arange(cache.n_past, cache.n_past + len(tokens))
         x = self.embed(tokens)  # (n_tokens, n_embd)
         for i in range(c.n_layers):

@@ -158,7 +158,134 @@ done:
     return result;
 }
 
+/* ---- whole-model plans ---- */
+
+#define LAYER_FIELDS 16 /* el_layer is 16 el_weight fields, in declaration order */
+
+static void model_destroy(PyObject *capsule) {
+    el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
+    if (!m) return;
+    free(m->layers);
+    free(m->swa);
+    free(m);
+}
+
+static int parse_weight(PyObject *item, el_weight *w) {
+    unsigned long long addr;
+    if (!PyArg_ParseTuple(item, "iKii", &w->type, &addr, &w->n_rows, &w->n_cols)) return -1;
+    w->data = (const void *)(uintptr_t)addr;
+    if (w->data && (w->type < 0 || w->type >= EL_TYPE_COUNT || !el_traits[w->type].name)) {
+        PyErr_Format(PyExc_ValueError, "tensor type %d has no C kernel", w->type);
+        return -1;
+    }
+    return 0;
+}
+
+static int get_int(PyObject *d, const char *key, int *out) {
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!v) { PyErr_Format(PyExc_KeyError, "model parameter '%s' missing", key); return -1; }
+    *out = (int)PyLong_AsLong(v);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int get_float(PyObject *d, const char *key, float *out) {
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!v) { PyErr_Format(PyExc_KeyError, "model parameter '%s' missing", key); return -1; }
+    *out = (float)PyFloat_AsDouble(v);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* model_create(params: dict, swa: bytes, weights: list[(type, address, n_rows, n_cols)]).
+ * The caller keeps every weight buffer alive as long as the model. */
+static PyObject *py_model_create(PyObject *self, PyObject *args) {
+    PyObject *params, *weights;
+    Py_buffer swa;
+    if (!PyArg_ParseTuple(args, "O!y*O!", &PyDict_Type, &params, &swa, &PyList_Type, &weights)) return NULL;
+    el_model *m = calloc(1, sizeof(el_model));
+    int ok = m != NULL;
+    ok = ok && !get_int(params, "n_layers", &m->n_layers) && !get_int(params, "n_embd", &m->n_embd) &&
+         !get_int(params, "n_ff", &m->n_ff) && !get_int(params, "n_head", &m->n_head) &&
+         !get_int(params, "n_head_kv", &m->n_head_kv) && !get_int(params, "head_dim", &m->head_dim) &&
+         !get_int(params, "head_dim_v", &m->head_dim_v) && !get_int(params, "n_vocab", &m->n_vocab) &&
+         !get_int(params, "rope_dim", &m->rope_dim) && !get_int(params, "rope_neox", &m->rope_neox) &&
+         !get_int(params, "gelu", &m->gelu) && !get_int(params, "sliding_window", &m->sliding_window) &&
+         !get_float(params, "norm_eps", &m->norm_eps) && !get_float(params, "rope_base", &m->rope_base) &&
+         !get_float(params, "rope_base_swa", &m->rope_base_swa) &&
+         !get_float(params, "rope_scale", &m->rope_scale) && !get_float(params, "embed_scale", &m->embed_scale) &&
+         !get_float(params, "attn_scale", &m->attn_scale) &&
+         !get_float(params, "final_softcap", &m->final_softcap);
+    if (ok && PyList_GET_SIZE(weights) != 3 + (Py_ssize_t)m->n_layers * LAYER_FIELDS) {
+        PyErr_SetString(PyExc_ValueError, "weights list does not match n_layers");
+        ok = 0;
+    }
+    if (ok && swa.len != m->n_layers) {
+        PyErr_SetString(PyExc_ValueError, "swa must have one byte per layer");
+        ok = 0;
+    }
+    if (ok) {
+        m->layers = calloc((size_t)m->n_layers, sizeof(el_layer));
+        m->swa = malloc((size_t)m->n_layers);
+        ok = m->layers && m->swa;
+        if (!ok) PyErr_NoMemory();
+    }
+    if (ok) {
+        memcpy(m->swa, swa.buf, (size_t)m->n_layers);
+        el_weight *globals[3] = {&m->tok_embd, &m->output_norm, &m->output};
+        for (int i = 0; i < 3 && ok; i++) ok = !parse_weight(PyList_GET_ITEM(weights, i), globals[i]);
+        for (int l = 0; l < m->n_layers && ok; l++) {
+            el_weight *fields = (el_weight *)&m->layers[l];
+            for (int f = 0; f < LAYER_FIELDS && ok; f++)
+                ok = !parse_weight(PyList_GET_ITEM(weights, 3 + l * LAYER_FIELDS + f), &fields[f]);
+        }
+    }
+    PyBuffer_Release(&swa);
+    if (!ok) {
+        if (m) { free(m->layers); free(m->swa); free(m); }
+        return NULL;
+    }
+    return PyCapsule_New(m, "edgellm.model", model_destroy);
+}
+
+/* forward(model, tokens int32, n_past, k_cache, v_cache, n_ctx, out_row0, n_out_rows, logits, n_threads) */
+static PyObject *py_forward(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    Py_buffer tokens, kc, vc, logits;
+    int n_past, n_ctx, row0, n_rows, n_threads;
+    if (!PyArg_ParseTuple(args, "Oy*iw*w*iiiw*i", &capsule, &tokens, &n_past, &kc, &vc, &n_ctx, &row0, &n_rows,
+                          &logits, &n_threads))
+        return NULL;
+    PyObject *result = NULL;
+    el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
+    if (!m) goto done;
+    const int n_tokens = (int)(tokens.len / (Py_ssize_t)sizeof(int32_t));
+    const size_t kd = (size_t)m->n_head_kv * m->head_dim, vd = (size_t)m->n_head_kv * m->head_dim_v;
+    if ((size_t)kc.len < (size_t)m->n_layers * n_ctx * kd * sizeof(float) ||
+        (size_t)vc.len < (size_t)m->n_layers * n_ctx * vd * sizeof(float) ||
+        (size_t)logits.len < (size_t)n_rows * m->n_vocab * sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "forward: cache or logits buffer too small");
+        goto done;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = el_forward(m, get_pool(n_threads), tokens.buf, n_tokens, n_past, kc.buf, vc.buf, n_ctx, row0, n_rows,
+                    logits.buf);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        PyErr_SetString(PyExc_ValueError, "forward: bad arguments (token id, positions or rows) or out of memory");
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&tokens);
+    PyBuffer_Release(&kc);
+    PyBuffer_Release(&vc);
+    PyBuffer_Release(&logits);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"model_create", py_model_create, METH_VARARGS, "Build a whole-model plan from weight addresses."},
+    {"forward", py_forward, METH_VARARGS, "Run tokens through a model plan, filling the KV cache and logits."},
     {"capabilities", py_capabilities, METH_NOARGS, "Compiled, supported and current kernel paths."},
     {"set_isa", py_set_isa, METH_VARARGS, "Use one kernel path (generic, avx2, avx512, neon)."},
     {"type_info", py_type_info, METH_VARARGS, "Block geometry and available kernels of a type id."},

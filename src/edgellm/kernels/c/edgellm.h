@@ -131,6 +131,35 @@ size_t el_matmul_scratch_bytes(enum el_type type, int n_cols, int n_tokens);
 int el_matmul(el_pool *pool, enum el_type type, const void *w, int n_rows, int n_cols,
               const float *x, int n_tokens, float *out, int out_stride, void *scratch);
 
+/* ---- whole-model forward pass (engine.c): Python builds this plan once, C runs it for every step ---- */
+
+typedef struct {
+    int type;          /* enum el_type; data == NULL means the tensor is absent */
+    const void *data;  /* packed rows, n_rows x row_bytes(type, n_cols) */
+    int n_rows, n_cols;
+} el_weight;
+
+typedef struct {
+    el_weight attn_norm, wq, wk, wv, wo, bq, bk, bv, q_norm, k_norm, attn_post_norm;
+    el_weight ffn_norm, gate, up, down, ffn_post_norm;
+} el_layer;
+
+typedef struct {
+    int n_layers, n_embd, n_ff, n_head, n_head_kv, head_dim, head_dim_v, n_vocab, rope_dim;
+    float norm_eps, rope_base, rope_base_swa, rope_scale, embed_scale, attn_scale, final_softcap;
+    int rope_neox, gelu, sliding_window;
+    uint8_t *swa; /* per layer: 1 if the layer attends through the sliding window */
+    el_weight tok_embd, output_norm, output;
+    el_layer *layers;
+} el_model;
+
+/* Runs n_tokens new tokens at positions n_past.. through the model.
+ * k_cache: n_layers x n_ctx x (n_head_kv * head_dim) floats; v_cache likewise with head_dim_v.
+ * Writes logits of rows out_row0 .. out_row0 + n_out_rows - 1 of this batch to `logits` (n_vocab apart).
+ * Returns 0, or -1 on bad arguments / out of memory. */
+int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, float *k_cache,
+               float *v_cache, int n_ctx, int out_row0, int n_out_rows, float *logits);
+
 #ifdef __cplusplus
 }
 #endif

@@ -237,8 +237,10 @@ static void to_float_q5_0(const void *vx, float *y, int64_t k) {
         const float d = el_f16(x[i].d);
         const uint32_t qh = load_u32(x[i].qh);
         for (int j = 0; j < QK5_0 / 2; j++) {
-            y[j] = (((x[i].qs[j] & 0x0F) | (((qh >> j) & 1) << 4)) - 16) * d;
-            y[j + 16] = (((x[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16) * d;
+            const int lo = (int)((x[i].qs[j] & 0x0F) | (((qh >> j) & 1) << 4)) - 16;
+            const int hi = (int)((x[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
+            y[j] = lo * d;
+            y[j + 16] = hi * d;
         }
     }
 }

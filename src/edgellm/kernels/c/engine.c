@@ -1,0 +1,216 @@
+/* The transformer forward pass in C: one call per prefill batch or decoded token, so Python spends
+ * nothing per layer. It mirrors edgellm.model.transformer (the NumPy reference it is tested against):
+ * RMSNorm, Q/K/V projections (+bias), per-head Q/K norms, RoPE (adjacent pairs or NEOX halves), causal
+ * attention with an optional sliding window, output projection, optional post-norms, gated FFN
+ * (SiLU or tanh-GELU), and logits for the requested rows only. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edgellm.h"
+
+static size_t row_bytes(int type, int n) {
+    return (size_t)(n / el_traits[type].block_size) * el_traits[type].type_size;
+}
+
+static void rms_norm(float *y, const float *x, const float *w, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    const float scale = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) y[i] = x[i] * scale * w[i];
+}
+
+static void norm_rows(float *y, const float *x, const el_weight *w, int n_rows, int n, float eps) {
+    for (int r = 0; r < n_rows; r++) rms_norm(y + (size_t)r * n, x + (size_t)r * n, w->data, n, eps);
+}
+
+static void rope(float *x, int n_heads, int head_dim, int n_rot, int pos, float base, float scale, int neox) {
+    const int half = n_rot / 2;
+    for (int i = 0; i < half; i++) {
+        const double theta = pos * (double)scale * pow(base, -2.0 * i / n_rot);
+        const float c = (float)cos(theta), s = (float)sin(theta);
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + (size_t)h * head_dim;
+            const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+            const float x0 = v[a], x1 = v[b];
+            v[a] = x0 * c - x1 * s;
+            v[b] = x0 * s + x1 * c;
+        }
+    }
+}
+
+/* ---- attention: one task item per (token, head) ---- */
+typedef struct {
+    const el_model *m;
+    const float *q;  /* n_tokens x n_head x head_dim */
+    const float *k;  /* this layer's cache: n_ctx x n_head_kv x head_dim */
+    const float *v;
+    float *out;      /* n_tokens x n_head x head_dim_v */
+    float *scores;   /* per thread: n_kv floats */
+    int n_tokens, n_past, window, n_kv_max;
+} attn_ctx;
+
+static void attn_task(void *vctx, int ith, int nth) {
+    attn_ctx *c = vctx;
+    const el_model *m = c->m;
+    const int group = m->n_head / m->n_head_kv;
+    const int kv_stride = m->n_head_kv * m->head_dim, v_stride = m->n_head_kv * m->head_dim_v;
+    float *scores = c->scores + (size_t)ith * c->n_kv_max;
+    const int n_items = c->n_tokens * m->n_head;
+    for (int item = ith; item < n_items; item += nth) {
+        const int t = item / m->n_head, h = item % m->n_head, hk = h / group;
+        const int pos = c->n_past + t;
+        const int j0 = c->window > 0 && pos - c->window + 1 > 0 ? pos - c->window + 1 : 0;
+        const float *q = c->q + ((size_t)t * m->n_head + h) * m->head_dim;
+        float mx = -INFINITY;
+        for (int j = j0; j <= pos; j++) {
+            const float *k = c->k + (size_t)j * kv_stride + (size_t)hk * m->head_dim;
+            float s = 0.0f;
+            for (int d = 0; d < m->head_dim; d++) s += q[d] * k[d];
+            s *= m->attn_scale;
+            scores[j - j0] = s;
+            if (s > mx) mx = s;
+        }
+        float sum = 0.0f;
+        for (int j = j0; j <= pos; j++) {
+            scores[j - j0] = expf(scores[j - j0] - mx);
+            sum += scores[j - j0];
+        }
+        float *o = c->out + ((size_t)t * m->n_head + h) * m->head_dim_v;
+        memset(o, 0, sizeof(float) * m->head_dim_v);
+        for (int j = j0; j <= pos; j++) {
+            const float p = scores[j - j0] / sum;
+            const float *v = c->v + (size_t)j * v_stride + (size_t)hk * m->head_dim_v;
+            for (int d = 0; d < m->head_dim_v; d++) o[d] += p * v[d];
+        }
+    }
+}
+
+/* ---- helpers over the scratch arena ---- */
+typedef struct {
+    el_pool *pool;
+    void *qscratch;
+} run_ctx;
+
+static int linear(run_ctx *r, const el_weight *w, const float *x, int n_tokens, float *out) {
+    return el_matmul(r->pool, (enum el_type)w->type, w->data, w->n_rows, w->n_cols, x, n_tokens, out, w->n_rows,
+                     r->qscratch);
+}
+
+static void add_bias(float *x, const el_weight *b, int n_tokens, int n) {
+    if (!b->data) return;
+    const float *bias = b->data;
+    for (int t = 0; t < n_tokens; t++)
+        for (int i = 0; i < n; i++) x[(size_t)t * n + i] += bias[i];
+}
+
+static inline float gelu_tanh(float x) {
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+static size_t max_scratch(const el_model *m, int n_tokens) {
+    size_t best = 0;
+    const el_weight *all[] = {&m->output};
+    for (int i = 0; i < 1; i++) {
+        size_t s = el_matmul_scratch_bytes((enum el_type)all[i]->type, all[i]->n_cols, n_tokens);
+        if (s > best) best = s;
+    }
+    for (int l = 0; l < m->n_layers; l++) {
+        const el_layer *L = &m->layers[l];
+        const el_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+        for (int i = 0; i < 7; i++) {
+            size_t s = el_matmul_scratch_bytes((enum el_type)ws[i]->type, ws[i]->n_cols, n_tokens);
+            if (s > best) best = s;
+        }
+    }
+    return best;
+}
+
+int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, float *k_cache,
+               float *v_cache, int n_ctx, int out_row0, int n_out_rows, float *logits) {
+    if (n_tokens <= 0 || n_past < 0 || n_past + n_tokens > n_ctx || out_row0 < 0 ||
+        out_row0 + n_out_rows > n_tokens)
+        return -1;
+    for (int t = 0; t < n_tokens; t++)
+        if (tokens[t] < 0 || tokens[t] >= m->n_vocab) return -1;
+    const int E = m->n_embd, F = m->n_ff;
+    const int QD = m->n_head * m->head_dim, KD = m->n_head_kv * m->head_dim, VD = m->n_head_kv * m->head_dim_v;
+    const int OD = m->n_head * m->head_dim_v;
+    const int nth = el_pool_size(pool);
+    const size_t T = (size_t)n_tokens;
+    const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + (size_t)nth * n_ctx;
+    float *arena = malloc(floats * sizeof(float));
+    void *qscratch = malloc(max_scratch(m, n_tokens) + 64);
+    if (!arena || !qscratch) {
+        free(arena);
+        free(qscratch);
+        return -1;
+    }
+    float *x = arena, *h = x + T * E, *q = h + T * E, *k = q + T * QD, *v = k + T * KD, *att = v + T * VD;
+    float *g = att + T * OD, *u = g + T * F, *o = u + T * F, *scores = o + T * E;
+    run_ctx r = {pool, qscratch};
+    int rc = 0;
+
+    /* embeddings */
+    const el_type_traits *et = &el_traits[m->tok_embd.type];
+    const size_t erow = row_bytes(m->tok_embd.type, E);
+    for (int t = 0; t < n_tokens; t++) {
+        et->to_float((const char *)m->tok_embd.data + (size_t)tokens[t] * erow, x + (size_t)t * E, E);
+        if (m->embed_scale != 1.0f)
+            for (int i = 0; i < E; i++) x[(size_t)t * E + i] *= m->embed_scale;
+    }
+
+    for (int l = 0; l < m->n_layers && rc == 0; l++) {
+        const el_layer *L = &m->layers[l];
+        const int swa = m->swa && m->swa[l];
+        const float base = swa && m->rope_base_swa > 0 ? m->rope_base_swa : m->rope_base;
+        const float rscale = swa ? 1.0f : m->rope_scale;
+        float *kc = k_cache + (size_t)l * n_ctx * KD, *vc = v_cache + (size_t)l * n_ctx * VD;
+
+        norm_rows(h, x, &L->attn_norm, n_tokens, E, m->norm_eps);
+        rc |= linear(&r, &L->wq, h, n_tokens, q);
+        rc |= linear(&r, &L->wk, h, n_tokens, k);
+        rc |= linear(&r, &L->wv, h, n_tokens, v);
+        add_bias(q, &L->bq, n_tokens, QD);
+        add_bias(k, &L->bk, n_tokens, KD);
+        add_bias(v, &L->bv, n_tokens, VD);
+        for (int t = 0; t < n_tokens; t++) {
+            float *qt = q + (size_t)t * QD, *kt = k + (size_t)t * KD;
+            if (L->q_norm.data) norm_rows(qt, qt, &L->q_norm, m->n_head, m->head_dim, m->norm_eps);
+            if (L->k_norm.data) norm_rows(kt, kt, &L->k_norm, m->n_head_kv, m->head_dim, m->norm_eps);
+            rope(qt, m->n_head, m->head_dim, m->rope_dim, n_past + t, base, rscale, m->rope_neox);
+            rope(kt, m->n_head_kv, m->head_dim, m->rope_dim, n_past + t, base, rscale, m->rope_neox);
+        }
+        memcpy(kc + (size_t)n_past * KD, k, T * KD * sizeof(float));
+        memcpy(vc + (size_t)n_past * VD, v, T * VD * sizeof(float));
+        attn_ctx ac = {m, q, kc, vc, att, scores, n_tokens, n_past, swa ? m->sliding_window : 0, n_ctx};
+        el_pool_run(pool, attn_task, &ac);
+        rc |= linear(&r, &L->wo, att, n_tokens, o);
+        if (L->attn_post_norm.data) norm_rows(o, o, &L->attn_post_norm, n_tokens, E, m->norm_eps);
+        for (size_t i = 0; i < T * E; i++) x[i] += o[i];
+
+        norm_rows(h, x, &L->ffn_norm, n_tokens, E, m->norm_eps);
+        rc |= linear(&r, &L->gate, h, n_tokens, g);
+        rc |= linear(&r, &L->up, h, n_tokens, u);
+        if (m->gelu) {
+            for (size_t i = 0; i < T * F; i++) g[i] = gelu_tanh(g[i]) * u[i];
+        } else {
+            for (size_t i = 0; i < T * F; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        }
+        rc |= linear(&r, &L->down, g, n_tokens, o);
+        if (L->ffn_post_norm.data) norm_rows(o, o, &L->ffn_post_norm, n_tokens, E, m->norm_eps);
+        for (size_t i = 0; i < T * E; i++) x[i] += o[i];
+    }
+
+    if (rc == 0 && n_out_rows > 0) {
+        norm_rows(h, x + (size_t)out_row0 * E, &m->output_norm, n_out_rows, E, m->norm_eps);
+        rc |= linear(&r, &m->output, h, n_out_rows, logits);
+        if (m->final_softcap > 0) {
+            const float cap = m->final_softcap;
+            for (size_t i = 0; i < (size_t)n_out_rows * m->n_vocab; i++) logits[i] = tanhf(logits[i] / cap) * cap;
+        }
+    }
+    free(arena);
+    free(qscratch);
+    return rc ? -1 : 0;
+}

@@ -1,0 +1,77 @@
+"""The static plan the C engine runs: weight addresses and hyper-parameters, built once per model.
+
+Python calls `forward` once per prefill batch or decoded token; every layer runs in C. The plan holds the
+memory-mapped weight views (and float32 copies of the tiny norm/bias vectors) alive as long as it lives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _C, active_path, has_matmul
+from ..formats import names
+from ..quant.formats import GGMLType
+
+# el_layer field order in edgellm.h
+LAYER_FIELDS = [
+    names.ATTN_NORM, names.ATTN_Q, names.ATTN_K, names.ATTN_V, names.ATTN_OUT, names.ATTN_Q_BIAS,
+    names.ATTN_K_BIAS, names.ATTN_V_BIAS, names.ATTN_Q_NORM, names.ATTN_K_NORM, names.ATTN_POST_NORM,
+    names.FFN_NORM, names.FFN_GATE, names.FFN_UP, names.FFN_DOWN, names.FFN_POST_NORM,
+]  # fmt: skip
+_ABSENT = (0, 0, 0, 0)
+
+
+def engine_supports(store, tensor_names) -> bool:
+    """Whether the C engine has a kernel for every matrix (and a row gather for the embedding)."""
+    if _C is None or active_path() == "ref":
+        return False
+    for name in tensor_names:
+        info = store.info(name)
+        if len(info.shape) == 2 and not has_matmul(info.type):
+            return False
+    return _C.type_info(int(store.info(names.TOKEN_EMBD).type))["has_to_float"]
+
+
+class CompiledModel:
+    def __init__(self, config, store, output_name: str, vector):
+        self._keep: list[np.ndarray] = []
+        weights = [self._matrix(store, names.TOKEN_EMBD), self._vector(vector(names.OUTPUT_NORM)),
+                   self._matrix(store, output_name)]  # fmt: skip
+        for i in range(config.n_layers):
+            for template in LAYER_FIELDS:
+                name = template.format(i=i)
+                if not store.has(name):
+                    weights.append(_ABSENT)
+                elif len(store.info(name).shape) == 1:
+                    weights.append(self._vector(vector(name)))
+                else:
+                    weights.append(self._matrix(store, name))
+        params = dict(
+            n_layers=config.n_layers, n_embd=config.n_embd, n_ff=config.n_ff, n_head=config.n_head,
+            n_head_kv=config.n_head_kv, head_dim=config.head_dim, head_dim_v=config.head_dim_v,
+            n_vocab=config.n_vocab, rope_dim=config.rope_dim, rope_neox=int(config.rope_neox),
+            gelu=int(config.ffn_act == "gelu"), sliding_window=config.sliding_window, norm_eps=config.norm_eps,
+            rope_base=config.rope_base, rope_base_swa=config.rope_base_swa or 0.0, rope_scale=config.rope_scale,
+            embed_scale=config.embed_scale, attn_scale=config.softmax_scale(),
+            final_softcap=config.final_logit_softcap,
+        )  # fmt: skip
+        swa = bytes(int(config.is_swa(i)) for i in range(config.n_layers))
+        self.config = config
+        self._plan = _C.model_create(params, swa, weights)
+
+    def _matrix(self, store, name: str) -> tuple[int, int, int, int]:
+        info = store.info(name)
+        raw = store.raw(name)
+        self._keep.append(raw)
+        return int(info.type), raw.ctypes.data, info.shape[0], info.shape[1]
+
+    def _vector(self, values: np.ndarray) -> tuple[int, int, int, int]:
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        self._keep.append(values)
+        return int(GGMLType.F32), values.ctypes.data, 1, values.size
+
+    def forward(self, tokens: np.ndarray, cache, row0: int, n_rows: int, n_threads: int) -> np.ndarray:
+        logits = np.empty((n_rows, self.config.n_vocab), dtype=np.float32)
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        _C.forward(self._plan, tokens, cache.n_past, cache.k, cache.v, cache.n_ctx, row0, n_rows, logits, n_threads)
+        return logits
