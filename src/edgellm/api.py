@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any, Iterator, Sequence
 
-from . import hub
+from . import hub, kernels
 from .chat_template import default_template, render_chat
 from .errors import ConfigError
 from .formats.gguf import GGUFFile
@@ -48,6 +48,7 @@ class LLM:
         self.config = self.model.config
         self.n_ctx = min(n_ctx, self.config.n_ctx_train)
         self.n_threads = n_threads or os.cpu_count() or 1
+        kernels.set_threads(self.n_threads)
         self.seed = seed
         self.session = Session(self.model, self.n_ctx, n_batch)
         self.chat_template = self.metadata.get("tokenizer.chat_template") or default_template(

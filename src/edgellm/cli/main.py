@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("models", "describe a model file"),
     "tokenize": ("tokenize", "print the token ids of a text"),
     "perplexity": ("perplexity", "perplexity of a text file, as llama.cpp computes it"),
+    "bench": ("bench", "prompt and generation speed, as llama-bench measures them"),
 }
 
 

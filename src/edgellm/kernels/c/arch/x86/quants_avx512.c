@@ -1,11 +1,333 @@
-/* AVX512 kernels. Compiled for every x86-64 build with a target pragma, used only when the CPU has it. */
+/* AVX512 kernels. Compiled for every x86-64 build with a target pragma, used only when the CPU has it.
+ *
+ * Dot products use VNNI (vpdpbusd: u8 x s8 -> s32, four products per lane) on 512-bit registers:
+ *  - 32-weight formats: two blocks per register, lanes 0..7 block i, lanes 8..15 block i + 1, per-block
+ *    float scales applied with one FMA per pair (the fp16 scales of both blocks are converted together).
+ *  - signed formats: for one activation row the weights are used unsigned (q + offset) and the offset times the
+ *    activation sum is subtracted (a second vpdpbusd); for a tile of rows the weights are made signed once and
+ *    each row uses its activations flipped to unsigned (y ^ 0x80), the weight-only correction shared by all rows.
+ *  - k-quants: 64 weights per register, sub-block scales as floats permuted into place, mins and offsets from
+ *    the Q8_K bsums.
+ * Every kernel unpacks a weight block once per tile of up to 4 activation rows (nc) and keeps one accumulator
+ * per row (two per row for the 32-weight formats, for decode).
+ */
+#include <string.h>
+
 #include "../../edgellm.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512dq")
 #include <immintrin.h>
 
-void el_register_avx512(el_type_traits *t) { (void)t; }
+#define INL static inline __attribute__((always_inline))
+
+INL uint32_t ld32(const void *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+INL float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INL float hsum512(__m512 v) {
+    return hsum256(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+}
+
+/* ---- 32-weight formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 against Q8_0 / Q8_1 ---- */
+
+enum { F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1, F_Q8_0 };
+
+/* bytes per weight block, per activation block, offset of the activation quants */
+#define WSIZE(F) ((F) == F_Q4_0 ? 18 : (F) == F_Q4_1 ? 20 : (F) == F_Q5_0 ? 22 : (F) == F_Q5_1 ? 24 : 34)
+#define HAS_MIN(F) ((F) == F_Q4_1 || (F) == F_Q5_1)
+#define YSIZE(F) (HAS_MIN(F) ? 36 : 34)
+#define YQS(F) (HAS_MIN(F) ? 4 : 2)
+/* the weights are stored as q - OFFSET (0: unsigned with a min) */
+#define OFFSET(F) ((F) == F_Q4_0 ? 8 : (F) == F_Q5_0 ? 16 : (F) == F_Q8_0 ? 128 : 0)
+
+/* two 16-byte nibble arrays -> [a lo, a hi, b lo, b hi] as bytes 0..15 */
+INL __m512i q4_pair(const uint8_t *a, const uint8_t *b) {
+    __m512i z = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)a));
+    z = _mm512_mask_broadcast_i32x4(z, 0xFF00, _mm_loadu_si128((const __m128i *)b));
+    z = _mm512_mask_srli_epi16(z, 0xFF00FF00u, z, 4);
+    return _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
+}
+
+INL __m512i load_pair(const void *a, const void *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                              _mm256_loadu_si256((const __m256i *)b), 1);
+}
+
+/* the weights of blocks a and b: unsigned q (0..15 / 0..31) for the 4/5-bit formats, raw int8 for Q8_0 */
+INL __m512i w_pair(const int F, const uint8_t *a, const uint8_t *b) {
+    switch (F) {
+    case F_Q4_0: return q4_pair(a + 2, b + 2);
+    case F_Q4_1: return q4_pair(a + 4, b + 4);
+    case F_Q5_0: {
+        const __m512i z = q4_pair(a + 6, b + 6);
+        const __mmask64 k = (__mmask64)ld32(a + 2) | ((__mmask64)ld32(b + 2) << 32);
+        return _mm512_mask_add_epi8(z, k, z, _mm512_set1_epi8(16));
+    }
+    case F_Q5_1: {
+        const __m512i z = q4_pair(a + 8, b + 8);
+        const __mmask64 k = (__mmask64)ld32(a + 4) | ((__mmask64)ld32(b + 4) << 32);
+        return _mm512_mask_add_epi8(z, k, z, _mm512_set1_epi8(16));
+    }
+    default: return load_pair(a + 2, b + 2);
+    }
+}
+
+/* the fp16 pairs at the start of blocks a and b: [a0, a1, b0, b1] (d and m / s where the format has them) */
+INL __m128 f16_pair(const void *a, const void *b) {
+    return _mm_cvtph_ps(_mm_unpacklo_epi32(_mm_cvtsi32_si128((int)ld32(a)), _mm_cvtsi32_si128((int)ld32(b))));
+}
+
+/* one pair of weight blocks (a, b) against NC activation rows; LAST: a == b, the copy scaled by zero */
+INL void pair_step(const int F, const int NC, const int LAST, const uint8_t *x, const uint8_t *const *yr, int a,
+                   int b, __m512 *acc, __m128 *macc) {
+    const __m512i idx = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __m512i off = _mm512_set1_epi8((char)OFFSET(F));
+    const uint8_t *xa = x + (size_t)a * WSIZE(F), *xb = x + (size_t)b * WSIZE(F);
+    const __m512i wq = w_pair(F, xa, xb);
+    const __m128 wd = f16_pair(xa, xb);
+    __m512i ws = wq, negcorr = _mm512_setzero_si512();
+    if (NC > 1 && OFFSET(F)) {
+        /* signed weights, shared correction: sum((y + 128) * ws) - 128 * sum(ws) */
+        if (F != F_Q8_0) ws = _mm512_sub_epi8(wq, off);
+        negcorr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, ws));
+    }
+    const __m512i wu = (NC == 1 && F == F_Q8_0) ? _mm512_xor_si512(wq, flip) : wq;
+    for (int r = 0; r < NC; r++) {
+        const uint8_t *ya = yr[r] + (size_t)a * YSIZE(F), *yb = yr[r] + (size_t)b * YSIZE(F);
+        const __m512i yq = load_pair(ya + YQS(F), yb + YQS(F));
+        __m512i sumi;
+        if (!OFFSET(F)) {
+            sumi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, yq);
+        } else if (NC == 1) {
+            sumi = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, yq),
+                                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, yq));
+        } else {
+            sumi = _mm512_dpbusd_epi32(negcorr, _mm512_xor_si512(yq, flip), ws);
+        }
+        __m128 prod = _mm_mul_ps(wd, f16_pair(ya, yb)); /* [dw*dy, m*s] of block a, then block b */
+        if (LAST) prod = _mm_blend_ps(prod, _mm_setzero_ps(), 0xC);
+        const __m512 scale = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(prod));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), scale, acc[r]);
+        if (HAS_MIN(F)) macc[r] = _mm_add_ps(macc[r], prod);
+    }
+}
+
+INL void dot32_tile(const int F, const int NC, int n, float *s, size_t bs, const void *w, const void *y,
+                    size_t by) {
+    const uint8_t *x = w;
+    const uint8_t *yr[4];
+    __m512 acc0[4], acc1[4];
+    __m128 macc[4];
+    for (int r = 0; r < NC; r++) {
+        yr[r] = (const uint8_t *)y + (size_t)r * by;
+        acc0[r] = acc1[r] = _mm512_setzero_ps();
+        macc[r] = _mm_setzero_ps();
+    }
+    const int nb = n / QK8_0;
+    int i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        pair_step(F, NC, 0, x, yr, i, i + 1, acc0, macc);
+        pair_step(F, NC, 0, x, yr, i + 2, i + 3, acc1, macc);
+    }
+    if (i + 2 <= nb) {
+        pair_step(F, NC, 0, x, yr, i, i + 1, acc0, macc);
+        i += 2;
+    }
+    if (i < nb) pair_step(F, NC, 1, x, yr, i, i, acc1, macc);
+    for (int r = 0; r < NC; r++) {
+        float sum = hsum512(_mm512_add_ps(acc0[r], acc1[r]));
+        if (HAS_MIN(F)) {
+            const __m128 m = _mm_add_ps(macc[r], _mm_movehl_ps(macc[r], macc[r])); /* lane 1: m*s of a + b */
+            sum += _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1));
+        }
+        s[(size_t)r * bs] = sum;
+    }
+}
+
+/* Kernels with a compile-time tile width: nc rows in tiles of 4, then the remainder. */
+#define TILED_KERNEL(name, tile_call)                                                                          \
+    static void name(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {           \
+        for (; nc >= 4; nc -= 4, s += 4 * bs, y = (const char *)y + 4 * by) tile_call(4);                       \
+        switch (nc) {                                                                                          \
+        case 3: tile_call(3); break;                                                                           \
+        case 2: tile_call(2); break;                                                                           \
+        case 1: tile_call(1); break;                                                                           \
+        default: break;                                                                                        \
+        }                                                                                                      \
+    }
+
+#define DOT32(F) \
+    TILED_KERNEL(dot_##F, F##_CALL)
+#define Q4_0_CALL(NC) dot32_tile(F_Q4_0, NC, n, s, bs, w, y, by)
+#define Q4_1_CALL(NC) dot32_tile(F_Q4_1, NC, n, s, bs, w, y, by)
+#define Q5_0_CALL(NC) dot32_tile(F_Q5_0, NC, n, s, bs, w, y, by)
+#define Q5_1_CALL(NC) dot32_tile(F_Q5_1, NC, n, s, bs, w, y, by)
+#define Q8_0_CALL(NC) dot32_tile(F_Q8_0, NC, n, s, bs, w, y, by)
+DOT32(Q4_0)
+DOT32(Q4_1)
+DOT32(Q5_0)
+DOT32(Q5_1)
+DOT32(Q8_0)
+
+/* ---- k-quants against Q8_K ---- */
+
+/* per-row epilogue of a super-block: four int32 products (64 weights each) with their float scales */
+INL __m512 k_sum4(const __m512i p[4], const __m512 sc[4]) {
+    __m512 t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(p[0]), sc[0]);
+    __m512 t1 = _mm512_mul_ps(_mm512_cvtepi32_ps(p[1]), sc[1]);
+    t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[2]), sc[2], t0);
+    t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[3]), sc[3], t1);
+    return _mm512_add_ps(t0, t1);
+}
+
+/* Q4_K / Q5_K 6-bit scales and mins: bytes 0..7 scales, 8..15 mins */
+INL __m128i k4_scales(const uint8_t *q) {
+    uint32_t u[4];
+    memcpy(u, q, 12);
+    const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & kmask2) | (((u[1] >> 6) & kmask3) << 4);
+    const uint32_t mins_lo = u[1] & kmask1;
+    u[1] = (u[2] & kmask2) | (((u[0] >> 6) & kmask3) << 4);
+    u[2] = mins_lo;
+    u[0] &= kmask1;
+    return _mm_setr_epi32((int)u[0], (int)u[1], (int)u[2], (int)u[3]);
+}
+
+/* Q4_K (HIGH = 0) and Q5_K (HIGH = 1): w = d * sc * q - dmin * m per sub-block of 32 */
+INL void dotk4_tile(const int HIGH, const int NC, int n, float *s, size_t bs, const void *w, const void *y,
+                    size_t by) {
+    const block_q8_K *yr[4];
+    __m512 acc[4];
+    __m256 accm[4];
+    for (int r = 0; r < NC; r++) {
+        yr[r] = (const block_q8_K *)((const char *)y + (size_t)r * by);
+        acc[r] = _mm512_setzero_ps();
+        accm[r] = _mm256_setzero_ps();
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int nb = n / QK_K;
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *xb = (const uint8_t *)w + (size_t)i * (HIGH ? sizeof(block_q5_K) : sizeof(block_q4_K));
+        const uint8_t *qs = xb + (HIGH ? 48 : 16);
+        const float d = _cvtsh_ss(*(const el_fp16_t *)xb), dmin = _cvtsh_ss(*(const el_fp16_t *)(xb + 2));
+        const __m128i sm = k4_scales(xb + 4);
+        const __m512 scf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sm));
+        __m256i mins = _mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8));
+        mins = _mm256_or_si256(mins, _mm256_slli_epi32(mins, 16)); /* each min in both int16 halves */
+        __m512 sc[4];
+        __m512i wq[4];
+        __m512i hb;
+        if (HIGH) hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(xb + 16)));
+        for (int j = 0; j < 4; j++) {
+            sc[j] = _mm512_permutexvar_ps(_mm512_set_epi32(2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
+                                                           2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j, 2 * j, 2 * j,
+                                                           2 * j, 2 * j, 2 * j, 2 * j, 2 * j),
+                                          scf);
+            __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * j)));
+            z = _mm512_and_si512(_mm512_mask_srli_epi16(z, 0xFFFF0000u, z, 4), m4);
+            if (HIGH) {
+                const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * j))),
+                                                       _mm256_set1_epi8((char)(2 << (2 * j))), 1);
+                z = _mm512_mask_add_epi8(z, _mm512_test_epi8_mask(hb, bit), z, _mm512_set1_epi8(16));
+            }
+            wq[j] = z;
+        }
+        for (int r = 0; r < NC; r++) {
+            const block_q8_K *q = yr[r] + i;
+            __m512i p[4];
+            for (int j = 0; j < 4; j++) {
+                p[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[j],
+                                           _mm512_loadu_si512((const void *)(q->qs + 64 * j)));
+            }
+            acc[r] = _mm512_fmadd_ps(k_sum4(p, sc), _mm512_set1_ps(d * q->d), acc[r]);
+            const __m256i pm = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)q->bsums), mins);
+            accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pm), _mm256_set1_ps(dmin * q->d), accm[r]);
+        }
+    }
+    for (int r = 0; r < NC; r++) s[(size_t)r * bs] = hsum512(_mm512_sub_ps(acc[r], _mm512_zextps256_ps512(accm[r])));
+}
+
+/* Q6_K: w = d * sc * (q - 32) per sub-block of 16 */
+INL void dotq6k_tile(const int NC, int n, float *s, size_t bs, const void *w, const void *y, size_t by) {
+    const block_q6_K *x = w;
+    const block_q8_K *yr[4];
+    __m512 acc[4];
+    __m256 accm[4];
+    for (int r = 0; r < NC; r++) {
+        yr[r] = (const block_q8_K *)((const char *)y + (size_t)r * by);
+        acc[r] = _mm512_setzero_ps();
+        accm[r] = _mm256_setzero_ps();
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    /* qh bits 0-1 / 2-3 to bits 4-5 (low 32 bytes / high 32 bytes); bits 4-5 / 6-7 likewise */
+    const __m512i shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i shr = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const int nb = n / QK_K;
+    for (int i = 0; i < nb; i++) {
+        const float d = _cvtsh_ss(x[i].d);
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m512 scf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc8));
+        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+        __m512 sc[4];
+        __m512i wq[4];
+        for (int j = 0; j < 4; j++) {
+            const int b = 4 * j;
+            sc[j] = _mm512_permutexvar_ps(_mm512_set_epi32(b + 3, b + 3, b + 3, b + 3, b + 2, b + 2, b + 2, b + 2,
+                                                           b + 1, b + 1, b + 1, b + 1, b, b, b, b),
+                                          scf);
+        }
+        for (int h = 0; h < 2; h++) {
+            const __m512i l = _mm512_loadu_si512((const void *)(x[i].ql + 64 * h));
+            const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * h)));
+            wq[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30));
+            wq[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                            _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30));
+        }
+        for (int r = 0; r < NC; r++) {
+            const block_q8_K *q = yr[r] + i;
+            __m512i p[4];
+            for (int j = 0; j < 4; j++) {
+                p[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[j],
+                                           _mm512_loadu_si512((const void *)(q->qs + 64 * j)));
+            }
+            const float dd = d * q->d;
+            acc[r] = _mm512_fmadd_ps(k_sum4(p, sc), _mm512_set1_ps(dd), acc[r]);
+            /* the -32 offset: 32 * sum over sub-blocks of sc * bsum */
+            const __m256i pm = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)q->bsums), sc16);
+            accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pm), _mm256_set1_ps(32.0f * dd), accm[r]);
+        }
+    }
+    for (int r = 0; r < NC; r++) s[(size_t)r * bs] = hsum512(_mm512_sub_ps(acc[r], _mm512_zextps256_ps512(accm[r])));
+}
+
+#define Q4_K_CALL(NC) dotk4_tile(0, NC, n, s, bs, w, y, by)
+#define Q5_K_CALL(NC) dotk4_tile(1, NC, n, s, bs, w, y, by)
+#define Q6_K_CALL(NC) dotq6k_tile(NC, n, s, bs, w, y, by)
+TILED_KERNEL(dot_Q4_K, Q4_K_CALL)
+TILED_KERNEL(dot_Q5_K, Q5_K_CALL)
+TILED_KERNEL(dot_Q6_K, Q6_K_CALL)
+
+void el_register_avx512(el_type_traits *t) {
+    t[EL_Q4_0].dot = dot_Q4_0;
+    t[EL_Q4_1].dot = dot_Q4_1;
+    t[EL_Q5_0].dot = dot_Q5_0;
+    t[EL_Q5_1].dot = dot_Q5_1;
+    t[EL_Q8_0].dot = dot_Q8_0;
+    t[EL_Q4_K].dot = dot_Q4_K;
+    t[EL_Q5_K].dot = dot_Q5_K;
+    t[EL_Q6_K].dot = dot_Q6_K;
+}
 #else
 void el_register_avx512(el_type_traits *t) { (void)t; }
 #endif

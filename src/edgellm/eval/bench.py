@@ -1,0 +1,72 @@
+"""Throughput benchmark in the manner of llama-bench: prompt processing (ppN: N tokens in one batch from an
+empty cache) and text generation (tgN: N tokens decoded one at a time), mean and sd over repetitions,
+after one warm-up run. Tokens are random ids: speed does not depend on them."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import kernels
+from ..runtime.kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    model: str
+    test: str  # "pp512" | "tg128"
+    threads: int
+    tps: float
+    tps_sd: float
+    peak_rss_mb: float
+    kernel_path: str
+    n_ctx: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _prompt_seconds(model, tokens: np.ndarray) -> float:
+    cache = KVCache(model.config, len(tokens))
+    t0 = time.perf_counter()
+    model.forward(tokens, cache, slice(-1, None))
+    return time.perf_counter() - t0
+
+
+def _generate_seconds(model, n_tokens: int, first_token: int) -> float:
+    cache = KVCache(model.config, n_tokens + 1)
+    token = first_token
+    t0 = time.perf_counter()
+    for _ in range(n_tokens):
+        logits = model.forward(np.array([token]), cache)
+        token = int(np.argmax(logits[0]))
+    return time.perf_counter() - t0
+
+
+def bench(model, model_name: str, n_prompt: int, n_gen: int, threads: int, repetitions: int) -> list[BenchResult]:
+    """Run ppN and tgN (either may be 0 to skip) at one thread count."""
+    kernels.set_threads(threads)
+    rng = np.random.default_rng(0)
+    results = []
+    tests = [(f"pp{n_prompt}", n_prompt)] if n_prompt else []
+    tests += [(f"tg{n_gen}", n_gen)] if n_gen else []
+    for test, n in tests:
+        if test.startswith("pp"):
+            tokens = rng.integers(0, model.config.n_vocab, size=n)
+            run = lambda: _prompt_seconds(model, tokens)  # noqa: E731
+        else:
+            run = lambda: _generate_seconds(model, n, int(rng.integers(model.config.n_vocab)))  # noqa: E731
+        run()  # warm-up: page in the weights, start the threads
+        speeds = [n / run() for _ in range(repetitions)]
+        sd = statistics.stdev(speeds) if len(speeds) > 1 else 0.0
+        results.append(BenchResult(model_name, test, threads, statistics.mean(speeds), sd, peak_rss_mb(),
+                                   kernels.active_path(), n))  # fmt: skip
+    return results
