@@ -164,3 +164,15 @@ def test_c_engine_matches_numpy_reference(fixture, request):
             assert (got.argmax(axis=1) == ref.argmax(axis=1)).mean() >= 0.9, path
     finally:
         kernels.use(before)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma3"])
+def test_f16_kv_cache_stays_close_to_f32(fixture, request):
+    model = load(request.getfixturevalue(fixture))
+    tokens = np.random.default_rng(6).integers(0, model.config.n_vocab, size=10)
+    f32 = model.forward(tokens, KVCache(model.config, 16), slice(None))
+    cache = KVCache(model.config, 16, dtype=np.float16)
+    assert cache.n_bytes * 2 == KVCache(model.config, 16).n_bytes
+    f16 = model.forward(tokens[:6], cache, slice(None))
+    f16 = np.concatenate([f16, np.stack([model.forward(tokens[i : i + 1], cache)[0] for i in range(6, 10)])])
+    assert np.abs(f16 - f32).max() < 0.02 * f32.std()

@@ -101,7 +101,7 @@ class Transformer:
         c = self.config
         tokens = np.asarray(tokens, dtype=np.int64)
         cache.reserve(len(tokens))
-        compiled = self.compiled() if cache.k.dtype == np.float32 else None
+        compiled = self.compiled()
         if compiled is not None:
             rows = range(len(tokens))[logits_rows] if logits_rows is not None else range(0)
             if rows.step != 1:

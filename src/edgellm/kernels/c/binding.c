@@ -246,29 +246,34 @@ static PyObject *py_model_create(PyObject *self, PyObject *args) {
     return PyCapsule_New(m, "edgellm.model", model_destroy);
 }
 
-/* forward(model, tokens int32, n_past, k_cache, v_cache, n_ctx, out_row0, n_out_rows, logits, n_threads) */
+/* forward(model, tokens int32, n_past, k_cache, v_cache, kv_type, n_ctx, out_row0, n_out_rows, logits, n_threads) */
 static PyObject *py_forward(PyObject *self, PyObject *args) {
     PyObject *capsule;
     Py_buffer tokens, kc, vc, logits;
-    int n_past, n_ctx, row0, n_rows, n_threads;
-    if (!PyArg_ParseTuple(args, "Oy*iw*w*iiiw*i", &capsule, &tokens, &n_past, &kc, &vc, &n_ctx, &row0, &n_rows,
-                          &logits, &n_threads))
+    int n_past, kv_type, n_ctx, row0, n_rows, n_threads;
+    if (!PyArg_ParseTuple(args, "Oy*iw*w*iiiiw*i", &capsule, &tokens, &n_past, &kc, &vc, &kv_type, &n_ctx, &row0,
+                          &n_rows, &logits, &n_threads))
         return NULL;
     PyObject *result = NULL;
     el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
     if (!m) goto done;
     const int n_tokens = (int)(tokens.len / (Py_ssize_t)sizeof(int32_t));
     const size_t kd = (size_t)m->n_head_kv * m->head_dim, vd = (size_t)m->n_head_kv * m->head_dim_v;
-    if ((size_t)kc.len < (size_t)m->n_layers * n_ctx * kd * sizeof(float) ||
-        (size_t)vc.len < (size_t)m->n_layers * n_ctx * vd * sizeof(float) ||
+    if (kv_type != EL_F32 && kv_type != EL_F16) {
+        PyErr_SetString(PyExc_ValueError, "forward: the KV cache must be F32 or F16");
+        goto done;
+    }
+    const size_t kv_size = kv_type == EL_F16 ? 2 : 4;
+    if ((size_t)kc.len < (size_t)m->n_layers * n_ctx * kd * kv_size ||
+        (size_t)vc.len < (size_t)m->n_layers * n_ctx * vd * kv_size ||
         (size_t)logits.len < (size_t)n_rows * m->n_vocab * sizeof(float)) {
         PyErr_SetString(PyExc_ValueError, "forward: cache or logits buffer too small");
         goto done;
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = el_forward(m, get_pool(n_threads), tokens.buf, n_tokens, n_past, kc.buf, vc.buf, n_ctx, row0, n_rows,
-                    logits.buf);
+    rc = el_forward(m, get_pool(n_threads), tokens.buf, n_tokens, n_past, kc.buf, vc.buf, kv_type, n_ctx, row0,
+                    n_rows, logits.buf);
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         PyErr_SetString(PyExc_ValueError, "forward: bad arguments (token id, positions or rows) or out of memory");

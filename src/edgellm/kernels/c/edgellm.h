@@ -154,11 +154,12 @@ typedef struct {
 } el_model;
 
 /* Runs n_tokens new tokens at positions n_past.. through the model.
- * k_cache: n_layers x n_ctx x (n_head_kv * head_dim) floats; v_cache likewise with head_dim_v.
+ * k_cache: n_layers x n_ctx x (n_head_kv * head_dim) elements of kv_type (EL_F32 or EL_F16); v_cache
+ * likewise with head_dim_v.
  * Writes logits of rows out_row0 .. out_row0 + n_out_rows - 1 of this batch to `logits` (n_vocab apart).
  * Returns 0, or -1 on bad arguments / out of memory. */
-int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, float *k_cache,
-               float *v_cache, int n_ctx, int out_row0, int n_out_rows, float *logits);
+int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, void *k_cache,
+               void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows, float *logits);
 
 #ifdef __cplusplus
 }

@@ -43,46 +43,81 @@ static void rope(float *x, int n_heads, int head_dim, int n_rot, int pos, float 
 typedef struct {
     const el_model *m;
     const float *q;  /* n_tokens x n_head x head_dim */
-    const float *k;  /* this layer's cache: n_ctx x n_head_kv x head_dim */
-    const float *v;
+    const char *k;   /* this layer's cache: n_ctx x n_head_kv x head_dim elements of kv_type */
+    const char *v;
     float *out;      /* n_tokens x n_head x head_dim_v */
-    float *scores;   /* per thread: n_kv floats */
-    int n_tokens, n_past, window, n_kv_max;
+    float *scratch;  /* per thread: n_kv_max scores + head_dim_v floats */
+    int n_tokens, n_past, window, n_kv_max, kv_type;
 } attn_ctx;
+
+#define Q_TILE 4 /* queries per attention item: each cached key/value row is read once per tile */
 
 static void attn_task(void *vctx, int ith, int nth) {
     attn_ctx *c = vctx;
     const el_model *m = c->m;
+    const el_type_traits *kv = &el_traits[c->kv_type];
     const int group = m->n_head / m->n_head_kv;
-    const int kv_stride = m->n_head_kv * m->head_dim, v_stride = m->n_head_kv * m->head_dim_v;
-    float *scores = c->scores + (size_t)ith * c->n_kv_max;
-    const int n_items = c->n_tokens * m->n_head;
-    for (int item = ith; item < n_items; item += nth) {
-        const int t = item / m->n_head, h = item % m->n_head, hk = h / group;
-        const int pos = c->n_past + t;
-        const int j0 = c->window > 0 && pos - c->window + 1 > 0 ? pos - c->window + 1 : 0;
-        const float *q = c->q + ((size_t)t * m->n_head + h) * m->head_dim;
-        float mx = -INFINITY;
-        for (int j = j0; j <= pos; j++) {
-            const float *k = c->k + (size_t)j * kv_stride + (size_t)hk * m->head_dim;
-            float s = 0.0f;
-            for (int d = 0; d < m->head_dim; d++) s += q[d] * k[d];
-            s *= m->attn_scale;
-            scores[j - j0] = s;
-            if (s > mx) mx = s;
+    const size_t kv_row = (size_t)m->n_head_kv * m->head_dim * kv->type_size;
+    const size_t v_row = (size_t)m->n_head_kv * m->head_dim_v * kv->type_size;
+    const size_t q_stride = (size_t)m->n_head * m->head_dim; /* floats between one token's queries and the next */
+    float *scores = c->scratch + (size_t)ith * (Q_TILE * c->n_kv_max + m->head_dim_v); /* [Q_TILE][n_kv_max] */
+    float *vrow = scores + Q_TILE * c->n_kv_max;
+    const int n_tiles = (c->n_tokens + Q_TILE - 1) / Q_TILE;
+    for (int item = ith; item < n_tiles * m->n_head; item += nth) {
+        const int t0 = (item / m->n_head) * Q_TILE, h = item % m->n_head, hk = h / group;
+        const int nq = c->n_tokens - t0 < Q_TILE ? c->n_tokens - t0 : Q_TILE;
+        const int last = c->n_past + t0 + nq - 1; /* position of the tile's last query */
+        const int first = c->n_past + t0;
+        /* keys any query of the tile may see */
+        const int j0 = c->window > 0 && first - c->window + 1 > 0 ? first - c->window + 1 : 0;
+        const float *q = c->q + (size_t)t0 * q_stride + (size_t)h * m->head_dim;
+        for (int j = j0; j <= last; j++) {
+            const char *k = c->k + (size_t)j * kv_row + (size_t)hk * m->head_dim * kv->type_size;
+            /* scores[i][j - j0] = k_j . q_i for the nq queries of the tile */
+            kv->dot(m->head_dim, scores + (j - j0), (size_t)c->n_kv_max, k, q, q_stride * sizeof(float), nq);
         }
-        float sum = 0.0f;
-        for (int j = j0; j <= pos; j++) {
-            scores[j - j0] = expf(scores[j - j0] - mx);
-            sum += scores[j - j0];
+        for (int i = 0; i < nq; i++) {
+            const int pos = first + i;
+            const int lo = c->window > 0 && pos - c->window + 1 > j0 ? pos - c->window + 1 : j0;
+            float *s = scores + (size_t)i * c->n_kv_max;
+            float mx = -INFINITY;
+            for (int j = lo; j <= pos; j++) {
+                s[j - j0] *= m->attn_scale;
+                if (s[j - j0] > mx) mx = s[j - j0];
+            }
+            float sum = 0.0f;
+            for (int j = j0; j <= last; j++) {
+                const float e = j >= lo && j <= pos ? expf(s[j - j0] - mx) : 0.0f;
+                s[j - j0] = e;
+                sum += e;
+            }
+            const float inv = 1.0f / sum;
+            for (int j = j0; j <= last; j++) s[j - j0] *= inv;
+            memset(c->out + ((size_t)(t0 + i) * m->n_head + h) * m->head_dim_v, 0, sizeof(float) * m->head_dim_v);
         }
-        float *o = c->out + ((size_t)t * m->n_head + h) * m->head_dim_v;
-        memset(o, 0, sizeof(float) * m->head_dim_v);
-        for (int j = j0; j <= pos; j++) {
-            const float p = scores[j - j0] / sum;
-            const float *v = c->v + (size_t)j * v_stride + (size_t)hk * m->head_dim_v;
-            for (int d = 0; d < m->head_dim_v; d++) o[d] += p * v[d];
+        for (int j = j0; j <= last; j++) {
+            const char *vj = c->v + (size_t)j * v_row + (size_t)hk * m->head_dim_v * kv->type_size;
+            const float *v = (const float *)vj;
+            if (c->kv_type != EL_F32) {
+                kv->to_float(vj, vrow, m->head_dim_v);
+                v = vrow;
+            }
+            for (int i = 0; i < nq; i++) {
+                const float p = scores[(size_t)i * c->n_kv_max + (j - j0)];
+                if (p == 0.0f) continue;
+                float *o = c->out + ((size_t)(t0 + i) * m->n_head + h) * m->head_dim_v;
+                for (int d = 0; d < m->head_dim_v; d++) o[d] += p * v[d];
+            }
         }
+    }
+}
+
+static void store_kv(char *dst, const float *src, size_t n, int kv_type) {
+    if (kv_type == EL_F32) {
+        memcpy(dst, src, n * sizeof(float));
+    } else {
+        el_fp16_t *d = (el_fp16_t *)dst;
+        for (size_t i = 0; i < n; i++) d[i] = el_fp32_to_fp16(src[i]);
     }
 }
 
@@ -126,11 +161,12 @@ static size_t max_scratch(const el_model *m, int n_tokens) {
     return best;
 }
 
-int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, float *k_cache,
-               float *v_cache, int n_ctx, int out_row0, int n_out_rows, float *logits) {
+int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, void *k_cache,
+               void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows, float *logits) {
     if (n_tokens <= 0 || n_past < 0 || n_past + n_tokens > n_ctx || out_row0 < 0 ||
-        out_row0 + n_out_rows > n_tokens)
+        out_row0 + n_out_rows > n_tokens || (kv_type != EL_F32 && kv_type != EL_F16))
         return -1;
+    const size_t kv_size = el_traits[kv_type].type_size;
     for (int t = 0; t < n_tokens; t++)
         if (tokens[t] < 0 || tokens[t] >= m->n_vocab) return -1;
     const int E = m->n_embd, F = m->n_ff;
@@ -138,7 +174,7 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
     const int OD = m->n_head * m->head_dim_v;
     const int nth = el_pool_size(pool);
     const size_t T = (size_t)n_tokens;
-    const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + (size_t)nth * n_ctx;
+    const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + (size_t)nth * (Q_TILE * n_ctx + m->head_dim_v);
     float *arena = malloc(floats * sizeof(float));
     void *qscratch = malloc(max_scratch(m, n_tokens) + 64);
     if (!arena || !qscratch) {
@@ -165,7 +201,8 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
         const int swa = m->swa && m->swa[l];
         const float base = swa && m->rope_base_swa > 0 ? m->rope_base_swa : m->rope_base;
         const float rscale = swa ? 1.0f : m->rope_scale;
-        float *kc = k_cache + (size_t)l * n_ctx * KD, *vc = v_cache + (size_t)l * n_ctx * VD;
+        char *kc = (char *)k_cache + (size_t)l * n_ctx * KD * kv_size;
+        char *vc = (char *)v_cache + (size_t)l * n_ctx * VD * kv_size;
 
         norm_rows(h, x, &L->attn_norm, n_tokens, E, m->norm_eps);
         rc |= linear(&r, &L->wq, h, n_tokens, q);
@@ -181,9 +218,9 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
             rope(qt, m->n_head, m->head_dim, m->rope_dim, n_past + t, base, rscale, m->rope_neox);
             rope(kt, m->n_head_kv, m->head_dim, m->rope_dim, n_past + t, base, rscale, m->rope_neox);
         }
-        memcpy(kc + (size_t)n_past * KD, k, T * KD * sizeof(float));
-        memcpy(vc + (size_t)n_past * VD, v, T * VD * sizeof(float));
-        attn_ctx ac = {m, q, kc, vc, att, scores, n_tokens, n_past, swa ? m->sliding_window : 0, n_ctx};
+        store_kv(kc + (size_t)n_past * KD * kv_size, k, T * KD, kv_type);
+        store_kv(vc + (size_t)n_past * VD * kv_size, v, T * VD, kv_type);
+        attn_ctx ac = {m, q, kc, vc, att, scores, n_tokens, n_past, swa ? m->sliding_window : 0, n_ctx, kv_type};
         el_pool_run(pool, attn_task, &ac);
         rc |= linear(&r, &L->wo, att, n_tokens, o);
         if (L->attn_post_norm.data) norm_rows(o, o, &L->attn_post_norm, n_tokens, E, m->norm_eps);
