@@ -116,6 +116,33 @@ done:
     return result;
 }
 
+/* dot(type, w, y, n, nc, by, bs): the raw kernel, s[c * bs] = dot(w, y + c * by bytes); returns nc floats */
+static PyObject *py_dot(PyObject *self, PyObject *args) {
+    int type, n, nc;
+    Py_ssize_t by, bs;
+    Py_buffer w, y;
+    if (!PyArg_ParseTuple(args, "iy*y*iinn", &type, &w, &y, &n, &nc, &by, &bs)) return NULL;
+    PyObject *result = NULL;
+    float *s = NULL;
+    if (check_type(type)) goto done;
+    const el_type_traits *t = &el_traits[type];
+    const el_type_traits *yt = &el_traits[t->dot_type];
+    if (!t->dot || nc < 1 || bs < 1 || n % t->block_size || (size_t)w.len < row_bytes(type, n) ||
+        (size_t)y.len < (size_t)(nc - 1) * by + row_bytes(t->dot_type, n) || !yt->name) {
+        PyErr_SetString(PyExc_ValueError, "bad dot arguments");
+        goto done;
+    }
+    s = calloc((size_t)nc * bs, sizeof(float));
+    t->dot(n, s, (size_t)bs, w.buf, y.buf, (size_t)by, nc);
+    result = PyList_New(nc);
+    for (int c = 0; c < nc; c++) PyList_SET_ITEM(result, c, PyFloat_FromDouble(s[(size_t)c * bs]));
+done:
+    free(s);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&y);
+    return result;
+}
+
 /* quantize_row(dot_type, x, out): activation quantizer of a dot type (Q8_0, Q8_1, Q8_K) */
 static PyObject *py_quantize_row(PyObject *self, PyObject *args) {
     int type;
@@ -295,6 +322,7 @@ static PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_VARARGS, "Use one kernel path (generic, avx2, avx512, neon)."},
     {"type_info", py_type_info, METH_VARARGS, "Block geometry and available kernels of a type id."},
     {"matmul", py_matmul, METH_VARARGS, "out[t, r] = W[r] . x[t] on packed weights."},
+    {"dot", py_dot, METH_VARARGS, "One kernel call with explicit strides (for tests)."},
     {"quantize_row", py_quantize_row, METH_VARARGS, "Quantize floats to an activation block type."},
     {"dequantize_row", py_dequantize_row, METH_VARARGS, "Dequantize packed weights to floats."},
     {NULL, NULL, 0, NULL},
