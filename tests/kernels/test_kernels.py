@@ -168,3 +168,53 @@ def test_q8_0_activation_quantizer_matches_reference():
         q_ours, q_ref = out[:, 2:].view(np.int8).astype(int), ref[:, 2:].view(np.int8).astype(int)
         assert np.abs(q_ours - q_ref).max() <= 1, path  # ISA paths may round exact halves to even
         np.testing.assert_array_equal(out[:, :2], ref[:, :2])
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("ttype", list(FORMATS), ids=lambda t: t.name)
+def test_dot_honours_row_and_output_strides(path, ttype):
+    """The kernel signature itself: activation rows `by` bytes apart, results `bs` floats apart."""
+    kernels.use(path)
+    rng = np.random.default_rng(11)
+    block = max(FORMATS[ttype].block_size, ACT_BLOCK.get(ttype, 32))
+    n = 3 * block
+    raw = random_weights(rng, ttype, 1, n)
+    x = rng.standard_normal((5, n)).astype(np.float32)
+    expected = kernels.matmul(x, raw, ttype, 1, n)[:, 0]
+    dot_type = kernels._C.type_info(int(ttype))["dot_type"]
+    if dot_type == int(GGMLType.F32):
+        rows = np.zeros((5, n + 24), np.float32)  # padded rows
+        rows[:, :n] = x
+        y, by = rows, rows.shape[1] * 4
+    else:
+        info = kernels._C.type_info(dot_type)  # Q8_0, Q8_1 or Q8_K
+        row_bytes = n // info["block_size"] * info["type_size"]
+        y = np.zeros((5, row_bytes + 40), np.uint8)  # padded rows
+        for i in range(5):
+            kernels._C.quantize_row(dot_type, x[i], y[i, :row_bytes])
+        by = y.shape[1]
+    for nc in (1, 3, 4, 5):
+        got = kernels._C.dot(int(ttype), raw, y, n, nc, by, 3)
+        np.testing.assert_allclose(got, expected[:nc], rtol=1e-5, atol=1e-5 * np.abs(expected).max(), err_msg=f"nc={nc}")
+
+
+def test_missing_extension_falls_back_to_numpy_with_one_warning(tiny_llama):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, warnings, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'edgellm.kernels._C': raise ImportError('blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from edgellm import kernels\n"
+        "    from edgellm.api import LLM\n"
+        "    out = LLM(sys.argv[1]).create_completion('the sea', max_tokens=3, temperature=0)\n"
+        "print(kernels.capabilities()['selected'], len([x for x in w if 'C kernels are not built' in str(x.message)]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tiny_llama)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ref", "1"]

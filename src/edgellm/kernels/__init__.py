@@ -92,3 +92,11 @@ def matmul(x: np.ndarray, raw: np.ndarray, type_id: int, n_out: int, n_in: int) 
 
 
 use(os.environ.get("EDGELLM_KERNELS", "auto"))
+
+
+def read_bandwidth_gbps(n_bytes: int = 1 << 30, threads: int | None = None, repetitions: int = 5) -> float:
+    """Measured memory read bandwidth (GB/s) over a buffer much larger than the caches."""
+    if _C is None:
+        raise ConfigError("measuring bandwidth needs the C kernels (reinstall edgellm with a C compiler)")
+    buf = np.ones(n_bytes // 8, dtype=np.uint64)
+    return _C.read_bandwidth(buf, threads or _state["threads"], repetitions)

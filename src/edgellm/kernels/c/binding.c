@@ -315,7 +315,21 @@ done:
     return result;
 }
 
+/* read_bandwidth(buffer, n_threads, repetitions) -> GB/s */
+static PyObject *py_read_bandwidth(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    int n_threads, reps;
+    if (!PyArg_ParseTuple(args, "y*ii", &buf, &n_threads, &reps)) return NULL;
+    double gbps;
+    Py_BEGIN_ALLOW_THREADS
+    gbps = el_read_bandwidth(get_pool(n_threads), buf.buf, (size_t)buf.len, reps < 1 ? 1 : reps);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    return PyFloat_FromDouble(gbps);
+}
+
 static PyMethodDef methods[] = {
+    {"read_bandwidth", py_read_bandwidth, METH_VARARGS, "Memory read bandwidth over a buffer, GB/s."},
     {"model_create", py_model_create, METH_VARARGS, "Build a whole-model plan from weight addresses."},
     {"forward", py_forward, METH_VARARGS, "Run tokens through a model plan, filling the KV cache and logits."},
     {"capabilities", py_capabilities, METH_NOARGS, "Compiled, supported and current kernel paths."},

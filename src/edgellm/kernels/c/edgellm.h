@@ -131,6 +131,9 @@ size_t el_matmul_scratch_bytes(enum el_type type, int n_cols, int n_tokens);
 int el_matmul(el_pool *pool, enum el_type type, const void *w, int n_rows, int n_cols,
               const float *x, int n_tokens, float *out, int out_stride, void *scratch);
 
+/* Best-of-`repetitions` read bandwidth over `buf` in GB/s (1e9 bytes/s), all pool threads reading. */
+double el_read_bandwidth(el_pool *pool, const void *buf, size_t n_bytes, int repetitions);
+
 /* ---- whole-model forward pass (engine.c): Python builds this plan once, C runs it for every step ---- */
 
 typedef struct {

@@ -24,11 +24,37 @@ static void norm_rows(float *y, const float *x, const el_weight *w, int n_rows, 
     for (int r = 0; r < n_rows; r++) rms_norm(y + (size_t)r * n, x + (size_t)r * n, w->data, n, eps);
 }
 
-static void rope(float *x, int n_heads, int head_dim, int n_rot, int pos, float base, float scale, int neox) {
+/* exp(x) without a libm call, so loops over it vectorize: 2^(x log2 e) split into 2^n (exponent bits) and
+ * 2^f, |f| <= 1/2, by its Taylor series to degree 6 (relative error < 2e-7). */
+static inline float fast_expf(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float t = x * 1.4426950408889634f;
+    const float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest */
+    const float f = (t - n) * 0.6931471805599453f;
+    const float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720))))));
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+}
+
+/* cos/sin of every (position, frequency) of this batch: T x n_rot/2 each */
+static void rope_table(float *cs, float *sn, int n_tokens, int n_past, int n_rot, float base, float scale) {
     const int half = n_rot / 2;
     for (int i = 0; i < half; i++) {
-        const double theta = pos * (double)scale * pow(base, -2.0 * i / n_rot);
-        const float c = (float)cos(theta), s = (float)sin(theta);
+        const double freq = scale * pow(base, -2.0 * i / n_rot);
+        for (int t = 0; t < n_tokens; t++) {
+            const double theta = (n_past + t) * freq;
+            cs[(size_t)t * half + i] = (float)cos(theta);
+            sn[(size_t)t * half + i] = (float)sin(theta);
+        }
+    }
+}
+
+static void rope(float *x, int n_heads, int head_dim, int n_rot, const float *cs, const float *sn, int neox) {
+    const int half = n_rot / 2;
+    for (int i = 0; i < half; i++) {
+        const float c = cs[i], s = sn[i];
         for (int h = 0; h < n_heads; h++) {
             float *v = x + (size_t)h * head_dim;
             const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
@@ -46,7 +72,8 @@ typedef struct {
     const char *k;   /* this layer's cache: n_ctx x n_head_kv x head_dim elements of kv_type */
     const char *v;
     float *out;      /* n_tokens x n_head x head_dim_v */
-    float *scratch;  /* per thread: n_kv_max scores + head_dim_v floats */
+    const float *vt; /* prefill: V transposed, n_head_kv x head_dim_v x n_kv_max floats (NULL: decode) */
+    float *scratch;  /* per thread: Q_TILE x n_kv_max scores + head_dim_v floats */
     int n_tokens, n_past, window, n_kv_max, kv_type;
 } attn_ctx;
 
@@ -87,13 +114,25 @@ static void attn_task(void *vctx, int ith, int nth) {
             }
             float sum = 0.0f;
             for (int j = j0; j <= last; j++) {
-                const float e = j >= lo && j <= pos ? expf(s[j - j0] - mx) : 0.0f;
+                const float e = j >= lo && j <= pos ? fast_expf(s[j - j0] - mx) : 0.0f;
                 s[j - j0] = e;
                 sum += e;
             }
             const float inv = 1.0f / sum;
             for (int j = j0; j <= last; j++) s[j - j0] *= inv;
-            memset(c->out + ((size_t)(t0 + i) * m->n_head + h) * m->head_dim_v, 0, sizeof(float) * m->head_dim_v);
+            if (!c->vt)
+                memset(c->out + ((size_t)(t0 + i) * m->n_head + h) * m->head_dim_v, 0, sizeof(float) * m->head_dim_v);
+        }
+        float *out0 = c->out + ((size_t)t0 * m->n_head + h) * m->head_dim_v;
+        const size_t out_stride = (size_t)m->n_head * m->head_dim_v;
+        if (c->vt) {
+            /* out[i][d] = sum_j p[i][j] v[j][d]: one float dot per d over the transposed V, nq queries at once */
+            const el_type_traits *f32 = &el_traits[EL_F32];
+            for (int d = 0; d < m->head_dim_v; d++) {
+                const float *vtd = c->vt + ((size_t)hk * m->head_dim_v + d) * c->n_kv_max + j0;
+                f32->dot(last - j0 + 1, out0 + d, out_stride, vtd, scores, (size_t)c->n_kv_max * sizeof(float), nq);
+            }
+            continue;
         }
         for (int j = j0; j <= last; j++) {
             const char *vj = c->v + (size_t)j * v_row + (size_t)hk * m->head_dim_v * kv->type_size;
@@ -105,9 +144,30 @@ static void attn_task(void *vctx, int ith, int nth) {
             for (int i = 0; i < nq; i++) {
                 const float p = scores[(size_t)i * c->n_kv_max + (j - j0)];
                 if (p == 0.0f) continue;
-                float *o = c->out + ((size_t)(t0 + i) * m->n_head + h) * m->head_dim_v;
+                float *o = out0 + (size_t)i * out_stride;
                 for (int d = 0; d < m->head_dim_v; d++) o[d] += p * v[d];
             }
+        }
+    }
+}
+
+/* V transposed for prefill: vt[hk][d][j] for j < n_kv, one task item per (kv head, d) */
+typedef struct {
+    const el_model *m;
+    const char *v;
+    float *vt;
+    int n_kv, n_kv_max, kv_type;
+} transpose_ctx;
+
+static void transpose_task(void *vctx, int ith, int nth) {
+    transpose_ctx *c = vctx;
+    const el_model *m = c->m;
+    const size_t elt = el_traits[c->kv_type].type_size, v_row = (size_t)m->n_head_kv * m->head_dim_v;
+    for (int item = ith; item < m->n_head_kv * m->head_dim_v; item += nth) {
+        float *dst = c->vt + (size_t)item * c->n_kv_max;
+        for (int j = 0; j < c->n_kv; j++) {
+            const char *src = c->v + ((size_t)j * v_row + item) * elt;
+            dst[j] = c->kv_type == EL_F32 ? *(const float *)src : el_f16(*(const el_fp16_t *)src);
         }
     }
 }
@@ -139,9 +199,12 @@ static void add_bias(float *x, const el_weight *b, int n_tokens, int n) {
         for (int i = 0; i < n; i++) x[(size_t)t * n + i] += bias[i];
 }
 
+/* 0.5 x (1 + tanh(y)) == x / (1 + exp(-2y)), y = sqrt(2/pi) (x + 0.044715 x^3) */
 static inline float gelu_tanh(float x) {
-    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    return x / (1.0f + fast_expf(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
 }
+
+static inline float silu(float x) { return x / (1.0f + fast_expf(-x)); }
 
 static size_t max_scratch(const el_model *m, int n_tokens) {
     size_t best = 0;
@@ -161,20 +224,101 @@ static size_t max_scratch(const el_model *m, int n_tokens) {
     return best;
 }
 
+/* ---- per-token stages, split over threads by token ranges ---- */
+typedef struct {
+    const el_model *m;
+    const el_layer *L;
+    int n_tokens, n_past, kv_type;
+    float *x, *h, *q, *k, *v, *o, *g, *u;
+    char *kc, *vc;
+    const float *cs, *sn; /* RoPE table of this layer's base */
+    const el_weight *norm; /* the norm applied by residual_norm_task */
+} stage_ctx;
+
+static void token_range(int n, int ith, int nth, int *t0, int *t1) {
+    *t0 = (int)((int64_t)n * ith / nth);
+    *t1 = (int)((int64_t)n * (ith + 1) / nth);
+}
+
+/* q/k/v biases, per-head q/k norms, RoPE, and the new keys/values into the cache */
+static void qkv_task(void *vctx, int ith, int nth) {
+    stage_ctx *c = vctx;
+    const el_model *m = c->m;
+    const el_layer *L = c->L;
+    const int QD = m->n_head * m->head_dim, KD = m->n_head_kv * m->head_dim, VD = m->n_head_kv * m->head_dim_v;
+    const size_t elt = el_traits[c->kv_type].type_size;
+    const int half = m->rope_dim / 2;
+    int t0, t1;
+    token_range(c->n_tokens, ith, nth, &t0, &t1);
+    for (int t = t0; t < t1; t++) {
+        float *qt = c->q + (size_t)t * QD, *kt = c->k + (size_t)t * KD, *vt = c->v + (size_t)t * VD;
+        add_bias(qt, &L->bq, 1, QD);
+        add_bias(kt, &L->bk, 1, KD);
+        add_bias(vt, &L->bv, 1, VD);
+        if (L->q_norm.data) norm_rows(qt, qt, &L->q_norm, m->n_head, m->head_dim, m->norm_eps);
+        if (L->k_norm.data) norm_rows(kt, kt, &L->k_norm, m->n_head_kv, m->head_dim, m->norm_eps);
+        rope(qt, m->n_head, m->head_dim, m->rope_dim, c->cs + (size_t)t * half, c->sn + (size_t)t * half, m->rope_neox);
+        rope(kt, m->n_head_kv, m->head_dim, m->rope_dim, c->cs + (size_t)t * half, c->sn + (size_t)t * half, m->rope_neox);
+        store_kv(c->kc + (size_t)(c->n_past + t) * KD * elt, kt, KD, c->kv_type);
+        store_kv(c->vc + (size_t)(c->n_past + t) * VD * elt, vt, VD, c->kv_type);
+    }
+}
+
+/* optional post-norm of the block output o, residual add into x, then h = norm(x) for the next block */
+static void residual_norm_task(void *vctx, int ith, int nth) {
+    stage_ctx *c = vctx;
+    const int E = c->m->n_embd;
+    int t0, t1;
+    token_range(c->n_tokens, ith, nth, &t0, &t1);
+    for (int t = t0; t < t1; t++) {
+        float *o = c->o + (size_t)t * E, *x = c->x + (size_t)t * E;
+        for (int i = 0; i < E; i++) x[i] += o[i];
+        if (c->norm) rms_norm(c->h + (size_t)t * E, x, c->norm->data, E, c->m->norm_eps);
+    }
+}
+
+static void post_norm_task(void *vctx, int ith, int nth) {
+    stage_ctx *c = vctx;
+    const int E = c->m->n_embd;
+    int t0, t1;
+    token_range(c->n_tokens, ith, nth, &t0, &t1);
+    for (int t = t0; t < t1; t++) rms_norm(c->o + (size_t)t * E, c->o + (size_t)t * E, c->norm->data, E, c->m->norm_eps);
+}
+
+static void gate_task(void *vctx, int ith, int nth) {
+    stage_ctx *c = vctx;
+    const size_t F = (size_t)c->m->n_ff;
+    int t0, t1;
+    token_range(c->n_tokens, ith, nth, &t0, &t1);
+    float *g = c->g + (size_t)t0 * F, *u = c->u + (size_t)t0 * F;
+    const size_t n = (size_t)(t1 - t0) * F;
+    if (c->m->gelu) {
+        for (size_t i = 0; i < n; i++) g[i] = gelu_tanh(g[i]) * u[i];
+    } else {
+        for (size_t i = 0; i < n; i++) g[i] = silu(g[i]) * u[i];
+    }
+}
+
+/* prefill batches at least this long use the transposed-V attention */
+#define VT_MIN_TOKENS 8
+
 int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, void *k_cache,
                void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows, float *logits) {
     if (n_tokens <= 0 || n_past < 0 || n_past + n_tokens > n_ctx || out_row0 < 0 ||
         out_row0 + n_out_rows > n_tokens || (kv_type != EL_F32 && kv_type != EL_F16))
         return -1;
-    const size_t kv_size = el_traits[kv_type].type_size;
     for (int t = 0; t < n_tokens; t++)
         if (tokens[t] < 0 || tokens[t] >= m->n_vocab) return -1;
-    const int E = m->n_embd, F = m->n_ff;
+    const size_t kv_size = el_traits[kv_type].type_size;
+    const int E = m->n_embd, F = m->n_ff, half = m->rope_dim / 2;
     const int QD = m->n_head * m->head_dim, KD = m->n_head_kv * m->head_dim, VD = m->n_head_kv * m->head_dim_v;
     const int OD = m->n_head * m->head_dim_v;
     const int nth = el_pool_size(pool);
     const size_t T = (size_t)n_tokens;
-    const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + (size_t)nth * (Q_TILE * n_ctx + m->head_dim_v);
+    const int n_kv = n_past + n_tokens;
+    const int use_vt = n_tokens >= VT_MIN_TOKENS;
+    const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + (size_t)nth * (Q_TILE * n_ctx + m->head_dim_v) +
+                          4 * T * half + (use_vt ? (size_t)VD * n_ctx : 0);
     float *arena = malloc(floats * sizeof(float));
     void *qscratch = malloc(max_scratch(m, n_tokens) + 64);
     if (!arena || !qscratch) {
@@ -184,8 +328,13 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
     }
     float *x = arena, *h = x + T * E, *q = h + T * E, *k = q + T * QD, *v = k + T * KD, *att = v + T * VD;
     float *g = att + T * OD, *u = g + T * F, *o = u + T * F, *scores = o + T * E;
+    float *cs = scores + (size_t)nth * (Q_TILE * n_ctx + m->head_dim_v), *sn = cs + T * half;
+    float *cs_swa = sn + T * half, *sn_swa = cs_swa + T * half, *vt = use_vt ? sn_swa + T * half : NULL;
     run_ctx r = {pool, qscratch};
     int rc = 0;
+
+    rope_table(cs, sn, n_tokens, n_past, m->rope_dim, m->rope_base, m->rope_scale);
+    if (m->rope_base_swa > 0) rope_table(cs_swa, sn_swa, n_tokens, n_past, m->rope_dim, m->rope_base_swa, 1.0f);
 
     /* embeddings */
     const el_type_traits *et = &el_traits[m->tok_embd.type];
@@ -195,48 +344,48 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
         if (m->embed_scale != 1.0f)
             for (int i = 0; i < E; i++) x[(size_t)t * E + i] *= m->embed_scale;
     }
+    norm_rows(h, x, &m->layers[0].attn_norm, n_tokens, E, m->norm_eps);
 
     for (int l = 0; l < m->n_layers && rc == 0; l++) {
         const el_layer *L = &m->layers[l];
         const int swa = m->swa && m->swa[l];
-        const float base = swa && m->rope_base_swa > 0 ? m->rope_base_swa : m->rope_base;
-        const float rscale = swa ? 1.0f : m->rope_scale;
+        const int own_base = swa && m->rope_base_swa > 0;
         char *kc = (char *)k_cache + (size_t)l * n_ctx * KD * kv_size;
         char *vc = (char *)v_cache + (size_t)l * n_ctx * VD * kv_size;
+        stage_ctx sc = {m, L, n_tokens, n_past, kv_type, x, h, q, k, v, o, g, u, kc, vc,
+                        own_base ? cs_swa : cs, own_base ? sn_swa : sn, NULL};
 
-        norm_rows(h, x, &L->attn_norm, n_tokens, E, m->norm_eps);
+        /* attention block: h holds norm(x) */
         rc |= linear(&r, &L->wq, h, n_tokens, q);
         rc |= linear(&r, &L->wk, h, n_tokens, k);
         rc |= linear(&r, &L->wv, h, n_tokens, v);
-        add_bias(q, &L->bq, n_tokens, QD);
-        add_bias(k, &L->bk, n_tokens, KD);
-        add_bias(v, &L->bv, n_tokens, VD);
-        for (int t = 0; t < n_tokens; t++) {
-            float *qt = q + (size_t)t * QD, *kt = k + (size_t)t * KD;
-            if (L->q_norm.data) norm_rows(qt, qt, &L->q_norm, m->n_head, m->head_dim, m->norm_eps);
-            if (L->k_norm.data) norm_rows(kt, kt, &L->k_norm, m->n_head_kv, m->head_dim, m->norm_eps);
-            rope(qt, m->n_head, m->head_dim, m->rope_dim, n_past + t, base, rscale, m->rope_neox);
-            rope(kt, m->n_head_kv, m->head_dim, m->rope_dim, n_past + t, base, rscale, m->rope_neox);
+        el_pool_run(n_tokens > 1 ? pool : NULL, qkv_task, &sc);
+        if (use_vt) {
+            transpose_ctx tc = {m, vc, vt, n_kv, n_ctx, kv_type};
+            el_pool_run(pool, transpose_task, &tc);
         }
-        store_kv(kc + (size_t)n_past * KD * kv_size, k, T * KD, kv_type);
-        store_kv(vc + (size_t)n_past * VD * kv_size, v, T * VD, kv_type);
-        attn_ctx ac = {m, q, kc, vc, att, scores, n_tokens, n_past, swa ? m->sliding_window : 0, n_ctx, kv_type};
+        attn_ctx ac = {m, q, kc, vc, att, use_vt ? vt : NULL, scores, n_tokens, n_past,
+                       swa ? m->sliding_window : 0, n_ctx, kv_type};
         el_pool_run(pool, attn_task, &ac);
         rc |= linear(&r, &L->wo, att, n_tokens, o);
-        if (L->attn_post_norm.data) norm_rows(o, o, &L->attn_post_norm, n_tokens, E, m->norm_eps);
-        for (size_t i = 0; i < T * E; i++) x[i] += o[i];
+        if (L->attn_post_norm.data) {
+            sc.norm = &L->attn_post_norm;
+            el_pool_run(n_tokens > 1 ? pool : NULL, post_norm_task, &sc);
+        }
+        sc.norm = &L->ffn_norm;
+        el_pool_run(n_tokens > 1 ? pool : NULL, residual_norm_task, &sc);
 
-        norm_rows(h, x, &L->ffn_norm, n_tokens, E, m->norm_eps);
+        /* feed-forward block: h holds norm(x) */
         rc |= linear(&r, &L->gate, h, n_tokens, g);
         rc |= linear(&r, &L->up, h, n_tokens, u);
-        if (m->gelu) {
-            for (size_t i = 0; i < T * F; i++) g[i] = gelu_tanh(g[i]) * u[i];
-        } else {
-            for (size_t i = 0; i < T * F; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-        }
+        el_pool_run(n_tokens > 1 ? pool : NULL, gate_task, &sc);
         rc |= linear(&r, &L->down, g, n_tokens, o);
-        if (L->ffn_post_norm.data) norm_rows(o, o, &L->ffn_post_norm, n_tokens, E, m->norm_eps);
-        for (size_t i = 0; i < T * E; i++) x[i] += o[i];
+        if (L->ffn_post_norm.data) {
+            sc.norm = &L->ffn_post_norm;
+            el_pool_run(n_tokens > 1 ? pool : NULL, post_norm_task, &sc);
+        }
+        sc.norm = l + 1 < m->n_layers ? &m->layers[l + 1].attn_norm : NULL;
+        el_pool_run(n_tokens > 1 ? pool : NULL, residual_norm_task, &sc);
     }
 
     if (rc == 0 && n_out_rows > 0) {
