@@ -34,10 +34,10 @@ def tiny_qwen2(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def reference_path():
-    """Run on the NumPy reference kernels for the duration of a test."""
+    """Run on the NumPy reference with float activations for the duration of a test."""
     from edgellm import kernels
 
     before = kernels.active_path()
-    kernels.use("ref")
+    kernels.use("ref-f32")
     yield
     kernels.use(before)

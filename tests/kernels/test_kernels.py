@@ -218,3 +218,29 @@ def test_missing_extension_falls_back_to_numpy_with_one_warning(tiny_llama):
     result = subprocess.run([sys.executable, "-c", code, str(tiny_llama)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ref", "1"]
+
+
+@pytest.mark.parametrize("dot_type,block", [(GGMLType.Q8_0, 32), (9, 32), (15, 256)], ids=["Q8_0", "Q8_1", "Q8_K"])
+def test_numpy_activation_rounding_matches_the_c_quantizers(dot_type, block):
+    """The NumPy path's activation rounding (kernels.reference) is the C quantizers' to the bit."""
+    from edgellm.kernels.reference import quantize_activations
+
+    weight_type = {32: GGMLType.Q4_0 if dot_type == GGMLType.Q8_0 else GGMLType.Q4_1, 256: GGMLType.Q4_K}[block]
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal(block * 6) * rng.choice([1e-3, 1.0, 50.0], block * 6)).astype(np.float32)
+    x[:block] = 0.0
+    x[block : 2 * block] = 0.25  # constant block: exact ties
+    expected = quantize_activations(x.reshape(1, -1), weight_type).reshape(-1)
+    info = kernels._C.type_info(int(dot_type))
+    for path in PATHS:
+        kernels.use(path)
+        out = np.empty(x.size // block * info["type_size"], np.uint8)
+        kernels._C.quantize_row(int(dot_type), x, out)
+        blocks = out.reshape(-1, info["type_size"])
+        if block == 32:
+            d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+            q = blocks[:, 4 if dot_type == 9 else 2 :].view(np.int8).astype(np.float32)
+        else:
+            d = blocks[:, :4].copy().view(np.float32)
+            q = blocks[:, 4 : 4 + 256].view(np.int8).astype(np.float32)
+        np.testing.assert_array_equal((q * d).reshape(-1), expected, err_msg=path)

@@ -1,8 +1,9 @@
 """Kernel dispatch: the compiled C library when it is there, the NumPy reference otherwise.
 
 The C library picks its best path (avx512 > avx2 > generic on x86, neon on Arm) from the CPU at import.
-`EDGELLM_KERNELS=ref|generic|avx2|avx512|neon|auto` forces one (`ref` is the NumPy path) and
-`EDGELLM_DISABLE_ISA=avx512,...` rules paths out. `capabilities()` reports what was found and chosen.
+`EDGELLM_KERNELS=ref|ref-f32|generic|avx2|avx512|neon|auto` forces one and `EDGELLM_DISABLE_ISA=avx512,...`
+rules paths out. `ref` is the NumPy path with the kernels' 8-bit activation rounding (their oracle);
+`ref-f32` is the NumPy path with float activations. `capabilities()` reports what was found and chosen.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ except ImportError:  # pragma: no cover - exercised only on installs without a c
     )
 
 REF = "ref"
+REF_F32 = "ref-f32"
+NUMPY_PATHS = (REF, REF_F32)
 _state = {"path": REF, "threads": os.cpu_count() or 1}
 
 
 def _choose(requested: str, disabled: set[str]) -> str:
-    if _C is None or requested == REF:
+    if requested in NUMPY_PATHS:
+        return requested
+    if _C is None:
         return REF
     supported = [p for p in _C.capabilities()["supported"] if p not in disabled]
     if requested == "auto":
@@ -38,16 +43,17 @@ def _choose(requested: str, disabled: set[str]) -> str:
         return next((p for p in order if p in supported), REF)
     if requested not in supported:
         raise ConfigError(
-            f"EDGELLM_KERNELS={requested} is not available here; available: {', '.join([REF] + supported)}"
+            f"EDGELLM_KERNELS={requested} is not available here; "
+            f"available: {', '.join([*NUMPY_PATHS, *supported, 'auto'])}"
         )
     return requested
 
 
 def use(path: str = "auto") -> str:
-    """Select a kernel path ('auto', 'ref', 'generic', 'avx2', 'avx512', 'neon'); returns the one chosen."""
+    """Select a kernel path ('auto', 'ref', 'ref-f32', 'generic', 'avx2', 'avx512', 'neon'); returns it."""
     disabled = {p.strip() for p in os.environ.get("EDGELLM_DISABLE_ISA", "").split(",") if p.strip()}
     chosen = _choose(path, disabled)
-    if chosen != REF:
+    if chosen not in NUMPY_PATHS:
         _C.set_isa(chosen)
     _state["path"] = chosen
     return chosen
@@ -59,6 +65,11 @@ def active_path() -> str:
 
 def set_threads(n_threads: int | None) -> None:
     _state["threads"] = max(1, int(n_threads or os.cpu_count() or 1))
+
+
+def emulates_activation_rounding() -> bool:
+    """Whether the NumPy path rounds activations to 8 bits as the C kernels do."""
+    return _state["path"] == REF
 
 
 def threads() -> int:
@@ -75,7 +86,7 @@ def capabilities() -> dict:
 
 
 def has_matmul(type_id: int) -> bool:
-    if _state["path"] == REF:
+    if _state["path"] in NUMPY_PATHS:
         return False
     try:
         return _C.type_info(int(type_id))["has_dot"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _C, active_path, has_matmul
+from . import NUMPY_PATHS, _C, active_path, has_matmul
 from ..formats import names
 from ..quant.formats import GGMLType
 
@@ -23,7 +23,7 @@ _ABSENT = (0, 0, 0, 0)
 
 def engine_supports(store, tensor_names) -> bool:
     """Whether the C engine has a kernel for every matrix (and a row gather for the embedding)."""
-    if _C is None or active_path() == "ref":
+    if _C is None or active_path() in NUMPY_PATHS:
         return False
     for name in tensor_names:
         info = store.info(name)

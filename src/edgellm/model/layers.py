@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
+from ..kernels.reference import quantize_activations
 from ..quant.formats import dequantize_rows
 
 # Largest float32 weight tile materialised at once by `linear` (bytes).
@@ -27,6 +28,8 @@ def linear(x: np.ndarray, store, name: str) -> np.ndarray:
     raw = store.raw(name)
     if kernels.has_matmul(info.type):
         return kernels.matmul(x, raw, info.type, n_out, n_in)
+    if kernels.emulates_activation_rounding():
+        x = quantize_activations(x, info.type)
     tile = max(1, DEQUANT_TILE_BYTES // (4 * n_in))
     if tile >= n_out:
         return x @ dequantize_rows(raw, info.type, n_in, slice(0, n_out)).T
