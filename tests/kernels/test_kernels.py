@@ -244,3 +244,31 @@ def test_numpy_activation_rounding_matches_the_c_quantizers(dot_type, block):
             d = blocks[:, :4].copy().view(np.float32)
             q = blocks[:, 4 : 4 + 256].view(np.int8).astype(np.float32)
         np.testing.assert_array_equal((q * d).reshape(-1), expected, err_msg=path)
+
+
+@pytest.mark.parametrize("ttype", [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q4_K,
+                                   GGMLType.Q6_K], ids=lambda t: t.name)  # fmt: skip
+def test_numpy_oracle_reproduces_kernel_products(ttype):
+    """With the kernels' activation rounding (and Q8_1's stored sums) the NumPy product is the C one up to
+    float summation order: far inside the activation-quantization budget."""
+    from edgellm.model.layers import linear
+
+    rng = np.random.default_rng(13)
+    block = max(FORMATS[ttype].block_size, ACT_BLOCK.get(ttype, 32))
+    n_rows, n_cols = 9, 4 * block
+    raw = random_weights(rng, ttype, n_rows, n_cols)
+    x = (rng.standard_normal((3, n_cols)) * 3).astype(np.float32)
+
+    class Store:  # the one-tensor store `linear` needs
+        def info(self, name):
+            return type("Info", (), {"type": ttype, "shape": (n_rows, n_cols)})()
+
+        def raw(self, name):
+            return raw
+
+    kernels.use("ref")
+    oracle = linear(x, Store(), "w")
+    kernels.use(PATHS[-1])
+    fast = kernels.matmul(x, raw, ttype, n_rows, n_cols)
+    scale = np.abs(x) @ np.abs(FORMATS[ttype].dequantize(raw.reshape(-1)).reshape(n_rows, n_cols)).T
+    assert (np.abs(oracle - fast) <= 1e-5 * scale + 1e-6).all()

@@ -49,3 +49,19 @@ def quantize_activations(x: np.ndarray, weight_type: int) -> np.ndarray:
         return x
     x = np.ascontiguousarray(x, dtype=np.float32)
     return _q8_0(x) if block == 32 else _q8_K(x)
+
+
+def q8_1_sum_correction(x: np.ndarray, raw: np.ndarray, weight_type: int, n_out: int, n_in: int) -> np.ndarray:
+    """What Q4_1/Q5_1 kernels add beyond (dequantized W) @ (rounded x): the min term uses the activation
+    block's stored sum s = fp16(d * sum(q)) rather than fp16(d) * sum(q). Returns (n_tokens, n_out)."""
+    blocks = np.ascontiguousarray(x, dtype=np.float32).reshape(x.shape[0], -1, 32)  # (n_tokens, n_blocks, 32)
+    d = np.abs(blocks).max(axis=2) / np.float32(127)  # (n_tokens, n_blocks)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    v = blocks * inv[..., None]
+    q_sum = (np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))).sum(axis=2)  # sum of the int8 quants
+    stored = (d * q_sum).astype(np.float16).astype(np.float32)
+    exact = d.astype(np.float16).astype(np.float32) * q_sum
+    type_size = 20 if GGMLType(weight_type) == GGMLType.Q4_1 else 24
+    w_blocks = np.asarray(raw).reshape(n_out, n_in // 32, type_size)
+    mins = w_blocks[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float32)  # (n_out, n_blocks)
+    return (stored - exact) @ mins.T

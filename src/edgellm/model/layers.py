@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ..kernels.reference import quantize_activations
-from ..quant.formats import dequantize_rows
+from ..kernels.reference import q8_1_sum_correction, quantize_activations
+from ..quant.formats import GGMLType, dequantize_rows
 
 # Largest float32 weight tile materialised at once by `linear` (bytes).
 DEQUANT_TILE_BYTES = 16 << 20
@@ -28,15 +28,18 @@ def linear(x: np.ndarray, store, name: str) -> np.ndarray:
     raw = store.raw(name)
     if kernels.has_matmul(info.type):
         return kernels.matmul(x, raw, info.type, n_out, n_in)
+    correction = None
     if kernels.emulates_activation_rounding():
+        if info.type in (GGMLType.Q4_1, GGMLType.Q5_1):
+            correction = q8_1_sum_correction(x, raw, info.type, n_out, n_in)
         x = quantize_activations(x, info.type)
     tile = max(1, DEQUANT_TILE_BYTES // (4 * n_in))
-    if tile >= n_out:
-        return x @ dequantize_rows(raw, info.type, n_in, slice(0, n_out)).T
     out = np.empty((x.shape[0], n_out), dtype=np.float32)
     for r0 in range(0, n_out, tile):
         r1 = min(n_out, r0 + tile)
         out[:, r0:r1] = x @ dequantize_rows(raw, info.type, n_in, slice(r0, r1)).T  # (n_tokens, r1 - r0)
+    if correction is not None:
+        out += correction
     return out
 
 
