@@ -123,6 +123,123 @@ INL void pair_step(const int F, const int NC, const int LAST, const uint8_t *x, 
     }
 }
 
+/* Sums of four activation rows' products over a pair of blocks (p[r]: lanes 0..7 block a, 8..15 block b) ->
+ * one register whose 128-bit lane L holds rows 0..3 (lanes 0, 1: partial sums of block a, lanes 2, 3: of b). */
+INL __m512i reduce_rows4(const __m512i *p) {
+    const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
+    const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2], p[3]), _mm512_unpackhi_epi32(p[2], p[3]));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+}
+
+/* two reduce_rows4 results (pairs (a, b) and (c, d)) -> lane 4k + r: row r, block k of a, b, c, d */
+INL __m512i combine_pairs(__m512i u, __m512i v) {
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(u, v, _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_i32x4(u, v, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* Prefill tile of 4 * NG activation rows (NG groups of 4). Per step of 4 weight blocks the weights are unpacked
+ * once; each row's products of a pair of blocks are summed within the block across lanes and rows (reduce_rows4,
+ * combine_pairs) into one register per group, lane 4k + r = (row r, block k), so the block scales of 4 rows x 4
+ * blocks are applied with one conversion and one FMA: the activation scales of those 16 blocks come from one
+ * gather of the block headers. A tail of 1..3 blocks goes through pair_step with per-row accumulators. */
+INL void dot32_wide(const int F, const int NG, int n, float *s, size_t bs, const void *w, const void *y, size_t by) {
+    const uint8_t *x = w;
+    const int NC = 4 * NG;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __m512i off = _mm512_set1_epi8((char)OFFSET(F));
+    const __m512i didx = _mm512_set_epi32(6, 6, 6, 6, 4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0);
+    const __m512i midx = _mm512_set_epi32(7, 7, 7, 7, 5, 5, 5, 5, 3, 3, 3, 3, 1, 1, 1, 1);
+    /* byte offsets of the headers of row r, block k (lane 4k + r) from row 0, block 0 */
+    const int yb = (int)by, ys = YSIZE(F);
+    const __m512i hidx = _mm512_set_epi32(3 * yb + 3 * ys, 2 * yb + 3 * ys, yb + 3 * ys, 3 * ys, 3 * yb + 2 * ys,
+                                          2 * yb + 2 * ys, yb + 2 * ys, 2 * ys, 3 * yb + ys, 2 * yb + ys, yb + ys, ys,
+                                          3 * yb, 2 * yb, yb, 0);
+    const uint8_t *yr[8];
+    __m512 acc[2], macc[2];
+    for (int r = 0; r < NC; r++) yr[r] = (const uint8_t *)y + (size_t)r * by;
+    for (int g = 0; g < NG; g++) acc[g] = macc[g] = _mm512_setzero_ps();
+    const int nb = n / QK8_0;
+    int i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        const uint8_t *xi = x + (size_t)i * WSIZE(F);
+        __m512i ws[2], neg[2];
+        for (int h = 0; h < 2; h++) {
+            const __m512i wq = w_pair(F, xi + 2 * h * WSIZE(F), xi + (2 * h + 1) * WSIZE(F));
+            ws[h] = wq;
+            neg[h] = _mm512_setzero_si512();
+            if (OFFSET(F)) {
+                /* signed weights, shared correction: sum((y + 128) * ws) - 128 * sum(ws) */
+                if (F != F_Q8_0) ws[h] = _mm512_sub_epi8(wq, off);
+                neg[h] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, ws[h]));
+            }
+        }
+        /* the weight blocks' fp16 pairs [d, m] (or d and quant bytes) -> lane 4k + r: d (m) of block k */
+        const __m256 wh = _mm256_cvtph_ps(_mm_setr_epi32((int)ld32(xi), (int)ld32(xi + WSIZE(F)),
+                                                         (int)ld32(xi + 2 * WSIZE(F)), (int)ld32(xi + 3 * WSIZE(F))));
+        const __m512 wd = _mm512_permutexvar_ps(didx, _mm512_castps256_ps512(wh));
+        __m512 wm = _mm512_setzero_ps();
+        if (HAS_MIN(F)) wm = _mm512_permutexvar_ps(midx, _mm512_castps256_ps512(wh));
+        for (int g = 0; g < NG; g++) {
+            __m512i u[2];
+            for (int h = 0; h < 2; h++) {
+                __m512i p[4];
+                for (int r = 0; r < 4; r++) {
+                    const uint8_t *ya = yr[4 * g + r] + (size_t)(i + 2 * h) * YSIZE(F);
+                    const __m512i yq = load_pair(ya + YQS(F), ya + YSIZE(F) + YQS(F));
+                    p[r] = OFFSET(F) ? _mm512_dpbusd_epi32(neg[h], _mm512_xor_si512(yq, flip), ws[h])
+                                     : _mm512_dpbusd_epi32(_mm512_setzero_si512(), ws[h], yq);
+                }
+                u[h] = reduce_rows4(p);
+            }
+            const __m512i sumi = combine_pairs(u[0], u[1]);
+            const __m512i hdr = _mm512_i32gather_epi32(hidx, (const void *)(yr[4 * g] + (size_t)i * YSIZE(F)), 1);
+            const __m512 dy = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hdr));
+            acc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(wd, dy), acc[g]);
+            if (HAS_MIN(F)) {
+                const __m512 sy = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(hdr, 16)));
+                macc[g] = _mm512_fmadd_ps(wm, sy, macc[g]);
+            }
+        }
+    }
+    /* lanes 4k + r -> row r */
+    __m128 tot[2];
+    for (int g = 0; g < NG; g++) {
+        __m512 a = HAS_MIN(F) ? _mm512_add_ps(acc[g], macc[g]) : acc[g];
+        const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+        tot[g] = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    }
+    if (i < nb) {
+        __m512 tacc[8];
+        __m128 tmacc[8];
+        for (int r = 0; r < NC; r++) {
+            tacc[r] = _mm512_setzero_ps();
+            tmacc[r] = _mm_setzero_ps();
+        }
+        if (i + 2 <= nb) {
+            pair_step(F, NC, 0, x, yr, i, i + 1, tacc, tmacc);
+            i += 2;
+        }
+        if (i < nb) pair_step(F, NC, 1, x, yr, i, i, tacc, tmacc);
+        for (int g = 0; g < NG; g++) {
+            float t[4];
+            for (int r = 0; r < 4; r++) {
+                float sum = hsum512(tacc[4 * g + r]);
+                if (HAS_MIN(F)) {
+                    const __m128 m = _mm_add_ps(tmacc[4 * g + r], _mm_movehl_ps(tmacc[4 * g + r], tmacc[4 * g + r]));
+                    sum += _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1));
+                }
+                t[r] = sum;
+            }
+            tot[g] = _mm_add_ps(tot[g], _mm_loadu_ps(t));
+        }
+    }
+    for (int g = 0; g < NG; g++) {
+        float t[4];
+        _mm_storeu_ps(t, tot[g]);
+        for (int r = 0; r < 4; r++) s[(size_t)(4 * g + r) * bs] = t[r];
+    }
+}
+
 INL void dot32_tile(const int F, const int NC, int n, float *s, size_t bs, const void *w, const void *y,
                     size_t by) {
     const uint8_t *x = w;
@@ -155,6 +272,29 @@ INL void dot32_tile(const int F, const int NC, int n, float *s, size_t bs, const
     }
 }
 
+/* 32-weight formats: nc rows in tiles of 8 and 4 (dot32_wide), then up to 3 with per-row accumulators. */
+#define DOT32(F)                                                                                               \
+    static void dot_##F(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {        \
+        for (; nc >= 8; nc -= 8, s += 8 * bs, y = (const char *)y + 8 * by) dot32_wide(F_##F, 2, n, s, bs, w, y, by); \
+        if (nc >= 4) {                                                                                         \
+            dot32_wide(F_##F, 1, n, s, bs, w, y, by);                                                          \
+            nc -= 4, s += 4 * bs, y = (const char *)y + 4 * by;                                                \
+        }                                                                                                      \
+        switch (nc) {                                                                                          \
+        case 3: dot32_tile(F_##F, 3, n, s, bs, w, y, by); break;                                               \
+        case 2: dot32_tile(F_##F, 2, n, s, bs, w, y, by); break;                                               \
+        case 1: dot32_tile(F_##F, 1, n, s, bs, w, y, by); break;                                               \
+        default: break;                                                                                        \
+        }                                                                                                      \
+    }
+DOT32(Q4_0)
+DOT32(Q4_1)
+DOT32(Q5_0)
+DOT32(Q5_1)
+DOT32(Q8_0)
+
+/* ---- k-quants against Q8_K ---- */
+
 /* Kernels with a compile-time tile width: nc rows in tiles of 4, then the remainder. */
 #define TILED_KERNEL(name, tile_call)                                                                          \
     static void name(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {           \
@@ -167,20 +307,6 @@ INL void dot32_tile(const int F, const int NC, int n, float *s, size_t bs, const
         }                                                                                                      \
     }
 
-#define DOT32(F) \
-    TILED_KERNEL(dot_##F, F##_CALL)
-#define Q4_0_CALL(NC) dot32_tile(F_Q4_0, NC, n, s, bs, w, y, by)
-#define Q4_1_CALL(NC) dot32_tile(F_Q4_1, NC, n, s, bs, w, y, by)
-#define Q5_0_CALL(NC) dot32_tile(F_Q5_0, NC, n, s, bs, w, y, by)
-#define Q5_1_CALL(NC) dot32_tile(F_Q5_1, NC, n, s, bs, w, y, by)
-#define Q8_0_CALL(NC) dot32_tile(F_Q8_0, NC, n, s, bs, w, y, by)
-DOT32(Q4_0)
-DOT32(Q4_1)
-DOT32(Q5_0)
-DOT32(Q5_1)
-DOT32(Q8_0)
-
-/* ---- k-quants against Q8_K ---- */
 
 /* per-row epilogue of a super-block: four int32 products (64 weights each) with their float scales */
 INL __m512 k_sum4(const __m512i p[4], const __m512 sc[4]) {
