@@ -206,18 +206,14 @@ static inline float gelu_tanh(float x) {
 
 static inline float silu(float x) { return x / (1.0f + fast_expf(-x)); }
 
+/* bytes for the quantized activations of the largest product of this batch (they are reused by each) */
 static size_t max_scratch(const el_model *m, int n_tokens) {
-    size_t best = 0;
-    const el_weight *all[] = {&m->output};
-    for (int i = 0; i < 1; i++) {
-        size_t s = el_matmul_scratch_bytes((enum el_type)all[i]->type, all[i]->n_cols, n_tokens);
-        if (s > best) best = s;
-    }
+    size_t best = el_matmul_scratch_bytes((enum el_type)m->output.type, m->output.n_cols, n_tokens);
     for (int l = 0; l < m->n_layers; l++) {
         const el_layer *L = &m->layers[l];
         const el_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
         for (int i = 0; i < 7; i++) {
-            size_t s = el_matmul_scratch_bytes((enum el_type)ws[i]->type, ws[i]->n_cols, n_tokens);
+            const size_t s = el_matmul_scratch_bytes((enum el_type)ws[i]->type, ws[i]->n_cols, n_tokens);
             if (s > best) best = s;
         }
     }

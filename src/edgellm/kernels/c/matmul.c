@@ -1,12 +1,14 @@
 /* Quantized matrix products: activations quantized once per product to the weight format's dot type, then
  * weight rows split across threads. Each thread walks its rows in blocks and, inside a block, tiles of
- * tokens, so a weight row is unpacked once per tile (prefill) and the block stays in cache across tiles. */
+ * tokens, so a weight row is unpacked once per tile (prefill) and the block stays in cache across tiles. Long
+ * batches go in chunks of tokens whose activations fit in L2, all of the thread's row blocks per chunk. */
 #include <stdlib.h>
 
 #include "edgellm.h"
 
 #define ROW_BLOCK 16
-#define TOKEN_TILE 4
+#define TOKEN_TILE 8
+#define TOKEN_CHUNK_BYTES (256 * 1024)
 
 static size_t row_bytes(enum el_type type, int n) {
     const el_type_traits *t = &el_traits[type];
@@ -45,14 +47,20 @@ static void dot_task(void *vctx, int ith, int nth) {
     const int n_blocks = (c->n_rows + ROW_BLOCK - 1) / ROW_BLOCK;
     const int b0 = (int)((int64_t)n_blocks * ith / nth), b1 = (int)((int64_t)n_blocks * (ith + 1) / nth);
     const el_dot_fn dot = c->traits->dot;
-    for (int b = b0; b < b1; b++) {
-        const int r0 = b * ROW_BLOCK, r1 = r0 + ROW_BLOCK < c->n_rows ? r0 + ROW_BLOCK : c->n_rows;
-        for (int t0 = 0; t0 < c->n_tokens; t0 += TOKEN_TILE) {
-            const int nc = c->n_tokens - t0 < TOKEN_TILE ? c->n_tokens - t0 : TOKEN_TILE;
-            const char *y = c->y + (size_t)t0 * c->y_row_bytes;
-            float *out = c->out + (size_t)t0 * c->out_stride;
-            for (int r = r0; r < r1; r++) {
-                dot(c->n_cols, out + r, (size_t)c->out_stride, c->w + (size_t)r * c->w_row_bytes, y, c->y_row_bytes, nc);
+    /* tokens in chunks whose activations stay in L2 while every row block of this thread passes over them */
+    int chunk = (int)(TOKEN_CHUNK_BYTES / c->y_row_bytes) / TOKEN_TILE * TOKEN_TILE;
+    if (chunk < TOKEN_TILE) chunk = TOKEN_TILE;
+    for (int c0 = 0; c0 < c->n_tokens; c0 += chunk) {
+        const int c1 = c0 + chunk < c->n_tokens ? c0 + chunk : c->n_tokens;
+        for (int b = b0; b < b1; b++) {
+            const int r0 = b * ROW_BLOCK, r1 = r0 + ROW_BLOCK < c->n_rows ? r0 + ROW_BLOCK : c->n_rows;
+            for (int t0 = c0; t0 < c1; t0 += TOKEN_TILE) {
+                const int nc = c1 - t0 < TOKEN_TILE ? c1 - t0 : TOKEN_TILE;
+                const char *y = c->y + (size_t)t0 * c->y_row_bytes;
+                float *out = c->out + (size_t)t0 * c->out_stride;
+                for (int r = r0; r < r1; r++) {
+                    dot(c->n_cols, out + r, (size_t)c->out_stride, c->w + (size_t)r * c->w_row_bytes, y, c->y_row_bytes, nc);
+                }
             }
         }
     }

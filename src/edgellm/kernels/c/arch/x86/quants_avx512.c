@@ -8,8 +8,10 @@
  *    each row uses its activations flipped to unsigned (y ^ 0x80), the weight-only correction shared by all rows.
  *  - k-quants: 64 weights per register, sub-block scales as floats permuted into place, mins and offsets from
  *    the Q8_K bsums.
- * Every kernel unpacks a weight block once per tile of up to 4 activation rows (nc) and keeps one accumulator
- * per row (two per row for the 32-weight formats, for decode).
+ * Every kernel unpacks a weight block once per tile of activation rows (nc; tiles of 8, then 4, then the rest).
+ * Decode (nc = 1) and tails of up to 3 rows keep one accumulator per row (two for the 32-weight formats); the
+ * 32-weight formats' tiles of 4 and 8 rows sum each block's lanes across rows first, so that 16 (row, block)
+ * scales are applied at once (dot32_wide); the k-quants fold the weight scales in once per super-block.
  */
 #include <string.h>
 
@@ -137,69 +139,93 @@ INL __m512i combine_pairs(__m512i u, __m512i v) {
                             _mm512_shuffle_i32x4(u, v, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* Prefill tile of 4 * NG activation rows (NG groups of 4). Per step of 4 weight blocks the weights are unpacked
- * once; each row's products of a pair of blocks are summed within the block across lanes and rows (reduce_rows4,
- * combine_pairs) into one register per group, lane 4k + r = (row r, block k), so the block scales of 4 rows x 4
- * blocks are applied with one conversion and one FMA: the activation scales of those 16 blocks come from one
- * gather of the block headers. A tail of 1..3 blocks goes through pair_step with per-row accumulators. */
-INL void dot32_wide(const int F, const int NG, int n, float *s, size_t bs, const void *w, const void *y, size_t by) {
-    const uint8_t *x = w;
-    const int NC = 4 * NG;
+/* One step of dot32_wide: blocks i .. i + 2 * NP - 1 (NP pairs: 2, or 1 for a tail pair, whose lanes 8..15
+ * stay zero and whose header loads stay within its 2 blocks). */
+INL void wide_step(const int F, const int NG, const int NP, const uint8_t *x, const uint8_t *const *yr, int i,
+                   __m512 *acc, __m512 *macc) {
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     const __m512i off = _mm512_set1_epi8((char)OFFSET(F));
     const __m512i didx = _mm512_set_epi32(6, 6, 6, 6, 4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0);
     const __m512i midx = _mm512_set_epi32(7, 7, 7, 7, 5, 5, 5, 5, 3, 3, 3, 3, 1, 1, 1, 1);
-    /* byte offsets of the headers of row r, block k (lane 4k + r) from row 0, block 0 */
-    const int yb = (int)by, ys = YSIZE(F);
-    const __m512i hidx = _mm512_set_epi32(3 * yb + 3 * ys, 2 * yb + 3 * ys, yb + 3 * ys, 3 * ys, 3 * yb + 2 * ys,
-                                          2 * yb + 2 * ys, yb + 2 * ys, 2 * ys, 3 * yb + ys, 2 * yb + ys, yb + ys, ys,
-                                          3 * yb, 2 * yb, yb, 0);
+    /* word 4k + r of row r's selection: block k's d (word k * YSIZE / 2 of the 128 bytes from block 0); word
+     * 16 + 4k + r: the next word (s for Q8_1); row r keeps words 4k + r and 16 + 4k + r (hmask << r) */
+    const int hw = YSIZE(F) / 2;
+    const __m512i hsel = _mm512_set_epi16(3 * hw + 1, 3 * hw + 1, 3 * hw + 1, 3 * hw + 1, 2 * hw + 1, 2 * hw + 1,
+                                          2 * hw + 1, 2 * hw + 1, hw + 1, hw + 1, hw + 1, hw + 1, 1, 1, 1, 1, 3 * hw,
+                                          3 * hw, 3 * hw, 3 * hw, 2 * hw, 2 * hw, 2 * hw, 2 * hw, hw, hw, hw, hw, 0, 0,
+                                          0, 0);
+    const __mmask32 hmask = HAS_MIN(F) ? 0x11111111u : 0x1111u;
+    const uint8_t *xi = x + (size_t)i * WSIZE(F);
+    __m512i ws[2], neg[2];
+    for (int h = 0; h < NP; h++) {
+        const __m512i wq = w_pair(F, xi + 2 * h * WSIZE(F), xi + (2 * h + 1) * WSIZE(F));
+        ws[h] = wq;
+        neg[h] = _mm512_setzero_si512();
+        if (OFFSET(F)) {
+            /* signed weights, shared correction: sum((y + 128) * ws) - 128 * sum(ws) */
+            if (F != F_Q8_0) ws[h] = _mm512_sub_epi8(wq, off);
+            neg[h] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, ws[h]));
+        }
+    }
+    /* the weight blocks' fp16 pairs [d, m] (or d and quant bytes) -> lane 4k + r: d (m) of block k */
+    const __m128i wh16 = NP == 2 ? _mm_setr_epi32((int)ld32(xi), (int)ld32(xi + WSIZE(F)), (int)ld32(xi + 2 * WSIZE(F)),
+                                                  (int)ld32(xi + 3 * WSIZE(F)))
+                                 : _mm_setr_epi32((int)ld32(xi), (int)ld32(xi + WSIZE(F)), 0, 0);
+    const __m256 wh = _mm256_cvtph_ps(wh16);
+    const __m512 wd = _mm512_permutexvar_ps(didx, _mm512_castps256_ps512(wh));
+    __m512 wm = _mm512_setzero_ps();
+    if (HAS_MIN(F)) wm = _mm512_permutexvar_ps(midx, _mm512_castps256_ps512(wh));
+    for (int g = 0; g < NG; g++) {
+        __m512i u[2];
+        u[1] = _mm512_setzero_si512();
+        for (int h = 0; h < NP; h++) {
+            __m512i p[4];
+            for (int r = 0; r < 4; r++) {
+                const uint8_t *ya = yr[4 * g + r] + (size_t)(i + 2 * h) * YSIZE(F);
+                const __m512i yq = load_pair(ya + YQS(F), ya + YSIZE(F) + YQS(F));
+                p[r] = OFFSET(F) ? _mm512_dpbusd_epi32(neg[h], _mm512_xor_si512(yq, flip), ws[h])
+                                 : _mm512_dpbusd_epi32(_mm512_setzero_si512(), ws[h], yq);
+            }
+            u[h] = reduce_rows4(p);
+        }
+        const __m512i sumi = combine_pairs(u[0], u[1]);
+        /* the fp16 headers of the 16 activation blocks: words 4k + r (d) and 16 + 4k + r (s); a tail pair's
+         * 2 blocks (>= 68 bytes) hold its headers in the first 64 bytes */
+        __m512i hdr = _mm512_setzero_si512();
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *ya = yr[4 * g + r] + (size_t)i * YSIZE(F);
+            const __m512i lo = _mm512_loadu_si512((const void *)ya);
+            const __m512i hi = NP == 2 ? _mm512_loadu_si512((const void *)(ya + 64)) : _mm512_setzero_si512();
+            hdr = _mm512_or_si512(hdr, _mm512_maskz_permutex2var_epi16(hmask << r, lo, hsel, hi));
+        }
+        const __m512 dy = _mm512_cvtph_ps(_mm512_castsi512_si256(hdr));
+        acc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(wd, dy), acc[g]);
+        if (HAS_MIN(F)) {
+            const __m512 sy = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(hdr, 1));
+            macc[g] = _mm512_fmadd_ps(wm, sy, macc[g]);
+        }
+    }
+}
+
+/* Prefill tile of 4 * NG activation rows (NG groups of 4). Per step of 4 weight blocks the weights are unpacked
+ * once; each row's products of a pair of blocks are summed within the block across lanes and rows (reduce_rows4,
+ * combine_pairs) into one register per group, lane 4k + r = (row r, block k), so the block scales of 4 rows x 4
+ * blocks are applied with one conversion and one FMA. The activation scales of those 16 blocks are picked out of
+ * each row's first 128 bytes of the step (within its 4 blocks) by one word permute per row (a vpgatherdd was
+ * slower than the old per-row path on Zen 5). A tail pair is a half step; a last odd block goes through pair_step. */
+INL void dot32_wide(const int F, const int NG, int n, float *s, size_t bs, const void *w, const void *y, size_t by) {
+    const uint8_t *x = w;
+    const int NC = 4 * NG;
     const uint8_t *yr[8];
     __m512 acc[2], macc[2];
     for (int r = 0; r < NC; r++) yr[r] = (const uint8_t *)y + (size_t)r * by;
     for (int g = 0; g < NG; g++) acc[g] = macc[g] = _mm512_setzero_ps();
     const int nb = n / QK8_0;
     int i = 0;
-    for (; i + 4 <= nb; i += 4) {
-        const uint8_t *xi = x + (size_t)i * WSIZE(F);
-        __m512i ws[2], neg[2];
-        for (int h = 0; h < 2; h++) {
-            const __m512i wq = w_pair(F, xi + 2 * h * WSIZE(F), xi + (2 * h + 1) * WSIZE(F));
-            ws[h] = wq;
-            neg[h] = _mm512_setzero_si512();
-            if (OFFSET(F)) {
-                /* signed weights, shared correction: sum((y + 128) * ws) - 128 * sum(ws) */
-                if (F != F_Q8_0) ws[h] = _mm512_sub_epi8(wq, off);
-                neg[h] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, ws[h]));
-            }
-        }
-        /* the weight blocks' fp16 pairs [d, m] (or d and quant bytes) -> lane 4k + r: d (m) of block k */
-        const __m256 wh = _mm256_cvtph_ps(_mm_setr_epi32((int)ld32(xi), (int)ld32(xi + WSIZE(F)),
-                                                         (int)ld32(xi + 2 * WSIZE(F)), (int)ld32(xi + 3 * WSIZE(F))));
-        const __m512 wd = _mm512_permutexvar_ps(didx, _mm512_castps256_ps512(wh));
-        __m512 wm = _mm512_setzero_ps();
-        if (HAS_MIN(F)) wm = _mm512_permutexvar_ps(midx, _mm512_castps256_ps512(wh));
-        for (int g = 0; g < NG; g++) {
-            __m512i u[2];
-            for (int h = 0; h < 2; h++) {
-                __m512i p[4];
-                for (int r = 0; r < 4; r++) {
-                    const uint8_t *ya = yr[4 * g + r] + (size_t)(i + 2 * h) * YSIZE(F);
-                    const __m512i yq = load_pair(ya + YQS(F), ya + YSIZE(F) + YQS(F));
-                    p[r] = OFFSET(F) ? _mm512_dpbusd_epi32(neg[h], _mm512_xor_si512(yq, flip), ws[h])
-                                     : _mm512_dpbusd_epi32(_mm512_setzero_si512(), ws[h], yq);
-                }
-                u[h] = reduce_rows4(p);
-            }
-            const __m512i sumi = combine_pairs(u[0], u[1]);
-            const __m512i hdr = _mm512_i32gather_epi32(hidx, (const void *)(yr[4 * g] + (size_t)i * YSIZE(F)), 1);
-            const __m512 dy = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hdr));
-            acc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(wd, dy), acc[g]);
-            if (HAS_MIN(F)) {
-                const __m512 sy = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(hdr, 16)));
-                macc[g] = _mm512_fmadd_ps(wm, sy, macc[g]);
-            }
-        }
+    for (; i + 4 <= nb; i += 4) wide_step(F, NG, 2, x, yr, i, acc, macc);
+    if (i + 2 <= nb) {
+        wide_step(F, NG, 1, x, yr, i, acc, macc);
+        i += 2;
     }
     /* lanes 4k + r -> row r */
     __m128 tot[2];
@@ -215,11 +241,7 @@ INL void dot32_wide(const int F, const int NG, int n, float *s, size_t bs, const
             tacc[r] = _mm512_setzero_ps();
             tmacc[r] = _mm_setzero_ps();
         }
-        if (i + 2 <= nb) {
-            pair_step(F, NC, 0, x, yr, i, i + 1, tacc, tmacc);
-            i += 2;
-        }
-        if (i < nb) pair_step(F, NC, 1, x, yr, i, i, tacc, tmacc);
+        pair_step(F, NC, 1, x, yr, i, i, tacc, tmacc);
         for (int g = 0; g < NG; g++) {
             float t[4];
             for (int r = 0; r < 4; r++) {
@@ -295,19 +317,6 @@ DOT32(Q8_0)
 
 /* ---- k-quants against Q8_K ---- */
 
-/* Kernels with a compile-time tile width: nc rows in tiles of 4, then the remainder. */
-#define TILED_KERNEL(name, tile_call)                                                                          \
-    static void name(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {           \
-        for (; nc >= 4; nc -= 4, s += 4 * bs, y = (const char *)y + 4 * by) tile_call(4);                       \
-        switch (nc) {                                                                                          \
-        case 3: tile_call(3); break;                                                                           \
-        case 2: tile_call(2); break;                                                                           \
-        case 1: tile_call(1); break;                                                                           \
-        default: break;                                                                                        \
-        }                                                                                                      \
-    }
-
-
 /* per-row epilogue of a super-block: four int32 products (64 weights each) with their float scales */
 INL __m512 k_sum4(const __m512i p[4], const __m512 sc[4]) {
     __m512 t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(p[0]), sc[0]);
@@ -330,16 +339,15 @@ INL __m128i k4_scales(const uint8_t *q) {
     return _mm_setr_epi32((int)u[0], (int)u[1], (int)u[2], (int)u[3]);
 }
 
-/* Q4_K (HIGH = 0) and Q5_K (HIGH = 1): w = d * sc * q - dmin * m per sub-block of 32 */
+/* Q4_K (HIGH = 0) and Q5_K (HIGH = 1): w = d * sc * q - dmin * m per sub-block of 32. Per super-block and
+ * row: d * sum(sc * q.y) - dmin * sum(m * bsum), both weight scales folded in before the row's own scale. */
 INL void dotk4_tile(const int HIGH, const int NC, int n, float *s, size_t bs, const void *w, const void *y,
                     size_t by) {
-    const block_q8_K *yr[4];
-    __m512 acc[4];
-    __m256 accm[4];
+    const block_q8_K *yr[8];
+    __m512 acc[8];
     for (int r = 0; r < NC; r++) {
         yr[r] = (const block_q8_K *)((const char *)y + (size_t)r * by);
         acc[r] = _mm512_setzero_ps();
-        accm[r] = _mm256_setzero_ps();
     }
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const int nb = n / QK_K;
@@ -348,9 +356,10 @@ INL void dotk4_tile(const int HIGH, const int NC, int n, float *s, size_t bs, co
         const uint8_t *qs = xb + (HIGH ? 48 : 16);
         const float d = _cvtsh_ss(*(const el_fp16_t *)xb), dmin = _cvtsh_ss(*(const el_fp16_t *)(xb + 2));
         const __m128i sm = k4_scales(xb + 4);
-        const __m512 scf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sm));
+        const __m512 scf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sm)), _mm512_set1_ps(d));
         __m256i mins = _mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8));
         mins = _mm256_or_si256(mins, _mm256_slli_epi32(mins, 16)); /* each min in both int16 halves */
+        const __m512 vdmin = _mm512_set1_ps(dmin);
         __m512 sc[4];
         __m512i wq[4];
         __m512i hb;
@@ -376,24 +385,22 @@ INL void dotk4_tile(const int HIGH, const int NC, int n, float *s, size_t bs, co
                 p[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[j],
                                            _mm512_loadu_si512((const void *)(q->qs + 64 * j)));
             }
-            acc[r] = _mm512_fmadd_ps(k_sum4(p, sc), _mm512_set1_ps(d * q->d), acc[r]);
             const __m256i pm = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)q->bsums), mins);
-            accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pm), _mm256_set1_ps(dmin * q->d), accm[r]);
+            const __m512 t = _mm512_fnmadd_ps(_mm512_zextps256_ps512(_mm256_cvtepi32_ps(pm)), vdmin, k_sum4(p, sc));
+            acc[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(q->d), acc[r]);
         }
     }
-    for (int r = 0; r < NC; r++) s[(size_t)r * bs] = hsum512(_mm512_sub_ps(acc[r], _mm512_zextps256_ps512(accm[r])));
+    for (int r = 0; r < NC; r++) s[(size_t)r * bs] = hsum512(acc[r]);
 }
 
 /* Q6_K: w = d * sc * (q - 32) per sub-block of 16 */
 INL void dotq6k_tile(const int NC, int n, float *s, size_t bs, const void *w, const void *y, size_t by) {
     const block_q6_K *x = w;
-    const block_q8_K *yr[4];
-    __m512 acc[4];
-    __m256 accm[4];
+    const block_q8_K *yr[8];
+    __m512 acc[8];
     for (int r = 0; r < NC; r++) {
         yr[r] = (const block_q8_K *)((const char *)y + (size_t)r * by);
         acc[r] = _mm512_setzero_ps();
-        accm[r] = _mm256_setzero_ps();
     }
     const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     /* qh bits 0-1 / 2-3 to bits 4-5 (low 32 bytes / high 32 bytes); bits 4-5 / 6-7 likewise */
@@ -403,8 +410,9 @@ INL void dotq6k_tile(const int NC, int n, float *s, size_t bs, const void *w, co
     for (int i = 0; i < nb; i++) {
         const float d = _cvtsh_ss(x[i].d);
         const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
-        const __m512 scf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc8));
+        const __m512 scf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc8)), _mm512_set1_ps(d));
         const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+        const __m512 d32 = _mm512_set1_ps(32.0f * d);
         __m512 sc[4];
         __m512i wq[4];
         for (int j = 0; j < 4; j++) {
@@ -427,22 +435,37 @@ INL void dotq6k_tile(const int NC, int n, float *s, size_t bs, const void *w, co
                 p[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[j],
                                            _mm512_loadu_si512((const void *)(q->qs + 64 * j)));
             }
-            const float dd = d * q->d;
-            acc[r] = _mm512_fmadd_ps(k_sum4(p, sc), _mm512_set1_ps(dd), acc[r]);
             /* the -32 offset: 32 * sum over sub-blocks of sc * bsum */
             const __m256i pm = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)q->bsums), sc16);
-            accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pm), _mm256_set1_ps(32.0f * dd), accm[r]);
+            const __m512 t = _mm512_fnmadd_ps(_mm512_zextps256_ps512(_mm256_cvtepi32_ps(pm)), d32, k_sum4(p, sc));
+            acc[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(q->d), acc[r]);
         }
     }
-    for (int r = 0; r < NC; r++) s[(size_t)r * bs] = hsum512(_mm512_sub_ps(acc[r], _mm512_zextps256_ps512(accm[r])));
+    for (int r = 0; r < NC; r++) s[(size_t)r * bs] = hsum512(acc[r]);
 }
+
+/* k-quants: nc rows in tiles of 8 and 4, then the remainder */
+#define KTILED(name, tile_call)                                                                                \
+    static void name(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {           \
+        for (; nc >= 8; nc -= 8, s += 8 * bs, y = (const char *)y + 8 * by) tile_call(8);                       \
+        if (nc >= 4) {                                                                                         \
+            tile_call(4);                                                                                      \
+            nc -= 4, s += 4 * bs, y = (const char *)y + 4 * by;                                                \
+        }                                                                                                      \
+        switch (nc) {                                                                                          \
+        case 3: tile_call(3); break;                                                                           \
+        case 2: tile_call(2); break;                                                                           \
+        case 1: tile_call(1); break;                                                                           \
+        default: break;                                                                                        \
+        }                                                                                                      \
+    }
 
 #define Q4_K_CALL(NC) dotk4_tile(0, NC, n, s, bs, w, y, by)
 #define Q5_K_CALL(NC) dotk4_tile(1, NC, n, s, bs, w, y, by)
 #define Q6_K_CALL(NC) dotq6k_tile(NC, n, s, bs, w, y, by)
-TILED_KERNEL(dot_Q4_K, Q4_K_CALL)
-TILED_KERNEL(dot_Q5_K, Q5_K_CALL)
-TILED_KERNEL(dot_Q6_K, Q6_K_CALL)
+KTILED(dot_Q4_K, Q4_K_CALL)
+KTILED(dot_Q5_K, Q5_K_CALL)
+KTILED(dot_Q6_K, Q6_K_CALL)
 
 void el_register_avx512(el_type_traits *t) {
     t[EL_Q4_0].dot = dot_Q4_0;
