@@ -77,8 +77,6 @@ class Transformer:
         return self._small[name]
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.n_vocab):
-            raise ValueError(f"token id out of range 0..{self.config.n_vocab - 1}")
         x = self.store.rows(names.TOKEN_EMBD, tokens)  # (n_tokens, n_embd)
         if self.config.embed_scale != 1.0:
             x *= np.float32(self.config.embed_scale)
@@ -90,7 +88,7 @@ class Transformer:
         if self._compiled_path != path:
             from ..kernels.plan import CompiledModel, engine_supports
 
-            usable = engine_supports(self.store, self._expected_shapes()) and self.output_name is not None
+            usable = engine_supports(self.store, self._expected_shapes())
             self._compiled = CompiledModel(self.config, self.store, self.output_name, self._vec) if usable else None
             self._compiled_path = path
         return self._compiled
@@ -101,16 +99,11 @@ class Transformer:
         c = self.config
         tokens = np.asarray(tokens, dtype=np.int64)
         cache.reserve(len(tokens))
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= c.n_vocab):
+            raise ValueError(f"token id out of range 0..{c.n_vocab - 1}")
         compiled = self.compiled()
         if compiled is not None:
-            rows = range(len(tokens))[logits_rows] if logits_rows is not None else range(0)
-            if rows.step != 1:
-                raise ValueError("logits_rows must be a contiguous slice")
-            if tokens.size and (tokens.min() < 0 or tokens.max() >= c.n_vocab):
-                raise ValueError(f"token id out of range 0..{c.n_vocab - 1}")
-            logits = compiled.forward(tokens, cache, rows.start if len(rows) else 0, len(rows), kernels.threads())
-            cache.advance(len(tokens))
-            return logits
+            return self._forward_compiled(compiled, tokens, cache, logits_rows)
         positions = np.arange(cache.n_past, cache.n_past + len(tokens))
         x = self.embed(tokens)  # (n_tokens, n_embd)
         for i in range(c.n_layers):
@@ -122,6 +115,14 @@ class Transformer:
         logits = layers.linear(h, self.store, self.output_name)  # (n_selected, n_vocab)
         if c.final_logit_softcap:
             logits = np.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+        return logits
+
+    def _forward_compiled(self, compiled, tokens: np.ndarray, cache, logits_rows: slice | None) -> np.ndarray:
+        rows = range(len(tokens))[logits_rows] if logits_rows is not None else range(0)
+        if rows.step != 1:
+            raise ValueError("logits_rows must be a contiguous slice")
+        logits = compiled.forward(tokens, cache, rows.start if len(rows) else 0, len(rows), kernels.threads())
+        cache.advance(len(tokens))
         return logits
 
     def _block(self, i: int, x: np.ndarray, positions: np.ndarray, cache) -> np.ndarray:
