@@ -24,6 +24,8 @@ SCALE_OFFSETS = {
     GGMLType.Q2_K: [80, 82], GGMLType.Q3_K: [108], GGMLType.Q4_K: [0, 2], GGMLType.Q5_K: [0, 2],
     GGMLType.Q6_K: [208],
 }  # fmt: skip
+# edgellm's NL formats start each block with a one-byte log scale 2^((e - 192) / 8); e = 0 is a zero block
+LOG_SCALE_TYPES = {GGMLType.Q4_NL, GGMLType.Q3_NL, GGMLType.Q2_NL}
 ACT_BLOCK = {GGMLType.Q2_K: 256, GGMLType.Q3_K: 256, GGMLType.Q4_K: 256, GGMLType.Q5_K: 256, GGMLType.Q6_K: 256}
 
 
@@ -43,6 +45,10 @@ def random_weights(rng, ttype, n_rows, n_cols, scale=0.05):
         return fmt.quantize(values.reshape(-1)).reshape(n_rows, -1)
     n_blocks = n_rows * n_cols // fmt.block_size
     blocks = rng.integers(0, 256, size=(n_blocks, fmt.type_size), dtype=np.uint8)
+    if ttype in LOG_SCALE_TYPES:  # weights up to 127 * 2^((e - 192) / 8): about `scale` for e near 100
+        blocks[:, 0] = rng.integers(88, 104, n_blocks)
+        blocks[rng.random(n_blocks) < 0.1, 0] = 0
+        return blocks.reshape(n_rows, -1)
     for off in SCALE_OFFSETS[ttype]:
         d = (rng.uniform(0.2, 1.0, n_blocks) * scale / 8).astype(np.float16)
         blocks[:, off : off + 2] = d.view(np.uint8).reshape(n_blocks, 2)

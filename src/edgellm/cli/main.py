@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("tokenize", "print the token ids of a text"),
     "perplexity": ("perplexity", "perplexity of a text file, as llama.cpp computes it"),
     "bench": ("bench", "prompt and generation speed, as llama-bench measures them"),
+    "quantize": ("quantize", "write a smaller GGUF: a llama.cpp type, one of ours, or a bits-per-weight budget"),
+    "imatrix": ("quantize", "importance matrix (mean squared activations) from calibration text"),
+    "kld": ("quantize", "KL divergence of a model's next-token distributions from a reference model's"),
 }
 
 

@@ -6,6 +6,8 @@ whole matrix (let alone the model) is ever kept.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from .. import kernels
@@ -17,12 +19,32 @@ DEQUANT_TILE_BYTES = 16 << 20
 # Queries per attention block, bounding the (heads, queries, keys) score tensor on long prompts.
 ATTN_QUERY_BLOCK = 256
 
+# Called as observer(weight_name, x) with every linear's input while set (importance matrices).
+_observer = None
+
+
+@contextmanager
+def observe_linear_inputs(observer):
+    """Within the block, every `linear` call reports its input activations to `observer(name, x)`."""
+    global _observer
+    previous, _observer = _observer, observer
+    try:
+        yield
+    finally:
+        _observer = previous
+
+
+def observing() -> bool:
+    return _observer is not None
+
 
 def linear(x: np.ndarray, store, name: str) -> np.ndarray:
     """x @ W.T for a packed W (n_out, n_in): (n_tokens, n_in) -> (n_tokens, n_out).
 
     Runs the C kernel on the packed blocks when one is active, else the NumPy reference.
     """
+    if _observer is not None:
+        _observer(name, x)
     info = store.info(name)
     n_out, n_in = info.shape
     raw = store.raw(name)

@@ -101,7 +101,7 @@ class Transformer:
         cache.reserve(len(tokens))
         if tokens.size and (tokens.min() < 0 or tokens.max() >= c.n_vocab):
             raise ValueError(f"token id out of range 0..{c.n_vocab - 1}")
-        compiled = self.compiled()
+        compiled = None if layers.observing() else self.compiled()  # the C engine runs without hooks
         if compiled is not None:
             return self._forward_compiled(compiled, tokens, cache, logits_rows)
         positions = np.arange(cache.n_past, cache.n_past + len(tokens))

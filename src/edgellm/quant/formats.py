@@ -34,6 +34,9 @@ class GGMLType(IntEnum):
     Q5_K = 13
     Q6_K = 14
     BF16 = 30
+    Q4_NL = 100  # edgellm's own formats (not in ggml): see Q4_NL below
+    Q3_NL = 101
+    Q2_NL = 102
 
 
 class Format:
@@ -481,6 +484,68 @@ class Q6_K(Format):
         q = (low | (high << np.uint8(4))).astype(np.int8) - np.int8(32)
         dl = (_f16(blocks, 208) * blocks[:, 192:208].view(np.int8).astype(np.float32))[..., None]  # (n, 16, 1)
         return (dl * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
+
+
+# --- edgellm's non-linear low-bit formats: 32-weight blocks, so they fit rows k-quants cannot (576, 640, 896) ---
+
+# Lloyd-Max levels of a unit Gaussian scaled so the outermost is 127 (kernels/c/generic/nlquants.c)
+GRID_Q4_NL = np.array([-127, -96, -75, -58, -44, -31, -18, -6, 6, 18, 31, 44, 58, 75, 96, 127], dtype=np.float32)
+GRID_Q3_NL = np.array([-127, -79, -45, -14, 14, 45, 79, 127], dtype=np.float32)
+GRID_Q2_NL = np.array([-127, -38, 38, 127], dtype=np.float32)
+# One-byte logarithmic block scale: e -> 2^((e - 192) / 8), e = 0 -> 0
+NL_SCALE = np.array([0.0] + [2.0 ** ((e - 192) / 8) for e in range(1, 256)], dtype=np.float32)
+
+
+def _nl_scale(blocks: np.ndarray) -> np.ndarray:
+    return NL_SCALE[blocks[:, :1]]  # (n, 1)
+
+
+def _nl_low_codes(qs: np.ndarray) -> np.ndarray:
+    """(n, 8) bytes -> (n, 32) 2-bit codes: code j is bits 2 * (j // 8) of byte j % 8."""
+    return _unpack(qs, 2).reshape(-1, 32)
+
+
+@_register
+class Q4_NL(Format):
+    # Q4_NL (edgellm): 32 weights in 17 bytes (4.25 bits), w = NL_SCALE[e] * GRID_Q4_NL[code]
+    #   byte 0      e       log scale
+    #   byte 1..16  qs[16]  4-bit codes, nibble order as Q4_0
+    type = GGMLType.Q4_NL
+    block_size = 32
+    type_size = 17
+
+    def _dequantize_blocks(self, blocks):
+        return _nl_scale(blocks) * GRID_Q4_NL[_unpack(blocks[:, 1:17], 4).reshape(-1, 32)]
+
+
+@_register
+class Q3_NL(Format):
+    # Q3_NL (edgellm): 32 weights in 13 bytes (3.25 bits), w = NL_SCALE[e] * GRID_Q3_NL[code]
+    #   byte 0      e       log scale
+    #   byte 1..4   qh      u32: bit j is bit 2 of code j
+    #   byte 5..12  qs[8]   bits 0..1 of code j at bits 2 * (j // 8) of qs[j % 8]
+    type = GGMLType.Q3_NL
+    block_size = 32
+    type_size = 13
+
+    def _dequantize_blocks(self, blocks):
+        qh = blocks[:, 1:5].copy().view("<u4")  # (n, 1)
+        high = ((qh >> np.arange(32, dtype=np.uint32)) & np.uint32(1)).astype(np.uint8)
+        codes = _nl_low_codes(blocks[:, 5:13]) | (high << np.uint8(2))
+        return _nl_scale(blocks) * GRID_Q3_NL[codes]
+
+
+@_register
+class Q2_NL(Format):
+    # Q2_NL (edgellm): 32 weights in 9 bytes (2.25 bits), w = NL_SCALE[e] * GRID_Q2_NL[code]
+    #   byte 0      e       log scale
+    #   byte 1..8   qs[8]   2-bit codes, order as Q3_NL
+    type = GGMLType.Q2_NL
+    block_size = 32
+    type_size = 9
+
+    def _dequantize_blocks(self, blocks):
+        return _nl_scale(blocks) * GRID_Q2_NL[_nl_low_codes(blocks[:, 1:9])]
 
 
 # --- lookups over the registry ---

@@ -185,6 +185,59 @@ done:
     return result;
 }
 
+/* quantize(type, x, out, n_rows, n_per_row, importance or None, n_threads): weight quantizer, rows split
+ * over the pool */
+typedef struct {
+    int type;
+    const float *x, *importance;
+    char *y;
+    int64_t n_rows, n_per_row;
+    size_t row_bytes;
+    int failed;
+} quantize_task;
+
+static void quantize_worker(void *ctx, int ith, int nth) {
+    quantize_task *t = ctx;
+    const int64_t r0 = t->n_rows * ith / nth, r1 = t->n_rows * (ith + 1) / nth;
+    if (r1 > r0 && el_quantize_rows((enum el_type)t->type, t->x + r0 * t->n_per_row, t->y + r0 * t->row_bytes,
+                                    r1 - r0, t->n_per_row, t->importance) != 0)
+        t->failed = 1;
+}
+
+static PyObject *py_quantize(PyObject *self, PyObject *args) {
+    int type, n_threads;
+    long long n_rows, n_per_row;
+    Py_buffer x, out;
+    PyObject *importance;
+    if (!PyArg_ParseTuple(args, "iy*w*LLOi", &type, &x, &out, &n_rows, &n_per_row, &importance, &n_threads))
+        return NULL;
+    PyObject *result = NULL;
+    Py_buffer imp = {0};
+    if (importance != Py_None && PyObject_GetBuffer(importance, &imp, PyBUF_SIMPLE) != 0) goto done;
+    if (check_type(type)) goto done;
+    if (n_rows < 0 || n_per_row <= 0 || n_per_row % el_traits[type].block_size ||
+        x.len != (Py_ssize_t)(n_rows * n_per_row * (Py_ssize_t)sizeof(float)) ||
+        (size_t)out.len < (size_t)n_rows * row_bytes(type, (int)n_per_row) ||
+        (imp.buf && imp.len != (Py_ssize_t)(n_per_row * (Py_ssize_t)sizeof(float)))) {
+        PyErr_SetString(PyExc_ValueError, "bad quantize arguments");
+        goto done;
+    }
+    quantize_task task = {type, x.buf, imp.buf, out.buf, n_rows, n_per_row, row_bytes(type, (int)n_per_row), 0};
+    Py_BEGIN_ALLOW_THREADS
+    el_pool_run(get_pool(n_threads), quantize_worker, &task);
+    Py_END_ALLOW_THREADS
+    if (task.failed) {
+        PyErr_Format(PyExc_ValueError, "no quantizer for %s", el_traits[type].name);
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    if (imp.buf) PyBuffer_Release(&imp);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 /* ---- whole-model plans ---- */
 
 #define LAYER_FIELDS 16 /* el_layer is 16 el_weight fields, in declaration order */
@@ -338,6 +391,7 @@ static PyMethodDef methods[] = {
     {"matmul", py_matmul, METH_VARARGS, "out[t, r] = W[r] . x[t] on packed weights."},
     {"dot", py_dot, METH_VARARGS, "One kernel call with explicit strides (for tests)."},
     {"quantize_row", py_quantize_row, METH_VARARGS, "Quantize floats to an activation block type."},
+    {"quantize", py_quantize, METH_VARARGS, "Quantize float weight rows to a weight format."},
     {"dequantize_row", py_dequantize_row, METH_VARARGS, "Dequantize packed weights to floats."},
     {NULL, NULL, 0, NULL},
 };

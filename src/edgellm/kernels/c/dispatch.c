@@ -15,6 +15,7 @@ static enum el_isa current = EL_ISA_GENERIC;
 static int initialised = 0;
 
 void el_fp16_init_table(void);
+void el_nl_init_scales(void);
 
 int el_isa_compiled(enum el_isa isa) {
     switch (isa) {
@@ -71,6 +72,7 @@ void el_init(void) {
     if (initialised) return;
     initialised = 1;
     el_fp16_init_table();
+    el_nl_init_scales();
     for (int isa = EL_ISA_COUNT - 1; isa >= 0; isa--) {
         if (el_cpu_supports((enum el_isa)isa) && el_set_isa((enum el_isa)isa) == 0) return;
     }

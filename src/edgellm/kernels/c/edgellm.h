@@ -30,7 +30,9 @@ typedef uint16_t el_fp16_t;
 enum el_type {
     EL_F32 = 0, EL_F16 = 1, EL_Q4_0 = 2, EL_Q4_1 = 3, EL_Q5_0 = 6, EL_Q5_1 = 7, EL_Q8_0 = 8, EL_Q8_1 = 9,
     EL_Q2_K = 10, EL_Q3_K = 11, EL_Q4_K = 12, EL_Q5_K = 13, EL_Q6_K = 14, EL_Q8_K = 15, EL_BF16 = 30,
-    EL_TYPE_COUNT = 31
+    /* edgellm's own low-bit formats: ids far from ggml's, so no future ggml type collides */
+    EL_Q4_NL = 100, EL_Q3_NL = 101, EL_Q2_NL = 102,
+    EL_TYPE_COUNT = 103
 };
 
 /* d: scale; weight j = d * (q_j - 8); qs: weight j in the low nibble of byte j, weight j+16 in the high. */
@@ -49,6 +51,20 @@ typedef struct { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[1
 typedef struct { el_fp16_t d; el_fp16_t dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K / 2]; } block_q4_K;
 typedef struct { el_fp16_t d; el_fp16_t dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K;
 typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; el_fp16_t d; } block_q6_K;
+/* edgellm's non-linear low-bit formats for rows that are a multiple of 32 (k-quants need 256):
+ * weight j = scale(e) * grid[code_j], with a one-byte logarithmic block scale, scale(e) = 2^((e - 192) / 8)
+ * (e = 0: zero), and a grid of Lloyd-Max levels of a unit Gaussian. The scale's 9 % steps cost little next to
+ * 2-4-bit rounding and save 8 bits per block against an fp16 scale.
+ * Q4_NL: code j in the low nibble of qs[j], code j + 16 in the high nibble (as Q4_0).
+ * Q3_NL/Q2_NL: bits 0..1 of code j are bits 2 * (j / 8) of qs[j % 8]; Q3_NL's bit 2 is bit j of qh. */
+#define QK_NL 32
+typedef struct { uint8_t e; uint8_t qs[QK_NL / 2]; } block_q4_nl;
+typedef struct { uint8_t e; uint8_t qh[4]; uint8_t qs[QK_NL / 4]; } block_q3_nl;
+typedef struct { uint8_t e; uint8_t qs[QK_NL / 4]; } block_q2_nl;
+extern const int8_t el_grid_q4_nl[16];
+extern const int8_t el_grid_q3_nl[8];
+extern const int8_t el_grid_q2_nl[4];
+extern float el_nl_scale[256];
 /* activation super-block for k-quants: float scale, and the sum of each 16 quants (bsums) */
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
 
@@ -65,6 +81,9 @@ EL_STATIC_ASSERT(sizeof(block_q4_K) == 144, q4_K);
 EL_STATIC_ASSERT(sizeof(block_q5_K) == 176, q5_K);
 EL_STATIC_ASSERT(sizeof(block_q6_K) == 210, q6_K);
 EL_STATIC_ASSERT(sizeof(block_q8_K) == 292, q8_K);
+EL_STATIC_ASSERT(sizeof(block_q4_nl) == 17, q4_nl);
+EL_STATIC_ASSERT(sizeof(block_q3_nl) == 13, q3_nl);
+EL_STATIC_ASSERT(sizeof(block_q2_nl) == 9, q2_nl);
 
 /* Dot products of one weight row against `nc` activation rows.
  *   n: weights per row (a multiple of the block size); w: the packed weight row;
@@ -115,6 +134,12 @@ void el_register_neon(el_type_traits *t);
 void el_quantize_row_q8_0_generic(const float *x, void *y, int64_t k);
 void el_quantize_row_q8_1_generic(const float *x, void *y, int64_t k);
 void el_quantize_row_q8_K_generic(const float *x, void *y, int64_t k);
+
+/* Weight quantizers (quantize.c): n_rows rows of n_per_row floats -> packed rows of `type`, minimising the
+ * error weighted by `importance` (one value per column, e.g. mean squared activation; NULL = uniform).
+ * Returns 0, or -1 when the type has no quantizer or the row is not whole blocks. */
+int el_quantize_rows(enum el_type type, const float *x, void *y, int64_t n_rows, int64_t n_per_row,
+                     const float *importance);
 
 /* Thread pool: persistent workers; el_pool_run calls fn(ctx, ith, nth) on every thread (caller is ith 0). */
 typedef struct el_pool el_pool;

@@ -258,6 +258,7 @@ static void to_float_q5_1(const void *vx, float *y, int64_t k) {
 }
 
 void el_register_generic_kquants(el_type_traits *t);
+void el_register_generic_nlquants(el_type_traits *t);
 
 void el_register_generic(el_type_traits *t) {
     t[EL_F32] = (el_type_traits){"F32", 1, 4, EL_F32, dot_f32, NULL, to_float_f32};
@@ -274,4 +275,5 @@ void el_register_generic(el_type_traits *t) {
     t[EL_Q8_K] = (el_type_traits){"Q8_K", QK_K, sizeof(block_q8_K), EL_Q8_K, NULL,
                                   el_quantize_row_q8_K_generic, NULL};
     el_register_generic_kquants(t);
+    el_register_generic_nlquants(t);
 }

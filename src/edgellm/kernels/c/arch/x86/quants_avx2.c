@@ -241,6 +241,37 @@ EL_AI void step_q5_1(const block_q5_1 *x, const void *y, size_t by, int i, __m25
     step_min(_mm256_or_si256(nibbles32(x->qs), hi), &x->d, y, by, i, acc, accm, NC);
 }
 
+/* NL formats: codes -> int8 weights through a byte shuffle of the grid, then as Q8_0 */
+EL_AI __m256i grid_lookup(const int8_t *grid, int k, __m256i codes) {
+    int8_t lut[16] = {0};
+    memcpy(lut, grid, (size_t)k);
+    return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lut)), codes);
+}
+
+/* 8 bytes of 2-bit codes -> 32 bytes: code j (bits 2 * (j / 8) of byte j % 8) at byte j */
+EL_AI __m256i low2_codes(const uint8_t *p) {
+    uint64_t u;
+    memcpy(&u, p, 8);
+    const __m256i z = _mm256_srlv_epi64(_mm256_set1_epi64x((long long)u), _mm256_set_epi64x(6, 4, 2, 0));
+    return _mm256_and_si256(z, _mm256_set1_epi8(3));
+}
+
+EL_AI void step_q4_nl(const block_q4_nl *x, const void *y, size_t by, int i, __m256 *acc, __m128 *accm, const int NC) {
+    (void)accm;
+    step_signed(grid_lookup(el_grid_q4_nl, 16, nibbles32(x->qs)), el_nl_scale[x->e], y, by, i, acc, NC);
+}
+
+EL_AI void step_q3_nl(const block_q3_nl *x, const void *y, size_t by, int i, __m256 *acc, __m128 *accm, const int NC) {
+    (void)accm;
+    const __m256i codes = _mm256_or_si256(low2_codes(x->qs), _mm256_and_si256(bits32(x->qh), _mm256_set1_epi8(4)));
+    step_signed(grid_lookup(el_grid_q3_nl, 8, codes), el_nl_scale[x->e], y, by, i, acc, NC);
+}
+
+EL_AI void step_q2_nl(const block_q2_nl *x, const void *y, size_t by, int i, __m256 *acc, __m128 *accm, const int NC) {
+    (void)accm;
+    step_signed(grid_lookup(el_grid_q2_nl, 4, low2_codes(x->qs)), el_nl_scale[x->e], y, by, i, acc, NC);
+}
+
 /* The tile (one weight row, NC activation rows) and the kernel that cuts nc rows into tiles of up to 4. */
 #define DOT_KERNEL(FN, BX, BLK, TILE)                                                                          \
     static void FN(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {              \
@@ -284,6 +315,9 @@ LEGACY_DOT(el_vec_dot_q4_1_q8_1_avx2, block_q4_1, QK4_1, step_q4_1)
 LEGACY_DOT(el_vec_dot_q5_0_q8_0_avx2, block_q5_0, QK5_0, step_q5_0)
 LEGACY_DOT(el_vec_dot_q5_1_q8_1_avx2, block_q5_1, QK5_1, step_q5_1)
 LEGACY_DOT(el_vec_dot_q8_0_q8_0_avx2, block_q8_0, QK8_0, step_q8_0)
+LEGACY_DOT(el_vec_dot_q4_nl_q8_0_avx2, block_q4_nl, QK_NL, step_q4_nl)
+LEGACY_DOT(el_vec_dot_q3_nl_q8_0_avx2, block_q3_nl, QK_NL, step_q3_nl)
+LEGACY_DOT(el_vec_dot_q2_nl_q8_0_avx2, block_q2_nl, QK_NL, step_q2_nl)
 
 /* ---------------------------------------------------------------------------------------------------------- */
 /* k-quants against Q8_K: per super-block, int32 sums per row (scales applied by madd), then one fma per row    */
@@ -570,6 +604,9 @@ void el_register_avx2(el_type_traits *t) {
     t[EL_Q5_0].dot = el_vec_dot_q5_0_q8_0_avx2;
     t[EL_Q5_1].dot = el_vec_dot_q5_1_q8_1_avx2;
     t[EL_Q8_0].dot = el_vec_dot_q8_0_q8_0_avx2;
+    t[EL_Q4_NL].dot = el_vec_dot_q4_nl_q8_0_avx2;
+    t[EL_Q3_NL].dot = el_vec_dot_q3_nl_q8_0_avx2;
+    t[EL_Q2_NL].dot = el_vec_dot_q2_nl_q8_0_avx2;
     t[EL_Q2_K].dot = el_vec_dot_q2_K_q8_K_avx2;
     t[EL_Q3_K].dot = el_vec_dot_q3_K_q8_K_avx2;
     t[EL_Q4_K].dot = el_vec_dot_q4_K_q8_K_avx2;

@@ -40,17 +40,22 @@ INL float hsum512(__m512 v) {
     return hsum256(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
 }
 
-/* ---- 32-weight formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 against Q8_0 / Q8_1 ---- */
+/* ---- 32-weight formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the NL formats against Q8_0 / Q8_1 ---- */
 
-enum { F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1, F_Q8_0 };
+enum { F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1, F_Q8_0, F_Q4_NL, F_Q3_NL, F_Q2_NL };
 
+/* NL formats: int8 weights looked up from their grid, then treated like Q8_0's; the scale is a log byte */
+#define IS_NL(F) ((F) >= F_Q4_NL)
 /* bytes per weight block, per activation block, offset of the activation quants */
-#define WSIZE(F) ((F) == F_Q4_0 ? 18 : (F) == F_Q4_1 ? 20 : (F) == F_Q5_0 ? 22 : (F) == F_Q5_1 ? 24 : 34)
+#define WSIZE(F)                                                                                               \
+    ((F) == F_Q4_0 ? 18 : (F) == F_Q4_1 ? 20 : (F) == F_Q5_0 ? 22 : (F) == F_Q5_1 ? 24 : (F) == F_Q8_0 ? 34     \
+     : (F) == F_Q4_NL ? 17 : (F) == F_Q3_NL ? 13 : 9)
 #define HAS_MIN(F) ((F) == F_Q4_1 || (F) == F_Q5_1)
 #define YSIZE(F) (HAS_MIN(F) ? 36 : 34)
 #define YQS(F) (HAS_MIN(F) ? 4 : 2)
 /* the weights are stored as q - OFFSET (0: unsigned with a min) */
-#define OFFSET(F) ((F) == F_Q4_0 ? 8 : (F) == F_Q5_0 ? 16 : (F) == F_Q8_0 ? 128 : 0)
+#define OFFSET(F) ((F) == F_Q4_0 ? 8 : (F) == F_Q5_0 ? 16 : ((F) == F_Q8_0 || IS_NL(F)) ? 128 : 0)
+#define RAW_INT8(F) ((F) == F_Q8_0 || IS_NL(F)) /* weights already signed int8: no offset to subtract */
 
 /* two 16-byte nibble arrays -> [a lo, a hi, b lo, b hi] as bytes 0..15 */
 INL __m512i q4_pair(const uint8_t *a, const uint8_t *b) {
@@ -65,9 +70,32 @@ INL __m512i load_pair(const void *a, const void *b) {
                               _mm256_loadu_si256((const __m256i *)b), 1);
 }
 
-/* the weights of blocks a and b: unsigned q (0..15 / 0..31) for the 4/5-bit formats, raw int8 for Q8_0 */
+/* 2-bit codes of two NL blocks (8 bytes each at a, b) -> 64 bytes, code j of a at byte j, of b at 32 + j */
+INL __m512i low2_pair(const uint8_t *a, const uint8_t *b) {
+    uint64_t u, v;
+    memcpy(&u, a, 8);
+    memcpy(&v, b, 8);
+    const __m512i z = _mm512_set_epi64((long long)v, (long long)v, (long long)v, (long long)v, (long long)u,
+                                       (long long)u, (long long)u, (long long)u);
+    return _mm512_and_si512(_mm512_srlv_epi64(z, _mm512_set_epi64(6, 4, 2, 0, 6, 4, 2, 0)), _mm512_set1_epi8(3));
+}
+
+INL __m512i grid_lookup(const int8_t *grid, int k, __m512i codes) {
+    int8_t lut[16] = {0};
+    memcpy(lut, grid, (size_t)k);
+    return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)lut)), codes);
+}
+
+/* the weights of blocks a and b: unsigned q (0..15 / 0..31) for the 4/5-bit formats, raw int8 for Q8_0 and NL */
 INL __m512i w_pair(const int F, const uint8_t *a, const uint8_t *b) {
     switch (F) {
+    case F_Q4_NL: return grid_lookup(el_grid_q4_nl, 16, q4_pair(a + 1, b + 1));
+    case F_Q3_NL: {
+        const __mmask64 k = (__mmask64)ld32(a + 1) | ((__mmask64)ld32(b + 1) << 32);
+        const __m512i z = low2_pair(a + 5, b + 5);
+        return grid_lookup(el_grid_q3_nl, 8, _mm512_mask_add_epi8(z, k, z, _mm512_set1_epi8(4)));
+    }
+    case F_Q2_NL: return grid_lookup(el_grid_q2_nl, 4, low2_pair(a + 1, b + 1));
     case F_Q4_0: return q4_pair(a + 2, b + 2);
     case F_Q4_1: return q4_pair(a + 4, b + 4);
     case F_Q5_0: {
@@ -89,6 +117,12 @@ INL __m128 f16_pair(const void *a, const void *b) {
     return _mm_cvtph_ps(_mm_unpacklo_epi32(_mm_cvtsi32_si128((int)ld32(a)), _mm_cvtsi32_si128((int)ld32(b))));
 }
 
+/* the weight blocks' scales as f16_pair lays them out: [da, ma, db, mb] (NL: [da, 0, db, 0]) */
+INL __m128 wscale_pair(const int F, const uint8_t *a, const uint8_t *b) {
+    if (IS_NL(F)) return _mm_setr_ps(el_nl_scale[a[0]], 0.0f, el_nl_scale[b[0]], 0.0f);
+    return f16_pair(a, b);
+}
+
 /* one pair of weight blocks (a, b) against NC activation rows; LAST: a == b, the copy scaled by zero */
 INL void pair_step(const int F, const int NC, const int LAST, const uint8_t *x, const uint8_t *const *yr, int a,
                    int b, __m512 *acc, __m128 *macc) {
@@ -97,14 +131,14 @@ INL void pair_step(const int F, const int NC, const int LAST, const uint8_t *x, 
     const __m512i off = _mm512_set1_epi8((char)OFFSET(F));
     const uint8_t *xa = x + (size_t)a * WSIZE(F), *xb = x + (size_t)b * WSIZE(F);
     const __m512i wq = w_pair(F, xa, xb);
-    const __m128 wd = f16_pair(xa, xb);
+    const __m128 wd = wscale_pair(F, xa, xb);
     __m512i ws = wq, negcorr = _mm512_setzero_si512();
     if (NC > 1 && OFFSET(F)) {
         /* signed weights, shared correction: sum((y + 128) * ws) - 128 * sum(ws) */
-        if (F != F_Q8_0) ws = _mm512_sub_epi8(wq, off);
+        if (!RAW_INT8(F)) ws = _mm512_sub_epi8(wq, off);
         negcorr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, ws));
     }
-    const __m512i wu = (NC == 1 && F == F_Q8_0) ? _mm512_xor_si512(wq, flip) : wq;
+    const __m512i wu = (NC == 1 && RAW_INT8(F)) ? _mm512_xor_si512(wq, flip) : wq;
     for (int r = 0; r < NC; r++) {
         const uint8_t *ya = yr[r] + (size_t)a * YSIZE(F), *yb = yr[r] + (size_t)b * YSIZE(F);
         const __m512i yq = load_pair(ya + YQS(F), yb + YQS(F));
@@ -163,15 +197,22 @@ INL void wide_step(const int F, const int NG, const int NP, const uint8_t *x, co
         neg[h] = _mm512_setzero_si512();
         if (OFFSET(F)) {
             /* signed weights, shared correction: sum((y + 128) * ws) - 128 * sum(ws) */
-            if (F != F_Q8_0) ws[h] = _mm512_sub_epi8(wq, off);
+            if (!RAW_INT8(F)) ws[h] = _mm512_sub_epi8(wq, off);
             neg[h] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, ws[h]));
         }
     }
     /* the weight blocks' fp16 pairs [d, m] (or d and quant bytes) -> lane 4k + r: d (m) of block k */
-    const __m128i wh16 = NP == 2 ? _mm_setr_epi32((int)ld32(xi), (int)ld32(xi + WSIZE(F)), (int)ld32(xi + 2 * WSIZE(F)),
-                                                  (int)ld32(xi + 3 * WSIZE(F)))
-                                 : _mm_setr_epi32((int)ld32(xi), (int)ld32(xi + WSIZE(F)), 0, 0);
-    const __m256 wh = _mm256_cvtph_ps(wh16);
+    __m256 wh;
+    if (IS_NL(F)) {
+        const float *sc = el_nl_scale;
+        wh = NP == 2 ? _mm256_setr_ps(sc[xi[0]], 0, sc[xi[WSIZE(F)]], 0, sc[xi[2 * WSIZE(F)]], 0, sc[xi[3 * WSIZE(F)]], 0)
+                     : _mm256_setr_ps(sc[xi[0]], 0, sc[xi[WSIZE(F)]], 0, 0, 0, 0, 0);
+    } else {
+        const __m128i wh16 = NP == 2 ? _mm_setr_epi32((int)ld32(xi), (int)ld32(xi + WSIZE(F)),
+                                                      (int)ld32(xi + 2 * WSIZE(F)), (int)ld32(xi + 3 * WSIZE(F)))
+                                     : _mm_setr_epi32((int)ld32(xi), (int)ld32(xi + WSIZE(F)), 0, 0);
+        wh = _mm256_cvtph_ps(wh16);
+    }
     const __m512 wd = _mm512_permutexvar_ps(didx, _mm512_castps256_ps512(wh));
     __m512 wm = _mm512_setzero_ps();
     if (HAS_MIN(F)) wm = _mm512_permutexvar_ps(midx, _mm512_castps256_ps512(wh));
@@ -314,6 +355,9 @@ DOT32(Q4_1)
 DOT32(Q5_0)
 DOT32(Q5_1)
 DOT32(Q8_0)
+DOT32(Q4_NL)
+DOT32(Q3_NL)
+DOT32(Q2_NL)
 
 /* ---- k-quants against Q8_K ---- */
 
@@ -473,6 +517,9 @@ void el_register_avx512(el_type_traits *t) {
     t[EL_Q5_0].dot = dot_Q5_0;
     t[EL_Q5_1].dot = dot_Q5_1;
     t[EL_Q8_0].dot = dot_Q8_0;
+    t[EL_Q4_NL].dot = dot_Q4_NL;
+    t[EL_Q3_NL].dot = dot_Q3_NL;
+    t[EL_Q2_NL].dot = dot_Q2_NL;
     t[EL_Q4_K].dot = dot_Q4_K;
     t[EL_Q5_K].dot = dot_Q5_K;
     t[EL_Q6_K].dot = dot_Q6_K;

@@ -1,0 +1,129 @@
+"""`--bpw`: choose a type per tensor so the file averages a requested bits per weight at least error.
+
+Each quantizable tensor is quantized in every candidate type that fits its rows, and its error measured as
+sum over columns of importance * squared weight error (the expected squared error of that layer's output
+when the importance matrix holds mean squared inputs; plain squared error without one). A Lagrangian
+sweep then picks, for a price per bit, the type minimising error + price * bits in each tensor, and the
+price is bisected until the file's bits per weight meet the target; leftover bits go to the upgrades with
+the best error saved per bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError
+from .formats import GGMLType, dequantize, get_format
+from .gptq import output_error
+from .imatrix import ImportanceMatrix
+from .mixes import is_quantizable
+from .quantize import Plan, TensorPlan, _copy_type, quantize_tensor
+from .source import Source
+
+T = GGMLType
+# Candidates, cheapest first. Q4_1/Q5_1 are left out by default: a reference that was itself dequantized
+# from Q4_1 sits exactly on their grid, which would make them look free.
+DEFAULT_CANDIDATES = (T.Q2_NL, T.Q2_K, T.Q3_NL, T.Q3_K, T.Q4_NL, T.Q4_K, T.Q5_0, T.Q5_K, T.Q6_K, T.Q8_0)
+
+
+def tensor_errors(
+    weights: np.ndarray,
+    candidates,
+    importance: np.ndarray | None,
+    hessian: np.ndarray | None = None,
+    threads: int | None = None,
+) -> dict[GGMLType, float]:
+    """Expected squared output error of quantizing `weights` (rows, n) in each candidate type: tr(D H D^T)
+    with the input second moments H when known, their diagonal (the importance) otherwise."""
+    n = weights.shape[-1]
+    w = weights.reshape(-1, n)
+    imp = np.ones(n, dtype=np.float32) if importance is None else importance
+    out = {}
+    for t in candidates:
+        if n % get_format(t).block_size:
+            continue
+        packed = quantize_tensor(w, t, importance, threads)
+        diff = dequantize(packed, t, w.shape) - w
+        if hessian is not None:
+            out[t] = output_error(w, w + diff, hessian)
+        else:
+            out[t] = float(np.einsum("rc,c->", np.square(diff, dtype=np.float64), imp.astype(np.float64)))
+    return out
+
+
+def plan_bpw(
+    source: Source,
+    bpw: float,
+    imatrix: ImportanceMatrix | None = None,
+    candidates=DEFAULT_CANDIDATES,
+    threads: int | None = None,
+    progress=None,
+) -> Plan:
+    entries = list(source.tensors())
+    fixed_bits = 0  # tensors copied as they are
+    total = 0
+    options: list[tuple[str, tuple[int, ...], GGMLType, dict[GGMLType, float]]] = []
+    for name, shape, stype in entries:
+        n = int(np.prod(shape, dtype=np.int64))
+        total += n
+        if not is_quantizable(name, shape):
+            fixed_bits += 8 * int(np.prod(shape[:-1])) * get_format(_copy_type(stype)).row_bytes(shape[-1])
+            continue
+        imp = imatrix.importance(name, shape[-1]) if imatrix is not None else None
+        hessian = imatrix.hessian(name, shape[-1]) if imatrix is not None else None
+        errs = tensor_errors(source.weights(name), candidates, imp, hessian, threads)
+        if not errs:
+            raise ConfigError(f"tensor '{name}': rows of {shape[-1]} weights fit none of the candidate types")
+        options.append((name, shape, stype, errs))
+        if progress is not None:
+            progress(name)
+
+    def bits(shape, t) -> int:
+        return 8 * int(np.prod(shape[:-1])) * get_format(t).row_bytes(shape[-1])
+
+    budget = bpw * total - fixed_bits
+    cheapest = sum(min(bits(s, t) for t in e) for _, s, _, e in options)
+    dearest = sum(max(bits(s, t) for t in e) for _, s, _, e in options)
+    if budget < cheapest or budget > dearest:
+        lo, hi = (cheapest + fixed_bits) / total, (dearest + fixed_bits) / total
+        raise ConfigError(f"--bpw {bpw} is out of reach for this model: the candidate types give {lo:.3f}..{hi:.3f}")
+
+    def choose(price: float) -> list[GGMLType]:
+        return [min(e, key=lambda t: e[t] + price * bits(s, t)) for _, s, _, e in options]
+
+    lo, hi = 0.0, 1.0
+    while sum(bits(s, t) for (_, s, _, _), t in zip(options, choose(hi))) > budget:
+        hi *= 4
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if sum(bits(s, t) for (_, s, _, _), t in zip(options, choose(mid))) > budget:
+            lo = mid
+        else:
+            hi = mid
+    chosen = choose(hi)
+    used = sum(bits(s, t) for (_, s, _, _), t in zip(options, chosen))
+    # spend what is left on the upgrades that save the most error per bit
+    while True:
+        best = None
+        for i, (_, s, _, e) in enumerate(options):
+            cur = chosen[i]
+            for t in e:
+                extra = bits(s, t) - bits(s, cur)
+                if 0 < extra <= budget - used and e[t] < e[cur]:
+                    gain = (e[cur] - e[t]) / extra
+                    if best is None or gain > best[0]:
+                        best = (gain, i, t, extra)
+        if best is None:
+            break
+        _, i, t, extra = best
+        chosen[i] = t
+        used += extra
+
+    tensors = []
+    picked = dict(zip((o[0] for o in options), chosen))
+    for name, shape, stype in entries:
+        if name in picked:
+            tensors.append(TensorPlan(name, shape, stype, picked[name], False))
+        else:
+            tensors.append(TensorPlan(name, shape, stype, _copy_type(stype), True))
+    return Plan(tensors, f"bpw {bpw:.2f}", None)
