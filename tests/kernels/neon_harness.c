@@ -67,6 +67,9 @@ static void fill_weights(enum el_type type, void *row, int nblk) {
         case EL_Q8_0: ((block_q8_0 *)b)->d = rnd_scale(); break;
         case EL_Q4_K: ((block_q4_K *)b)->d = rnd_scale(); ((block_q4_K *)b)->dmin = rnd_scale(); break;
         case EL_Q6_K: ((block_q6_K *)b)->d = rnd_scale(); break;
+        case EL_Q4_NL:
+        case EL_Q3_NL:
+        case EL_Q2_NL: ((uint8_t *)b)[0] = (uint8_t)(88 + rnd_u32() % 16); break; /* log scale near 2^-12 */
         default: break;
         }
     }
@@ -283,7 +286,7 @@ int main(void) {
 
     test_quantizers();
 
-    const enum el_type types[] = {EL_Q4_0, EL_Q4_1, EL_Q5_0, EL_Q8_0, EL_Q4_K, EL_Q6_K};
+    const enum el_type types[] = {EL_Q4_0, EL_Q4_1, EL_Q5_0, EL_Q8_0, EL_Q4_K, EL_Q6_K, EL_Q4_NL, EL_Q3_NL, EL_Q2_NL};
     const int ncs[] = {1, 3, 4, 5};
     for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
         const enum el_type t = types[ti];

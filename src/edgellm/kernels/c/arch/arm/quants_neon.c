@@ -159,6 +159,66 @@ static void dot_q5_0_neon(int n, float *s, size_t bs, const void *w, const void 
                (void)0)
 }
 
+/* ---- edgellm's NL formats: codes -> int8 weights by a table lookup (vqtbl1q), then as Q8_0 ---- */
+
+static inline int8x16_t grid_table(const int8_t *grid, int k) {
+    int8_t lut[16] = {0};
+    memcpy(lut, grid, (size_t)k);
+    return vld1q_s8(lut);
+}
+
+/* 2-bit codes j = 0..15 and 16..31 of a block (code j: bits 2 * (j / 8) of qs[j % 8]) */
+static inline void low2_codes(const uint8_t *qs, uint8x16_t *c0, uint8x16_t *c1) {
+    const uint8x8_t b = vld1_u8(qs), m3 = vdup_n_u8(3);
+    *c0 = vcombine_u8(vand_u8(b, m3), vand_u8(vshr_n_u8(b, 2), m3));
+    *c1 = vcombine_u8(vand_u8(vshr_n_u8(b, 4), m3), vshr_n_u8(b, 6));
+}
+
+static void dot_q4_nl_neon(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {
+    const int8x16_t lut = grid_table(el_grid_q4_nl, 16);
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    LEGACY_DOT(block_q4_nl, block_q8_0, QK_NL,
+               {
+                   const uint8x16_t b = vld1q_u8(x[i].qs);
+                   w0 = vqtbl1q_s8(lut, vandq_u8(b, m4));
+                   w1 = vqtbl1q_s8(lut, vshrq_n_u8(b, 4));
+                   dx = el_nl_scale[x[i].e];
+               },
+               (void)0)
+}
+
+static void dot_q3_nl_neon(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {
+    static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    const int8x16_t lut = grid_table(el_grid_q3_nl, 8);
+    const uint8x16_t bits = vld1q_u8(bit), four = vdupq_n_u8(4);
+    LEGACY_DOT(block_q3_nl, block_q8_0, QK_NL,
+               {
+                   uint8x16_t c0;
+                   uint8x16_t c1;
+                   low2_codes(x[i].qs, &c0, &c1);
+                   const uint8x16_t h0 = vcombine_u8(vdup_n_u8(x[i].qh[0]), vdup_n_u8(x[i].qh[1]));
+                   const uint8x16_t h1 = vcombine_u8(vdup_n_u8(x[i].qh[2]), vdup_n_u8(x[i].qh[3]));
+                   w0 = vqtbl1q_s8(lut, vorrq_u8(c0, vandq_u8(vtstq_u8(h0, bits), four)));
+                   w1 = vqtbl1q_s8(lut, vorrq_u8(c1, vandq_u8(vtstq_u8(h1, bits), four)));
+                   dx = el_nl_scale[x[i].e];
+               },
+               (void)0)
+}
+
+static void dot_q2_nl_neon(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {
+    const int8x16_t lut = grid_table(el_grid_q2_nl, 4);
+    LEGACY_DOT(block_q2_nl, block_q8_0, QK_NL,
+               {
+                   uint8x16_t c0;
+                   uint8x16_t c1;
+                   low2_codes(x[i].qs, &c0, &c1);
+                   w0 = vqtbl1q_s8(lut, c0);
+                   w1 = vqtbl1q_s8(lut, c1);
+                   dx = el_nl_scale[x[i].e];
+               },
+               (void)0)
+}
+
 /* ---- k-quants against Q8_K ---- */
 
 /* Q4_K's 12 scale bytes -> 8 six-bit scales and 8 six-bit mins (ggml's get_scale_min_k4, in bulk) */
@@ -285,6 +345,9 @@ void el_register_neon(el_type_traits *t) {
     t[EL_Q4_1].dot = dot_q4_1_neon;
     t[EL_Q5_0].dot = dot_q5_0_neon;
     t[EL_Q4_K].dot = dot_q4_K_neon;
+    t[EL_Q4_NL].dot = dot_q4_nl_neon;
+    t[EL_Q3_NL].dot = dot_q3_nl_neon;
+    t[EL_Q2_NL].dot = dot_q2_nl_neon;
     t[EL_Q6_K].dot = dot_q6_K_neon;
 }
 #else
