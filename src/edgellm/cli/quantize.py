@@ -113,6 +113,8 @@ def add_imatrix_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunks", type=positive_int, default=None, help="use only the first K windows")
     parser.add_argument("--gptq", action="store_true",
                         help="also record full input second moments, for GPTQ error compensation in quantize")  # fmt: skip
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="also measure each tensor's effect on the output (KLD), which --bpw uses to place bits")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     parser.add_argument("-t", "--threads", type=positive_int, default=None)
 
@@ -142,10 +144,42 @@ def run_imatrix(args: argparse.Namespace) -> int:
     imatrix = collect(llm.model, tokens, args.ctx_size, args.chunks, tok.bos_id if tok.add_bos else None, on_chunk,
                       record_xtx=args.gptq)  # fmt: skip
     bar.close()
+    if args.sensitivity:
+        _measure_sensitivity(llm, tokens, imatrix)
     imatrix.datasets = [Path(args.file).name]
     imatrix.save(out, overwrite=args.force)
     print(f"wrote {out}: {len(imatrix.entries)} weights, {imatrix.chunk_count} chunks of {args.ctx_size} tokens")
     return 0
+
+
+SENSITIVITY_WINDOWS, SENSITIVITY_CTX = 4, 256
+
+
+def _measure_sensitivity(llm, tokens, imatrix) -> None:
+    from tqdm import tqdm
+
+    from ..errors import ConfigError
+    from ..quant.allocate import quantize_and_error
+    from ..quant.sensitivity import measure
+
+    n = SENSITIVITY_WINDOWS * SENSITIVITY_CTX
+    if len(tokens) < n:
+        raise ConfigError(f"measuring sensitivity needs {n} calibration tokens, the text has {len(tokens)}")
+    windows = tokens[:n].reshape(SENSITIVITY_WINDOWS, SENSITIVITY_CTX).copy()
+    if llm.tokenizer.add_bos:
+        windows[:, 0] = llm.tokenizer.bos_id
+    bar = tqdm(total=0, unit="tensor", desc="sensitivity", disable=not sys.stderr.isatty(), file=sys.stderr)
+
+    def error(name, w, t):
+        n_in = w.shape[-1]
+        return quantize_and_error(w, t, imatrix.importance(name, n_in), imatrix.hessian(name, n_in))
+
+    def on_tensor(done: int, total: int, name: str) -> None:
+        bar.total = total
+        bar.update(1)
+
+    imatrix.gains = measure(llm.model, windows, imatrix, error, on_tensor)
+    bar.close()
 
 
 def add_kld_arguments(parser: argparse.ArgumentParser) -> None:

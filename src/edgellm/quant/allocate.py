@@ -26,29 +26,33 @@ T = GGMLType
 DEFAULT_CANDIDATES = (T.Q2_NL, T.Q2_K, T.Q3_NL, T.Q3_K, T.Q4_NL, T.Q4_K, T.Q5_0, T.Q5_K, T.Q6_K, T.Q8_0)
 
 
-def tensor_errors(
+def quantize_and_error(
     weights: np.ndarray,
-    candidates,
+    type_: GGMLType,
     importance: np.ndarray | None,
     hessian: np.ndarray | None = None,
     threads: int | None = None,
-) -> dict[GGMLType, float]:
-    """Expected squared output error of quantizing `weights` (rows, n) in each candidate type: tr(D H D^T)
-    with the input second moments H when known, their diagonal (the importance) otherwise."""
+) -> tuple[np.ndarray, float]:
+    """Packed bytes of `weights` (rows, n) in `type_` and the expected squared error of the layer's output:
+    tr(D H D^T) with the input second moments H when known, their diagonal (the importance) otherwise."""
     n = weights.shape[-1]
     w = weights.reshape(-1, n)
-    imp = np.ones(n, dtype=np.float32) if importance is None else importance
-    out = {}
-    for t in candidates:
-        if n % get_format(t).block_size:
-            continue
-        packed = quantize_tensor(w, t, importance, threads)
-        diff = dequantize(packed, t, w.shape) - w
-        if hessian is not None:
-            out[t] = output_error(w, w + diff, hessian)
-        else:
-            out[t] = float(np.einsum("rc,c->", np.square(diff, dtype=np.float64), imp.astype(np.float64)))
-    return out
+    packed = quantize_tensor(w, type_, importance, threads)
+    diff = dequantize(packed, type_, w.shape) - w
+    if hessian is not None:
+        return packed, output_error(w, w + diff, hessian)
+    imp = np.ones(n, dtype=np.float64) if importance is None else importance.astype(np.float64)
+    return packed, float(np.einsum("rc,c->", np.square(diff, dtype=np.float64), imp))
+
+
+def tensor_errors(weights, candidates, importance, hessian=None, threads=None) -> dict[GGMLType, float]:
+    """quantize_and_error's error for every candidate type that fits the rows."""
+    n = weights.shape[-1]
+    return {
+        t: quantize_and_error(weights, t, importance, hessian, threads)[1]
+        for t in candidates
+        if n % get_format(t).block_size == 0
+    }
 
 
 def plan_bpw(
@@ -72,6 +76,9 @@ def plan_bpw(
         imp = imatrix.importance(name, shape[-1]) if imatrix is not None else None
         hessian = imatrix.hessian(name, shape[-1]) if imatrix is not None else None
         errs = tensor_errors(source.weights(name), candidates, imp, hessian, threads)
+        gain = imatrix.gains.get(name) if imatrix is not None else None
+        if gain is not None:  # layer-output error -> KLD, measured (quant/sensitivity.py)
+            errs = {t: gain * e for t, e in errs.items()}
         if not errs:
             raise ConfigError(f"tensor '{name}': rows of {shape[-1]} weights fit none of the candidate types")
         options.append((name, shape, stype, errs))

@@ -33,6 +33,8 @@ class ImportanceMatrix:
     xtx: dict[str, np.ndarray] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     record_xtx: bool = False
+    # measured KLD per unit of layer-output error of each weight (quant/sensitivity.py), for --bpw
+    gains: dict[str, float] = field(default_factory=dict)
     _last: tuple[str, np.ndarray] | None = field(default=None, repr=False)
 
     def add(self, name: str, x: np.ndarray) -> None:
@@ -88,6 +90,8 @@ class ImportanceMatrix:
         tensors = []
         for name, m in sorted(self.xtx.items()):  # llama.cpp ignores tensors of other suffixes
             tensors.append(TensorData(f"{name}.in_xtx", GGMLType.F32, m.shape, m.astype(np.float32)))
+        for name, g in sorted(self.gains.items()):
+            tensors.append(TensorData(f"{name}.gain", GGMLType.F32, (1, 1), np.array([[g]], np.float32)))
         for name, (sums, count) in sorted(self.entries.items()):
             tensors.append(TensorData(f"{name}.in_sum2", GGMLType.F32, (1, sums.size), sums.astype(np.float32)))
             tensors.append(TensorData(f"{name}.counts", GGMLType.F32, (1, 1), np.array([[count]], np.float32)))
@@ -111,6 +115,7 @@ class ImportanceMatrix:
             xtx = {n[: -len(".in_xtx")]: f.raw(n).view("<f4").reshape(f.tensors[n].shape).astype(np.float64)
                    for n in f.tensors if n.endswith(".in_xtx")}  # fmt: skip
             aliases = dict(a.split("=", 1) for a in f.metadata.get("edgellm.imatrix.xtx_aliases", []))
+            gains = {n[: -len(".gain")]: float(f.raw(n).view("<f4").reshape(-1)[0]) for n in f.tensors if n.endswith(".gain")}
             return cls(
                 entries,
                 list(f.metadata.get("imatrix.datasets", [])),
@@ -119,6 +124,7 @@ class ImportanceMatrix:
                 path,
                 xtx,
                 aliases,
+                gains=gains,
             )
 
 

@@ -1,0 +1,95 @@
+"""Measured sensitivity of each tensor: how much the model's output distribution moves when it alone is quantized.
+
+The layer-output error that `--bpw` compares across tensors is not in one currency: an error in the first
+layer's attn_v and one in the last layer's ffn_down of the same size move the next-token distribution very
+differently. So each tensor is quantized on its own to a probe type, the mean KL divergence from the
+unquantized model is measured on calibration windows, and its gain = KLD / layer-output error is kept. The
+allocator then prices a type for a tensor at gain * layer-output error, which is in units of KLD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+
+from ..eval.kld import token_stats
+from ..formats.gguf import TensorInfo
+from ..model.transformer import Transformer
+from ..runtime.kv_cache import KVCache
+from .formats import GGMLType, get_format
+from .imatrix import ImportanceMatrix
+from .mixes import is_quantizable
+
+PROBE = GGMLType.Q3_NL  # damages every tensor measurably, without leaving the range where KLD grows smoothly
+
+
+class OverlayStore:
+    """A store with some tensors replaced by packed bytes of another type (everything else from `base`)."""
+
+    def __init__(self, base, replaced: dict[str, tuple[GGMLType, np.ndarray]]):
+        self.base, self.replaced, self.source = base, replaced, base.source
+
+    def has(self, name: str) -> bool:
+        return self.base.has(name)
+
+    def info(self, name: str) -> TensorInfo:
+        info = self.base.info(name)
+        if name in self.replaced:
+            t, data = self.replaced[name]
+            return replace(info, type=t, n_bytes=data.nbytes)
+        return info
+
+    def raw(self, name: str) -> np.ndarray:
+        return self.replaced[name][1] if name in self.replaced else self.base.raw(name)
+
+    def dense(self, name: str) -> np.ndarray:
+        return self.base.dense(name)
+
+    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        if name in self.replaced:
+            from .formats import dequantize_rows
+
+            info = self.info(name)
+            return dequantize_rows(self.raw(name), info.type, info.shape[-1], np.asarray(ids))
+        return self.base.rows(name, ids)
+
+
+def _logits(model: Transformer, windows: np.ndarray) -> list[np.ndarray]:
+    n_ctx = windows.shape[1]
+    return [model.forward(w, KVCache(model.config, n_ctx), slice(n_ctx // 2, n_ctx - 1)) for w in windows]
+
+
+def _targets(windows: np.ndarray) -> list[np.ndarray]:
+    n_ctx = windows.shape[1]
+    return [w[n_ctx // 2 + 1 :] for w in windows]
+
+
+def measure(
+    model: Transformer,
+    windows: np.ndarray,
+    imatrix: ImportanceMatrix,
+    error: Callable[[str, np.ndarray, GGMLType], tuple[np.ndarray, float]],
+    on_tensor: Callable[[int, int, str], None] | None = None,
+) -> dict[str, float]:
+    """Gain (KLD per unit of layer-output error) of every quantizable matrix of `model`.
+
+    `error(name, weights, type)` returns (packed bytes, layer-output error) of quantizing `weights` to `type`.
+    """
+    store = model.store
+    ref = _logits(model, windows)
+    targets = _targets(windows)
+    names = [n for n in store.gguf.tensors if is_quantizable(n, store.info(n).shape)]
+    gains: dict[str, float] = {}
+    for k, name in enumerate(names):
+        info = store.info(name)
+        if info.shape[-1] % get_format(PROBE).block_size:
+            continue
+        packed, err = error(name, store.dense(name), PROBE)
+        probe = Transformer(model.config, OverlayStore(store, {name: (PROBE, packed)}))
+        kld = np.concatenate([token_stats(r, q, t)[0] for r, q, t in zip(ref, _logits(probe, windows), targets)])
+        gains[name] = float(kld.mean()) / err if err > 0 else 0.0
+        if on_tensor is not None:
+            on_tensor(k + 1, len(names), name)
+    return gains
