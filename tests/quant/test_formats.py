@@ -10,6 +10,8 @@ from edgellm.quant import formats
 from edgellm.quant.formats import FORMATS, GGMLType, dequantize, dequantize_rows, get_format
 
 SUPPORTED = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+# edgellm's own formats, registered after ggml's, with ids no ggml type uses
+OURS = ["Q4_NL", "Q3_NL", "Q2_NL"]
 # gguf 0.19 has reference quantizers for these and none for the k-quants.
 GGUF_QUANTIZABLE = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 # Byte offsets of each block's f16 fields (d, m/dmin), from ggml-common.h; random bytes there could be NaN/inf.
@@ -92,7 +94,7 @@ def _awkward_input(rng, n_random=24):
 # --- the registry itself ---
 
 def test_registry_holds_exactly_the_supported_formats_in_order():
-    assert [fmt.name for fmt in FORMATS.values()] == SUPPORTED
+    assert [fmt.name for fmt in FORMATS.values()] == SUPPORTED + OURS
     assert all(fmt.type is t for t, fmt in FORMATS.items())
 
 
@@ -358,7 +360,7 @@ def test_get_format_names_the_unsupported_type_and_lists_supported_ones():
         get_format(16)
     assert str(excinfo.value) == (
         "tensor type 16 (IQ2_XXS) is not supported; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, "
-        "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (re-quantize the model to one of these)"
+        "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_NL, Q3_NL, Q2_NL (re-quantize the model to one of these)"
     )
 
 
@@ -403,3 +405,31 @@ def test_dequantize_rows_rejects_data_that_is_not_whole_rows():
     assert str(excinfo.value) == (
         "Q8_0 tensor with rows of 64 weights (68 bytes) cannot be 100 bytes long (truncated file or wrong row length?)"
     )
+
+
+# --- edgellm's non-linear formats ---
+
+def test_our_formats_use_ids_and_sizes_no_ggml_type_has():
+    ggml_ids = {int(t) for t in GGMLQuantizationType}
+    sizes = {name: (get_format(GGMLType[name]).block_size, get_format(GGMLType[name]).type_size) for name in OURS}
+    assert sizes == {"Q4_NL": (32, 17), "Q3_NL": (32, 13), "Q2_NL": (32, 9)}
+    assert not ggml_ids & {int(GGMLType[name]) for name in OURS}
+
+
+def test_nl_dequantize_follows_the_documented_layout():
+    """Hand-built blocks: w_j = 2^((e - 192) / 8) * grid[code_j], codes packed as each class comment says."""
+    codes3 = np.arange(32) % 8
+    qs = np.zeros(8, np.uint8)
+    for j, c in enumerate(codes3):
+        qs[j % 8] |= (c & 3) << (2 * (j // 8))
+    qh = np.uint32(sum(int(c >> 2) << j for j, c in enumerate(codes3)))
+    block = np.concatenate([[200], np.frombuffer(qh.tobytes(), np.uint8), qs]).astype(np.uint8)
+    np.testing.assert_array_equal(formats.Q3_NL.dequantize(block), np.float32(2.0) * formats.GRID_Q3_NL[codes3])
+    block2 = np.concatenate([[192], qs]).astype(np.uint8)
+    np.testing.assert_array_equal(formats.Q2_NL.dequantize(block2), formats.GRID_Q2_NL[codes3 & 3])
+    codes4 = (np.arange(32) * 7) % 16
+    packed = (codes4[:16] | (codes4[16:] << 4)).astype(np.uint8)
+    block4 = np.concatenate([[0], packed]).astype(np.uint8)
+    assert not formats.Q4_NL.dequantize(block4).any(), "e = 0 is an exact zero block"
+    block4[0] = 184
+    np.testing.assert_array_equal(formats.Q4_NL.dequantize(block4), np.float32(0.5) * formats.GRID_Q4_NL[codes4])

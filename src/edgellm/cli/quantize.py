@@ -28,6 +28,9 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--type", help=f"quantization type: {', '.join(MIXES)}")
     what.add_argument("--bpw", type=_positive_float, help="mixed precision at this average bits per weight")
     parser.add_argument("--imatrix", help="importance matrix from `edgellm imatrix` (or llama-imatrix)")
+    parser.add_argument("--token-embedding-type", metavar="TYPE",
+                        help="type of token_embd (and of the output when tied); with --bpw the budget is then "
+                             "spent on the other tensors")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the per-tensor plan and size, write nothing")
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     parser.add_argument("-t", "--threads", type=positive_int, default=None)
@@ -41,7 +44,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..quant.imatrix import ImportanceMatrix
     from ..quant.mixes import get_mix
-    from ..quant.quantize import plan_mix, write_quantized
+    from ..quant.quantize import check_quantizable, plan_mix, write_quantized
     from ..quant.source import open_source
 
     src_path = Path(args.input) if Path(args.input).is_dir() else hub.resolve(args.input)
@@ -52,13 +55,23 @@ def run_quantize(args: argparse.Namespace) -> int:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
     imatrix = ImportanceMatrix.load(args.imatrix) if args.imatrix else None
     source = open_source(src_path)
+    fixed = {}
+    if args.token_embedding_type:
+        from ..quant.formats import GGMLType
+
+        try:
+            fixed["token_embd.weight"] = GGMLType[args.token_embedding_type.upper()]
+        except KeyError:
+            raise ConfigError(f"unknown tensor type '{args.token_embedding_type}'; choose one of: "
+                              + ", ".join(t.name for t in GGMLType)) from None  # fmt: skip
     if args.bpw is not None:
         from ..quant.allocate import plan_bpw
 
-        plan = plan_bpw(source, args.bpw, imatrix, threads=args.threads)
+        plan = plan_bpw(source, args.bpw, imatrix, threads=args.threads, fixed=fixed)
     else:
-        plan = plan_mix(source, get_mix(args.type), has_imatrix=imatrix is not None)
+        plan = plan_mix(source, get_mix(args.type), has_imatrix=imatrix is not None).with_types(fixed)
 
+    check_quantizable(plan)
     if args.dry_run or not args.json:
         _print_plan(plan, args.json, verbose=args.dry_run)
     if args.dry_run:
@@ -102,7 +115,8 @@ def _print_plan(plan, as_json: bool, verbose: bool) -> None:
     print(f"{'type':8s} {'tensors':>7s} {'weights':>12s} {'MB':>9s} {'bpw':>6s}")
     for name, (n, weights, nbytes) in plan.by_type().items():
         print(f"{name:8s} {n:7d} {weights:12d} {nbytes / 1e6:9.2f} {8 * nbytes / weights:6.3f}")
-    print(f"total: {plan.n_bytes / 1e6:.2f} MB of tensors, {plan.bits_per_weight:.3f} bits per weight ({plan.label})")
+    print(f"total: {plan.n_bytes / 1e6:.2f} MB of tensors, {plan.bits_per_weight:.3f} bits per weight ({plan.label}); "
+          f"transformer blocks alone: {plan.bits_per_weight_where(lambda n: n.startswith('blk.')):.3f}")  # fmt: skip
 
 
 def add_imatrix_arguments(parser: argparse.ArgumentParser) -> None:

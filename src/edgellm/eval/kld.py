@@ -73,26 +73,46 @@ def kl_divergence(
     on_chunk: Callable[[int, int, float], None] | None = None,
 ) -> KLDResult:
     """Compare `model` with `ref_model` (same vocabulary) over consecutive n_ctx windows of `tokens`."""
-    if ref_model.config.n_vocab != model.config.n_vocab:
-        raise ConfigError(
-            f"the models have different vocabularies ({ref_model.config.n_vocab} vs {model.config.n_vocab} tokens)"
-        )
+    return kl_divergence_many(ref_model, [model], tokens, n_ctx, n_chunks, bos_id, on_chunk)[0]
+
+
+def kl_divergence_many(
+    ref_model,
+    models: list,
+    tokens: np.ndarray,
+    n_ctx: int = 512,
+    n_chunks: int | None = None,
+    bos_id: int | None = None,
+    on_chunk: Callable[[int, int, float], None] | None = None,
+) -> list[KLDResult]:
+    """kl_divergence for several models against one reference, whose logits are computed once per window."""
+    for model in models:
+        if ref_model.config.n_vocab != model.config.n_vocab:
+            raise ConfigError(
+                f"the models have different vocabularies ({ref_model.config.n_vocab} vs {model.config.n_vocab} tokens)"
+            )
     if n_ctx < 4:
         raise ConfigError(f"context size {n_ctx} is too small; use at least 4 (512 is usual)")
     available = len(tokens) // n_ctx
     if available == 0:
         raise ConfigError(f"the text has {len(tokens)} tokens, fewer than one window of {n_ctx}")
     n_chunks = available if n_chunks is None else min(n_chunks, available)
-    parts: list[tuple[np.ndarray, ...]] = []
+    parts: list[list[tuple[np.ndarray, ...]]] = [[] for _ in models]
     for c in range(n_chunks):
         chunk = np.array(tokens[c * n_ctx : (c + 1) * n_ctx], dtype=np.int64)
         if bos_id is not None:
             chunk[0] = bos_id
-        for (ref_logits, targets), (logits, _) in zip(_scored_logits(ref_model, chunk), _scored_logits(model, chunk)):
-            parts.append(token_stats(ref_logits, logits, targets))
+        ref = list(_scored_logits(ref_model, chunk))
+        for model, part in zip(models, parts):
+            for (ref_logits, targets), (logits, _) in zip(ref, _scored_logits(model, chunk)):
+                part.append(token_stats(ref_logits, logits, targets))
         if on_chunk is not None:
-            on_chunk(c + 1, n_chunks, float(np.mean(np.concatenate([p[0] for p in parts]))))
-    kld, nll, nll_ref, same = (np.concatenate([p[i] for p in parts]) for i in range(4))
+            on_chunk(c + 1, n_chunks, float(np.mean(np.concatenate([p[0] for p in parts[0]]))))
+    return [_summary(part, n_chunks) for part in parts]
+
+
+def _summary(part: list[tuple[np.ndarray, ...]], n_chunks: int) -> KLDResult:
+    kld, nll, nll_ref, same = (np.concatenate([p[i] for p in part]) for i in range(4))
     n = len(kld)
     return KLDResult(
         kld_mean=float(kld.mean()),

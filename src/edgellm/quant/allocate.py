@@ -62,14 +62,18 @@ def plan_bpw(
     candidates=DEFAULT_CANDIDATES,
     threads: int | None = None,
     progress=None,
+    fixed: dict[str, GGMLType] | None = None,
 ) -> Plan:
+    """`fixed` tensors get the type given and stay out of the average: `bpw` is then the mean over the rest."""
+    fixed = fixed or {}
     entries = list(source.tensors())
     fixed_bits = 0  # tensors copied as they are
     total = 0
     options: list[tuple[str, tuple[int, ...], GGMLType, dict[GGMLType, float]]] = []
     for name, shape, stype in entries:
-        n = int(np.prod(shape, dtype=np.int64))
-        total += n
+        if name in fixed:
+            continue
+        total += int(np.prod(shape, dtype=np.int64))
         if not is_quantizable(name, shape):
             fixed_bits += 8 * int(np.prod(shape[:-1])) * get_format(_copy_type(stype)).row_bytes(shape[-1])
             continue
@@ -129,8 +133,8 @@ def plan_bpw(
     tensors = []
     picked = dict(zip((o[0] for o in options), chosen))
     for name, shape, stype in entries:
-        if name in picked:
-            tensors.append(TensorPlan(name, shape, stype, picked[name], False))
+        if name in picked or name in fixed:
+            tensors.append(TensorPlan(name, shape, stype, picked.get(name) or fixed[name], False))
         else:
             tensors.append(TensorPlan(name, shape, stype, _copy_type(stype), True))
     return Plan(tensors, f"bpw {bpw:.2f}", None)

@@ -8,7 +8,6 @@ tokenizer is written as GGUF tokenizer metadata, so the output runs in edgellm a
 from __future__ import annotations
 
 import json
-import mmap
 import struct
 from pathlib import Path
 from typing import Any
@@ -122,9 +121,14 @@ class HFSource:
         hf = self._names[name]
         file, dtype, shape, offset = self._index[hf]
         count = int(np.prod(shape, dtype=np.int64))
-        with open(file, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            raw = np.frombuffer(mm, dtype=np.dtype(DTYPES[dtype]).newbyteorder("<"), count=count, offset=offset)
-            w = (raw.astype(np.uint32) << 16).view(np.float32) if dtype == "BF16" else raw.astype(np.float32)
+        item = np.dtype(DTYPES[dtype]).newbyteorder("<")
+        with open(file, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(count * item.itemsize)
+        if len(data) != count * item.itemsize:
+            raise FormatError(f"{file}: tensor '{hf}' runs past the end of the file (truncated download?)")
+        raw = np.frombuffer(data, dtype=item)
+        w = (raw.astype(np.uint32) << 16).view(np.float32) if dtype == "BF16" else raw.astype(np.float32)
         w = w.reshape(shape)
         if self.arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
             heads = self.n_head if "attn_q" in name else self.n_head_kv

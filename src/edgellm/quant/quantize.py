@@ -8,7 +8,7 @@ matrix when one is given.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -60,6 +60,11 @@ class Plan:
     def bits_per_weight_where(self, keep: Callable[[str], bool]) -> float:
         chosen = [t for t in self.tensors if keep(t.name)]
         return 8 * sum(t.n_bytes for t in chosen) / sum(t.n_elements for t in chosen)
+
+    def with_types(self, types: dict[str, GGMLType]) -> "Plan":
+        """This plan with some tensors given another type."""
+        tensors = [replace(t, type=types[t.name], copied=False) if t.name in types else t for t in self.tensors]
+        return replace(self, tensors=tensors)
 
     def by_type(self) -> dict[str, tuple[int, int, int]]:
         """type name -> (tensors, weights, bytes)"""
@@ -175,7 +180,7 @@ def write_quantized(
 def check_quantizable(plan: Plan) -> None:
     """Every quantized tensor's rows must split into whole blocks of its type."""
     for t in plan.tensors:
-        if not t.copied and is_quantizable(t.name, t.shape):
+        if not t.copied:
             fmt = get_format(t.type)
             if t.shape[-1] % fmt.block_size:
                 raise ConfigError(

@@ -158,7 +158,42 @@ static void block_weights(const float *imp, int n, float *w) {
     for (int i = 0; i < n; i++) w[i] = imp[i] + 1e-6f * mean + 1e-30f;
 }
 
-/* ---- legacy 32-weight formats ---- */
+/* ---- legacy 32-weight formats ----
+ * Without an importance matrix these round exactly as ggml's reference quantizers (quantize_row_*_ref), so
+ * a file made without one matches llama-quantize's bit for bit; with one, the scale is searched. */
+
+/* ggml's reference: d = (signed abs-max) / -half, q = (int8)(x / d + half + 0.5) clamped (a truncation) */
+static void rtn_symmetric(const float *x, int half, el_fp16_t *d_out, uint8_t *q) {
+    float amax = 0, max = 0;
+    for (int j = 0; j < 32; j++) {
+        if (amax < fabsf(x[j])) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    }
+    const float d = max / -half, id = d ? 1.0f / d : 0.0f;
+    *d_out = el_fp32_to_fp16(d);
+    for (int j = 0; j < 32; j++) {
+        const int v = (int8_t)(x[j] * id + (half + 0.5f));
+        q[j] = (uint8_t)(v < 2 * half - 1 ? v : 2 * half - 1);
+    }
+}
+
+/* ggml's reference with a min: d = (max - min) / nmax, q = (int8)((x - min) / d + 0.5) clamped */
+static void rtn_affine(const float *x, int nmax, el_fp16_t *d_out, el_fp16_t *m_out, uint8_t *q) {
+    float lo = INFINITY, hi = -INFINITY;
+    for (int j = 0; j < 32; j++) {
+        lo = fminf(lo, x[j]);
+        hi = fmaxf(hi, x[j]);
+    }
+    const float d = (hi - lo) / nmax, id = d ? 1.0f / d : 0.0f;
+    *d_out = el_fp32_to_fp16(d);
+    *m_out = el_fp32_to_fp16(lo);
+    for (int j = 0; j < 32; j++) {
+        const int v = (int8_t)((x[j] - lo) * id + 0.5f);
+        q[j] = (uint8_t)(v < nmax ? v : nmax);
+    }
+}
 
 static void quantize_q8_0(const float *x, void *vy, int n, const float *imp) {
     block_q8_0 *y = vy;
@@ -171,7 +206,12 @@ static void quantize_q4_0(const float *x, void *vy, int n, const float *imp) {
     float w[32];
     uint8_t L[32];
     for (int i = 0; i < n / 32; i++, x += 32) {
-        block_weights(imp ? imp + 32 * i : NULL, 32, w);
+        if (!imp) {
+            rtn_symmetric(x, 8, &y[i].d, L);
+            for (int j = 0; j < 16; j++) y[i].qs[j] = (uint8_t)(L[j] | L[j + 16] << 4);
+            continue;
+        }
+        block_weights(imp + 32 * i, 32, w);
         const float d = fit_symmetric(32, 8, x, w, L);
         y[i].d = el_fp32_to_fp16(d);
         const float id = el_f16(y[i].d) ? 1.0f / el_f16(y[i].d) : 0.0f;
@@ -187,13 +227,17 @@ static void quantize_q5_0(const float *x, void *vy, int n, const float *imp) {
     float w[32];
     uint8_t L[32];
     for (int i = 0; i < n / 32; i++, x += 32) {
-        block_weights(imp ? imp + 32 * i : NULL, 32, w);
-        const float d = fit_symmetric(32, 16, x, w, L);
-        y[i].d = el_fp32_to_fp16(d);
-        const float id = el_f16(y[i].d) ? 1.0f / el_f16(y[i].d) : 0.0f;
+        if (imp) {
+            block_weights(imp + 32 * i, 32, w);
+            y[i].d = el_fp32_to_fp16(fit_symmetric(32, 16, x, w, L));
+            const float id = el_f16(y[i].d) ? 1.0f / el_f16(y[i].d) : 0.0f;
+            for (int j = 0; j < 32; j++) L[j] = (uint8_t)(clampi(nearest(x[j] * id), -16, 15) + 16);
+        } else {
+            rtn_symmetric(x, 16, &y[i].d, L);
+        }
         uint32_t qh = 0;
         for (int j = 0; j < 16; j++) {
-            const int lo = clampi(nearest(x[j] * id), -16, 15) + 16, hi = clampi(nearest(x[j + 16] * id), -16, 15) + 16;
+            const int lo = L[j], hi = L[j + 16];
             y[i].qs[j] = (uint8_t)((lo & 0xF) | (hi & 0xF) << 4);
             qh |= (uint32_t)(lo >> 4) << j | (uint32_t)(hi >> 4) << (j + 16);
         }
@@ -207,12 +251,17 @@ static void quantize_affine32(const float *x, void *vy, int n, const float *imp,
     float w[32];
     uint8_t L[32];
     for (int i = 0; i < n / 32; i++, x += 32) {
-        block_weights(imp ? imp + 32 * i : NULL, 32, w);
-        float m;
-        const float d = fit_affine(32, nmax, x, w, L, &m, 0);
-        const el_fp16_t dh = el_fp32_to_fp16(d), mh = el_fp32_to_fp16(m);
-        const float df = el_f16(dh), mf = el_f16(mh), id = df ? 1.0f / df : 0.0f;
-        for (int j = 0; j < 32; j++) L[j] = (uint8_t)clampi(nearest((x[j] - mf) * id), 0, nmax);
+        el_fp16_t dh, mh;
+        if (imp) {
+            block_weights(imp + 32 * i, 32, w);
+            float m;
+            const float d = fit_affine(32, nmax, x, w, L, &m, 0);
+            dh = el_fp32_to_fp16(d), mh = el_fp32_to_fp16(m);
+            const float df = el_f16(dh), mf = el_f16(mh), id = df ? 1.0f / df : 0.0f;
+            for (int j = 0; j < 32; j++) L[j] = (uint8_t)clampi(nearest((x[j] - mf) * id), 0, nmax);
+        } else {
+            rtn_affine(x, nmax, &dh, &mh, L);
+        }
         if (bits == 4) {
             block_q4_1 *y = (block_q4_1 *)vy + i;
             y->d = dh;
