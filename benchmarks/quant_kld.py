@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(LLAMA_TYPES), help="standard types to make with both tools")
     ap.add_argument("--bpw", default="2.75,3.0,3.45,4.0,4.5,5.0,5.5,6.2", help="edgellm bits-per-weight points")
     ap.add_argument("--bpw-extra", default="", help="extra quantize arguments for the --bpw points")
+    ap.add_argument("--llama-imatrix", choices=["both", "no", "yes"], default="both",
+                    help="llama.cpp files without and/or with the importance matrix")
     ap.add_argument("-t", "--threads", type=int, default=2)
     args = ap.parse_args()
     out: Path = args.out
@@ -70,7 +72,7 @@ def main() -> None:
             np.savez(npz, **{k: im.importance(k, len(v[0])) for k, v in im.entries.items()})
         script = str(ROOT / "benchmarks" / "llamacpp_quantize.py")
         for typ in types:
-            for with_im in (False, True):
+            for with_im in {"both": (False, True), "no": (False,), "yes": (True,)}[args.llama_imatrix]:
                 path = out / f"llamacpp-{typ}{'-imatrix' if with_im else ''}.gguf"
                 if not path.exists():
                     extra = ["--imatrix", str(npz)] if with_im else []
@@ -104,15 +106,25 @@ def main() -> None:
         done = kl_divergence_many(ref_llm.model, models, tokens, 512, args.chunks, tok.bos_id if tok.add_bos else None,
                                   lambda c, n, k: print(f"chunk {c}/{n}", file=sys.stderr, flush=True))  # fmt: skip
         for (tool, label, path), r in zip(todo, done):
-            results[path.name] = {"tool": tool, "label": label, "file_mb": path.stat().st_size / 1e6, **r.to_dict()}
+            results[path.name] = {"tool": tool, "label": label, "file": path.name, "file_mb": path.stat().st_size / 1e6,
+                                  "blocks_bpw": blocks_bpw(path), **r.to_dict()}  # fmt: skip
         results_path.write_text(json.dumps(results, indent=1))
     rows = sorted(results.values(), key=lambda r: r["file_mb"])
-    print("| tool | type | file MB | mean KLD | same top % | PPL |")
-    print("|---|---|---|---|---|---|")
+    print("| tool | type | file MB | bpw of blocks | mean KLD | same top % | PPL |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['tool']} | {r['label']} | {r['file_mb']:.1f} | {r['kld_mean']:.4f} ± {r['kld_stderr']:.4f} | "
-              f"{r['same_top_pct']:.2f} | {r['ppl']:.2f} |")  # fmt: skip
+        print(f"| {r['tool']} | {r['label']} | {r['file_mb']:.1f} | {r.get('blocks_bpw') or blocks_bpw(out / r['file']):.3f} | "
+              f"{r['kld_mean']:.4f} ± {r['kld_stderr']:.4f} | {r['same_top_pct']:.2f} | {r['ppl']:.2f} |")  # fmt: skip
     plot(rows, out / "kld_vs_mb.png", args.model, args.chunks)
+
+
+def blocks_bpw(path: Path) -> float:
+    """Bits per weight of the transformer blocks alone (blk.*), from the file's tensor table."""
+    from edgellm.formats.gguf import GGUFFile
+
+    with GGUFFile(path) as f:
+        blk = [t for t in f.tensors.values() if t.name.startswith("blk.")]
+        return 8 * sum(t.n_bytes for t in blk) / sum(t.n_elements for t in blk)
 
 
 def plot(rows: list[dict], path: Path, model: str, chunks: int) -> None:

@@ -26,6 +26,7 @@ class LLM:
         n_ctx: context size in tokens (prompt + generated); capped at the model's training context.
         n_threads: CPU threads for the kernels (the NumPy path uses what its BLAS uses).
         n_batch: prompt tokens evaluated per forward pass.
+        cache_type: KV cache storage, "f32", "f16" or "q8_0" (llama.cpp's --cache-type-k/-v).
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class LLM:
         n_batch: int = 512,
         seed: int | None = None,
         pull: bool = True,
+        cache_type: str = "f32",
     ):
         if n_ctx <= 0 or n_batch <= 0:
             raise ConfigError(f"n_ctx and n_batch must be positive (got n_ctx={n_ctx}, n_batch={n_batch})")
@@ -50,7 +52,8 @@ class LLM:
         self.n_threads = n_threads or os.cpu_count() or 1
         kernels.set_threads(self.n_threads)
         self.seed = seed
-        self.session = Session(self.model, self.n_ctx, n_batch)
+        self.cache_type = cache_type
+        self.session = Session(self.model, self.n_ctx, n_batch, cache_type)
         self.chat_template = self.metadata.get("tokenizer.chat_template") or default_template(
             self.config.architecture
         )

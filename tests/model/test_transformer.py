@@ -177,3 +177,36 @@ def test_f16_kv_cache_stays_close_to_f32(fixture, request):
     f16 = np.concatenate([f16, np.stack([model.forward(tokens[i : i + 1], cache)[0] for i in range(6, 10)])])
     assert np.abs(f16 - f32).max() < 0.1 * f32.std()  # fp16 rounding, amplified by 8-bit activations
     assert (f16.argmax(axis=1) == f32.argmax(axis=1)).mean() >= 0.9
+
+
+def test_q8_0_kv_cache_stays_close_to_f32_on_every_path(tiny_gemma3):
+    """Q8_0 keys/values (and Q8_0 queries, as llama.cpp reads such a cache) on the C engine and the NumPy path."""
+    from edgellm import kernels
+    from edgellm.quant.formats import GGMLType
+
+    model = load(tiny_gemma3)
+    tokens = np.random.default_rng(8).integers(0, model.config.n_vocab, size=12)
+    f32 = model.forward(tokens, KVCache(model.config, 16), slice(None))
+    cache = KVCache(model.config, 16, cache_type="q8_0")
+    assert cache.type == GGMLType.Q8_0
+    assert cache.n_bytes * 32 == KVCache(model.config, 16).n_bytes * 8.5
+    q8 = model.forward(tokens[:9], cache, slice(None))  # prefill (transposed-V path) then decode steps
+    q8 = np.concatenate([q8, np.stack([model.forward(tokens[i : i + 1], cache)[0] for i in range(9, 12)])])
+    assert np.abs(q8 - f32).max() < 0.1 * f32.std()
+    before = kernels.active_path()
+    try:
+        kernels.use("ref")
+        ref = model.forward(tokens, KVCache(model.config, 16, cache_type="q8_0"), slice(None))
+    finally:
+        kernels.use(before)
+    assert np.abs(ref - q8).max() < 0.05 * f32.std()
+
+
+def test_q8_0_kv_cache_needs_heads_of_whole_blocks(tiny_llama):
+    from edgellm.errors import ConfigError
+
+    model = load(tiny_llama)  # head_dim 16
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        KVCache(model.config, 16, cache_type="q8_0")
+    with pytest.raises(ConfigError, match="unknown KV cache type 'q4'"):
+        KVCache(model.config, 16, cache_type="q4")

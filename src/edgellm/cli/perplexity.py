@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_argument, positive_int, print_json
+from .common import add_cache_type_argument, add_model_argument, positive_int, print_json
 
 
 def add_perplexity_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +14,7 @@ def add_perplexity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--ctx-size", type=positive_int, default=512, help="window size in tokens")
     parser.add_argument("--chunks", type=positive_int, default=None, help="score only the first K windows")
     parser.add_argument("-t", "--threads", type=positive_int, default=None)
+    add_cache_type_argument(parser)
     parser.add_argument("--json", action="store_true", help='print {"ppl", "ppl_stderr", "n_chunks", "n_ctx"}')
 
 
@@ -37,12 +38,14 @@ def run_perplexity(args: argparse.Namespace) -> int:
         bar.update(1)
 
     result = perplexity(
-        llm.model, tokens, args.ctx_size, args.chunks, bos_id=tok.bos_id if tok.add_bos else None, on_chunk=on_chunk
+        llm.model, tokens, args.ctx_size, args.chunks, bos_id=tok.bos_id if tok.add_bos else None, on_chunk=on_chunk,
+        cache_type=args.cache_type,
     )
     bar.close()
     if args.json:
         print_json({"ppl": result.ppl, "ppl_stderr": result.ppl_stderr, "n_chunks": result.n_chunks,
-                    "n_ctx": result.n_ctx, "n_scored": result.n_scored, "model": str(llm.model_path)})  # fmt: skip
+                    "n_ctx": result.n_ctx, "n_scored": result.n_scored, "model": str(llm.model_path),
+                    "cache_type": args.cache_type})  # fmt: skip
     else:
         print(f"PPL = {result.ppl:.4f} +/- {result.ppl_stderr:.5f} ({result.n_chunks} chunks of {result.n_ctx})")
     return 0

@@ -40,11 +40,11 @@ def token_nll(logits: np.ndarray, targets: np.ndarray, rows_per_step: int = 32) 
     return out
 
 
-def chunk_nll(model, chunk: np.ndarray, n_batch: int = 512) -> np.ndarray:
+def chunk_nll(model, chunk: np.ndarray, n_batch: int = 512, cache_type: str = "f32") -> np.ndarray:
     """Negative log-likelihood of each token in the second half of `chunk` given what precedes it."""
     n_ctx = len(chunk)
     first = n_ctx // 2
-    cache = KVCache(model.config, n_ctx)
+    cache = KVCache(model.config, n_ctx, cache_type=cache_type)
     nll = []
     for start in range(0, n_ctx, n_batch):
         batch = chunk[start : start + n_batch]
@@ -64,6 +64,7 @@ def perplexity(
     n_chunks: int | None = None,
     bos_id: int | None = None,
     on_chunk: Callable[[int, int, float], None] | None = None,
+    cache_type: str = "f32",
 ) -> PerplexityResult:
     """Perplexity over consecutive n_ctx windows of `tokens`; `bos_id` replaces each window's first token.
 
@@ -84,7 +85,7 @@ def perplexity(
         chunk = np.array(tokens[c * n_ctx : (c + 1) * n_ctx], dtype=np.int64)
         if bos_id is not None:
             chunk[0] = bos_id
-        nll = chunk_nll(model, chunk)
+        nll = chunk_nll(model, chunk, cache_type=cache_type)
         nll_sum += float(nll.sum())
         nll2_sum += float(np.square(nll).sum())
         count += len(nll)

@@ -73,7 +73,6 @@ class CompiledModel:
     def forward(self, tokens: np.ndarray, cache, row0: int, n_rows: int, n_threads: int) -> np.ndarray:
         logits = np.empty((n_rows, self.config.n_vocab), dtype=np.float32)
         tokens = np.ascontiguousarray(tokens, dtype=np.int32)
-        kv_type = GGMLType.F16 if cache.k.dtype == np.float16 else GGMLType.F32
-        _C.forward(self._plan, tokens, cache.n_past, cache.k, cache.v, int(kv_type), cache.n_ctx, row0, n_rows, logits,
+        _C.forward(self._plan, tokens, cache.n_past, cache.k, cache.v, int(cache.type), cache.n_ctx, row0, n_rows, logits,
                    n_threads)  # fmt: skip
         return logits

@@ -29,11 +29,11 @@ class Timings:
 
 
 class Session:
-    def __init__(self, model, n_ctx: int, n_batch: int = 512):
+    def __init__(self, model, n_ctx: int, n_batch: int = 512, cache_type: str = "f32"):
         self.model = model
         self.n_ctx = n_ctx
         self.n_batch = n_batch
-        self.cache = KVCache(model.config, n_ctx)
+        self.cache = KVCache(model.config, n_ctx, cache_type=cache_type)
         self.tokens: list[int] = []  # what the cache holds, in order
         self.timings = Timings()
 

@@ -339,13 +339,12 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     if (!m) goto done;
     const int n_tokens = (int)(tokens.len / (Py_ssize_t)sizeof(int32_t));
     const size_t kd = (size_t)m->n_head_kv * m->head_dim, vd = (size_t)m->n_head_kv * m->head_dim_v;
-    if (kv_type != EL_F32 && kv_type != EL_F16) {
-        PyErr_SetString(PyExc_ValueError, "forward: the KV cache must be F32 or F16");
+    if (kv_type != EL_F32 && kv_type != EL_F16 && kv_type != EL_Q8_0) {
+        PyErr_SetString(PyExc_ValueError, "forward: the KV cache must be F32, F16 or Q8_0");
         goto done;
     }
-    const size_t kv_size = kv_type == EL_F16 ? 2 : 4;
-    if ((size_t)kc.len < (size_t)m->n_layers * n_ctx * kd * kv_size ||
-        (size_t)vc.len < (size_t)m->n_layers * n_ctx * vd * kv_size ||
+    if ((size_t)kc.len < (size_t)m->n_layers * n_ctx * row_bytes(kv_type, (int)kd) ||
+        (size_t)vc.len < (size_t)m->n_layers * n_ctx * row_bytes(kv_type, (int)vd) ||
         (size_t)logits.len < (size_t)n_rows * m->n_vocab * sizeof(float)) {
         PyErr_SetString(PyExc_ValueError, "forward: cache or logits buffer too small");
         goto done;

@@ -75,7 +75,25 @@ typedef struct {
     const float *vt; /* prefill: V transposed, n_head_kv x head_dim_v x n_kv_max floats (NULL: decode) */
     float *scratch;  /* per thread: Q_TILE x n_kv_max scores + head_dim_v floats */
     int n_tokens, n_past, window, n_kv_max, kv_type;
+    const char *q8;  /* Q8_0 cache: the queries quantized to Q8_0 (the cache's dot type), else NULL */
 } attn_ctx;
+
+/* bytes of n cache elements of kv_type (F32, F16: one per element; Q8_0: blocks of 32) */
+static inline size_t kv_bytes(int kv_type, size_t n) {
+    return n / (size_t)el_traits[kv_type].block_size * el_traits[kv_type].type_size;
+}
+
+/* element i of a cache row */
+static inline float kv_value(const char *row, size_t i, int kv_type) {
+    switch (kv_type) {
+    case EL_F32: return ((const float *)row)[i];
+    case EL_F16: return el_f16(((const el_fp16_t *)row)[i]);
+    default: {
+        const block_q8_0 *b = (const block_q8_0 *)row + i / QK8_0;
+        return el_f16(b->d) * b->qs[i % QK8_0];
+    }
+    }
+}
 
 #define Q_TILE 4 /* queries per attention item: each cached key/value row is read once per tile */
 
@@ -84,9 +102,11 @@ static void attn_task(void *vctx, int ith, int nth) {
     const el_model *m = c->m;
     const el_type_traits *kv = &el_traits[c->kv_type];
     const int group = m->n_head / m->n_head_kv;
-    const size_t kv_row = (size_t)m->n_head_kv * m->head_dim * kv->type_size;
-    const size_t v_row = (size_t)m->n_head_kv * m->head_dim_v * kv->type_size;
+    const size_t kv_row = kv_bytes(c->kv_type, (size_t)m->n_head_kv * m->head_dim);
+    const size_t v_row = kv_bytes(c->kv_type, (size_t)m->n_head_kv * m->head_dim_v);
     const size_t q_stride = (size_t)m->n_head * m->head_dim; /* floats between one token's queries and the next */
+    /* the queries as the cache's dot kernel takes them: floats, or Q8_0 blocks for a Q8_0 cache */
+    const size_t qy_stride = c->q8 ? kv_bytes(EL_Q8_0, q_stride) : q_stride * sizeof(float);
     float *scores = c->scratch + (size_t)ith * (Q_TILE * c->n_kv_max + m->head_dim_v); /* [Q_TILE][n_kv_max] */
     float *vrow = scores + Q_TILE * c->n_kv_max;
     const int n_tiles = (c->n_tokens + Q_TILE - 1) / Q_TILE;
@@ -97,11 +117,12 @@ static void attn_task(void *vctx, int ith, int nth) {
         const int first = c->n_past + t0;
         /* keys any query of the tile may see */
         const int j0 = c->window > 0 && first - c->window + 1 > 0 ? first - c->window + 1 : 0;
-        const float *q = c->q + (size_t)t0 * q_stride + (size_t)h * m->head_dim;
+        const void *q = c->q8 ? (const void *)(c->q8 + (size_t)t0 * qy_stride + kv_bytes(EL_Q8_0, (size_t)h * m->head_dim))
+                              : (const void *)(c->q + (size_t)t0 * q_stride + (size_t)h * m->head_dim);
         for (int j = j0; j <= last; j++) {
-            const char *k = c->k + (size_t)j * kv_row + (size_t)hk * m->head_dim * kv->type_size;
+            const char *k = c->k + (size_t)j * kv_row + kv_bytes(c->kv_type, (size_t)hk * m->head_dim);
             /* scores[i][j - j0] = k_j . q_i for the nq queries of the tile */
-            kv->dot(m->head_dim, scores + (j - j0), (size_t)c->n_kv_max, k, q, q_stride * sizeof(float), nq);
+            kv->dot(m->head_dim, scores + (j - j0), (size_t)c->n_kv_max, k, q, qy_stride, nq);
         }
         for (int i = 0; i < nq; i++) {
             const int pos = first + i;
@@ -135,7 +156,7 @@ static void attn_task(void *vctx, int ith, int nth) {
             continue;
         }
         for (int j = j0; j <= last; j++) {
-            const char *vj = c->v + (size_t)j * v_row + (size_t)hk * m->head_dim_v * kv->type_size;
+            const char *vj = c->v + (size_t)j * v_row + kv_bytes(c->kv_type, (size_t)hk * m->head_dim_v);
             const float *v = (const float *)vj;
             if (c->kv_type != EL_F32) {
                 kv->to_float(vj, vrow, m->head_dim_v);
@@ -162,22 +183,21 @@ typedef struct {
 static void transpose_task(void *vctx, int ith, int nth) {
     transpose_ctx *c = vctx;
     const el_model *m = c->m;
-    const size_t elt = el_traits[c->kv_type].type_size, v_row = (size_t)m->n_head_kv * m->head_dim_v;
+    const size_t v_row = kv_bytes(c->kv_type, (size_t)m->n_head_kv * m->head_dim_v);
     for (int item = ith; item < m->n_head_kv * m->head_dim_v; item += nth) {
         float *dst = c->vt + (size_t)item * c->n_kv_max;
-        for (int j = 0; j < c->n_kv; j++) {
-            const char *src = c->v + ((size_t)j * v_row + item) * elt;
-            dst[j] = c->kv_type == EL_F32 ? *(const float *)src : el_f16(*(const el_fp16_t *)src);
-        }
+        for (int j = 0; j < c->n_kv; j++) dst[j] = kv_value(c->v + (size_t)j * v_row, (size_t)item, c->kv_type);
     }
 }
 
 static void store_kv(char *dst, const float *src, size_t n, int kv_type) {
     if (kv_type == EL_F32) {
         memcpy(dst, src, n * sizeof(float));
-    } else {
+    } else if (kv_type == EL_F16) {
         el_fp16_t *d = (el_fp16_t *)dst;
         for (size_t i = 0; i < n; i++) d[i] = el_fp32_to_fp16(src[i]);
+    } else {
+        el_traits[EL_Q8_0].from_float(src, dst, (int64_t)n);
     }
 }
 
@@ -242,7 +262,7 @@ static void qkv_task(void *vctx, int ith, int nth) {
     const el_model *m = c->m;
     const el_layer *L = c->L;
     const int QD = m->n_head * m->head_dim, KD = m->n_head_kv * m->head_dim, VD = m->n_head_kv * m->head_dim_v;
-    const size_t elt = el_traits[c->kv_type].type_size;
+    const size_t k_row = kv_bytes(c->kv_type, (size_t)KD), v_row = kv_bytes(c->kv_type, (size_t)VD);
     const int half = m->rope_dim / 2;
     int t0, t1;
     token_range(c->n_tokens, ith, nth, &t0, &t1);
@@ -255,8 +275,8 @@ static void qkv_task(void *vctx, int ith, int nth) {
         if (L->k_norm.data) norm_rows(kt, kt, &L->k_norm, m->n_head_kv, m->head_dim, m->norm_eps);
         rope(qt, m->n_head, m->head_dim, m->rope_dim, c->cs + (size_t)t * half, c->sn + (size_t)t * half, m->rope_neox);
         rope(kt, m->n_head_kv, m->head_dim, m->rope_dim, c->cs + (size_t)t * half, c->sn + (size_t)t * half, m->rope_neox);
-        store_kv(c->kc + (size_t)(c->n_past + t) * KD * elt, kt, KD, c->kv_type);
-        store_kv(c->vc + (size_t)(c->n_past + t) * VD * elt, vt, VD, c->kv_type);
+        store_kv(c->kc + (size_t)(c->n_past + t) * k_row, kt, KD, c->kv_type);
+        store_kv(c->vc + (size_t)(c->n_past + t) * v_row, vt, VD, c->kv_type);
     }
 }
 
@@ -301,11 +321,11 @@ static void gate_task(void *vctx, int ith, int nth) {
 int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, void *k_cache,
                void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows, float *logits) {
     if (n_tokens <= 0 || n_past < 0 || n_past + n_tokens > n_ctx || out_row0 < 0 ||
-        out_row0 + n_out_rows > n_tokens || (kv_type != EL_F32 && kv_type != EL_F16))
+        out_row0 + n_out_rows > n_tokens || (kv_type != EL_F32 && kv_type != EL_F16 && kv_type != EL_Q8_0))
         return -1;
+    if (kv_type == EL_Q8_0 && (m->head_dim % QK8_0 || m->head_dim_v % QK8_0)) return -1;
     for (int t = 0; t < n_tokens; t++)
         if (tokens[t] < 0 || tokens[t] >= m->n_vocab) return -1;
-    const size_t kv_size = el_traits[kv_type].type_size;
     const int E = m->n_embd, F = m->n_ff, half = m->rope_dim / 2;
     const int QD = m->n_head * m->head_dim, KD = m->n_head_kv * m->head_dim, VD = m->n_head_kv * m->head_dim_v;
     const int OD = m->n_head * m->head_dim_v;
@@ -317,9 +337,12 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
                           4 * T * half + (use_vt ? (size_t)VD * n_ctx : 0);
     float *arena = malloc(floats * sizeof(float));
     void *qscratch = malloc(max_scratch(m, n_tokens) + 64);
-    if (!arena || !qscratch) {
+    /* a Q8_0 cache is read by the Q8_0 dot kernel, so the queries are quantized to Q8_0 too (as llama.cpp) */
+    char *q8 = kv_type == EL_Q8_0 ? malloc(kv_bytes(EL_Q8_0, T * (size_t)QD) + 64) : NULL;
+    if (!arena || !qscratch || (kv_type == EL_Q8_0 && !q8)) {
         free(arena);
         free(qscratch);
+        free(q8);
         return -1;
     }
     float *x = arena, *h = x + T * E, *q = h + T * E, *k = q + T * QD, *v = k + T * KD, *att = v + T * VD;
@@ -346,8 +369,8 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
         const el_layer *L = &m->layers[l];
         const int swa = m->swa && m->swa[l];
         const int own_base = swa && m->rope_base_swa > 0;
-        char *kc = (char *)k_cache + (size_t)l * n_ctx * KD * kv_size;
-        char *vc = (char *)v_cache + (size_t)l * n_ctx * VD * kv_size;
+        char *kc = (char *)k_cache + (size_t)l * n_ctx * kv_bytes(kv_type, (size_t)KD);
+        char *vc = (char *)v_cache + (size_t)l * n_ctx * kv_bytes(kv_type, (size_t)VD);
         stage_ctx sc = {m, L, n_tokens, n_past, kv_type, x, h, q, k, v, o, g, u, kc, vc,
                         own_base ? cs_swa : cs, own_base ? sn_swa : sn, NULL};
 
@@ -360,8 +383,9 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
             transpose_ctx tc = {m, vc, vt, n_kv, n_ctx, kv_type};
             el_pool_run(pool, transpose_task, &tc);
         }
+        if (q8) el_traits[EL_Q8_0].from_float(q, q8, (int64_t)T * QD);
         attn_ctx ac = {m, q, kc, vc, att, use_vt ? vt : NULL, scores, n_tokens, n_past,
-                       swa ? m->sliding_window : 0, n_ctx, kv_type};
+                       swa ? m->sliding_window : 0, n_ctx, kv_type, q8};
         el_pool_run(pool, attn_task, &ac);
         rc |= linear(&r, &L->wo, att, n_tokens, o);
         if (L->attn_post_norm.data) {
@@ -394,5 +418,6 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
     }
     free(arena);
     free(qscratch);
+    free(q8);
     return rc ? -1 : 0;
 }
