@@ -7,7 +7,8 @@ Steps (each skipped when its output file exists in --out, so an interrupted run 
   2. an importance matrix from the calibration text, with GPTQ second moments and measured sensitivity;
   3. llama.cpp's files: each standard type from that F16, without and with the same importance matrix
      (llama-cpp-python's llama_model_quantize, run by --llama-python; skipped without it);
-  4. edgellm's files: the standard types and bits-per-weight budgets, all with the importance matrix;
+  4. edgellm's files: the standard types and bits-per-weight budgets, all with the importance matrix; the
+     standard ones loaded by llama.cpp, which generates a few tokens from each (llamacpp_loads.json);
   5. mean KLD, same-top-token % and PPL of every file against the reference on wiki.test.raw, -c 512, the
      first --chunks windows (the reference's logits computed once per window for all files);
   6. results.json, a markdown table and kld_vs_mb.png (KLD against file size, log scale).
@@ -84,6 +85,15 @@ def main() -> None:
         if not path.exists():
             edgellm("quantize", str(ref), str(path), "--type", typ, "--imatrix", str(imatrix), *t)
         files.append(("edgellm", f"{typ} + imatrix, GPTQ", path))
+    checks_path = out / "llamacpp_loads.json"
+    if args.llama_python and not checks_path.exists():
+        # every standard type edgellm writes must load and generate in llama.cpp
+        checks = {}
+        for typ in types:
+            run = subprocess.run([args.llama_python, str(ROOT / "benchmarks" / "llamacpp_quantize.py"),
+                                  str(out / f"edgellm-{typ}.gguf"), "--check"], capture_output=True, text=True)  # fmt: skip
+            checks[typ] = json.loads(run.stdout)["text"] if run.returncode == 0 else f"FAILED: {run.stderr[-300:]}"
+        checks_path.write_text(json.dumps(checks, indent=1))
     for bpw in [x for x in args.bpw.split(",") if x]:
         path = out / f"edgellm-bpw{bpw}.gguf"
         if not path.exists():

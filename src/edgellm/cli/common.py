@@ -67,6 +67,21 @@ def load_llm(args: argparse.Namespace):
     return LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, cache_type=args.cache_type)
 
 
+def text_tokens(path: str, tokenizer):
+    """A text file's tokens as llama.cpp's tools take them (BOS when the vocabulary adds one)."""
+    import numpy as np
+
+    with open(path, encoding="utf-8") as f:
+        return np.asarray(tokenizer.encode(f.read(), add_special=True, parse_special=False))
+
+
+def progress_bar(unit: str, desc: str | None = None):
+    """A tqdm bar on stderr, shown only on a terminal; callers set .total when they learn it."""
+    from tqdm import tqdm
+
+    return tqdm(total=0, unit=unit, desc=desc, disable=not sys.stderr.isatty(), file=sys.stderr)
+
+
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, ensure_ascii=False, indent=1)
     sys.stdout.write("\n")

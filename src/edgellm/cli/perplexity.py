@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .common import add_cache_type_argument, add_model_argument, positive_int, print_json
+from .common import add_cache_type_argument, add_model_argument, positive_int, print_json, progress_bar, text_tokens
 
 
 def add_perplexity_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,18 +18,13 @@ def add_perplexity_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
-    import numpy as np
-    from tqdm import tqdm
-
     from ..api import LLM
     from ..eval.perplexity import perplexity
 
-    with open(args.file, encoding="utf-8") as f:
-        text = f.read()
     llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads)
     tok = llm.tokenizer
-    tokens = np.asarray(tok.encode(text, add_special=True, parse_special=False))
-    bar = tqdm(total=0, unit="chunk", disable=not sys.stderr.isatty(), file=sys.stderr)
+    tokens = text_tokens(args.file, tok)
+    bar = progress_bar("chunk")
 
     def on_chunk(done: int, total: int, running: float) -> None:
         bar.total = total

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .common import add_model_argument, positive_int, print_json
+from .common import add_model_argument, positive_int, print_json, progress_bar, text_tokens
 
 
 def _positive_float(text: str) -> float:
@@ -38,8 +37,6 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .. import hub
     from ..errors import ConfigError
     from ..quant.imatrix import ImportanceMatrix
@@ -76,7 +73,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         _print_plan(plan, args.json, verbose=args.dry_run)
     if args.dry_run:
         return 0
-    bar = tqdm(total=len(plan.tensors), unit="tensor", disable=not sys.stderr.isatty(), file=sys.stderr)
+    bar = progress_bar("tensor")
+    bar.total = len(plan.tensors)
 
     def progress(t) -> None:
         bar.set_postfix_str(f"{t.name} -> {t.type.name}")
@@ -134,9 +132,6 @@ def add_imatrix_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_imatrix(args: argparse.Namespace) -> int:
-    import numpy as np
-    from tqdm import tqdm
-
     from ..api import LLM
     from ..errors import ConfigError
     from ..quant.imatrix import collect
@@ -144,12 +139,10 @@ def run_imatrix(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not args.force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
-    with open(args.file, encoding="utf-8") as f:
-        text = f.read()
     llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads)
     tok = llm.tokenizer
-    tokens = np.asarray(tok.encode(text, add_special=True, parse_special=False))
-    bar = tqdm(total=0, unit="chunk", disable=not sys.stderr.isatty(), file=sys.stderr)
+    tokens = text_tokens(args.file, tok)
+    bar = progress_bar("chunk")
 
     def on_chunk(done: int, total: int) -> None:
         bar.total = total
@@ -170,8 +163,6 @@ SENSITIVITY_WINDOWS, SENSITIVITY_CTX = 4, 256
 
 
 def _measure_sensitivity(llm, tokens, imatrix) -> None:
-    from tqdm import tqdm
-
     from ..errors import ConfigError
     from ..quant.allocate import quantize_and_error
     from ..quant.sensitivity import measure
@@ -182,7 +173,7 @@ def _measure_sensitivity(llm, tokens, imatrix) -> None:
     windows = tokens[:n].reshape(SENSITIVITY_WINDOWS, SENSITIVITY_CTX).copy()
     if llm.tokenizer.add_bos:
         windows[:, 0] = llm.tokenizer.bos_id
-    bar = tqdm(total=0, unit="tensor", desc="sensitivity", disable=not sys.stderr.isatty(), file=sys.stderr)
+    bar = progress_bar("tensor", "sensitivity")
 
     def error(name, w, t):
         n_in = w.shape[-1]
@@ -208,19 +199,14 @@ def add_kld_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_kld(args: argparse.Namespace) -> int:
-    import numpy as np
-    from tqdm import tqdm
-
     from ..api import LLM
     from ..eval.kld import kl_divergence
 
-    with open(args.file, encoding="utf-8") as f:
-        text = f.read()
     llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads)
     ref = LLM(args.ref, n_ctx=args.ctx_size, n_threads=args.threads)
     tok = llm.tokenizer
-    tokens = np.asarray(tok.encode(text, add_special=True, parse_special=False))
-    bar = tqdm(total=0, unit="chunk", disable=not sys.stderr.isatty(), file=sys.stderr)
+    tokens = text_tokens(args.file, tok)
+    bar = progress_bar("chunk")
 
     def on_chunk(done: int, total: int, kld: float) -> None:
         bar.total = total
