@@ -56,7 +56,7 @@ def test_every_type_writes_a_loadable_file_close_to_the_source(mix, wide_model, 
     out = tmp_path / f"{mix}.gguf"
     assert main(["quantize", str(wide_model), str(out), "--type", mix]) == 0
     with GGUFFile(out) as f:
-        assert f.metadata["general.quantized_by"] == "edgellm"
+        assert "general.quantized_by" not in f.metadata  # a few bytes; files must not outgrow llama.cpp's
         assert (f.metadata.get("general.file_type") is not None) == (MIXES[mix].file_type is not None)
         types = {t.type for t in f.tensors.values()}
     assert MIXES[mix].default in types or MIXES[mix].default in (T.Q2_K, T.Q3_K)  # k-quants may all fall back

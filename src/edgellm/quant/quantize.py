@@ -154,7 +154,6 @@ def write_quantized(
     if plan.file_type is not None:
         metadata["general.file_type"] = plan.file_type
         types["general.file_type"] = (GGUFValueType.UINT32, None)
-    metadata["general.quantized_by"] = "edgellm"
     if imatrix is not None:
         metadata["quantize.imatrix.file"] = str(imatrix.path.name)
         metadata["quantize.imatrix.dataset"] = ", ".join(imatrix.datasets)
