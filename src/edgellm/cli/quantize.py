@@ -183,7 +183,7 @@ def _measure_sensitivity(llm, tokens, imatrix) -> None:
         bar.total = total
         bar.update(1)
 
-    imatrix.gains = measure(llm.model, windows, imatrix, error, on_tensor)
+    imatrix.gains = measure(llm.model, windows, error, on_tensor)
     bar.close()
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError
-from ..runtime.kv_cache import KVCache
+from .perplexity import count_windows, scored_logits, window
 
 
 @dataclass(frozen=True)
@@ -28,19 +28,6 @@ class KLDResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _scored_logits(model, chunk: np.ndarray, n_batch: int = 512):
-    """Yield (logits, targets) for the scored positions of `chunk`, one batch at a time."""
-    n_ctx = len(chunk)
-    first = n_ctx // 2
-    cache = KVCache(model.config, n_ctx)
-    for start in range(0, n_ctx, n_batch):
-        batch = chunk[start : start + n_batch]
-        lo, hi = max(first - start, 0), min(len(batch), n_ctx - 1 - start)
-        logits = model.forward(batch, cache, slice(lo, hi) if lo < hi else None)
-        if lo < hi:
-            yield logits, chunk[start + lo + 1 : start + hi + 1]
 
 
 def token_stats(ref_logits: np.ndarray, logits: np.ndarray, targets: np.ndarray, rows: int = 32):
@@ -91,20 +78,13 @@ def kl_divergence_many(
             raise ConfigError(
                 f"the models have different vocabularies ({ref_model.config.n_vocab} vs {model.config.n_vocab} tokens)"
             )
-    if n_ctx < 4:
-        raise ConfigError(f"context size {n_ctx} is too small; use at least 4 (512 is usual)")
-    available = len(tokens) // n_ctx
-    if available == 0:
-        raise ConfigError(f"the text has {len(tokens)} tokens, fewer than one window of {n_ctx}")
-    n_chunks = available if n_chunks is None else min(n_chunks, available)
+    n_chunks = count_windows(len(tokens), n_ctx, n_chunks)
     parts: list[list[tuple[np.ndarray, ...]]] = [[] for _ in models]
     for c in range(n_chunks):
-        chunk = np.array(tokens[c * n_ctx : (c + 1) * n_ctx], dtype=np.int64)
-        if bos_id is not None:
-            chunk[0] = bos_id
-        ref = list(_scored_logits(ref_model, chunk))
+        chunk = window(tokens, c, n_ctx, bos_id)
+        ref = list(scored_logits(ref_model, chunk))
         for model, part in zip(models, parts):
-            for (ref_logits, targets), (logits, _) in zip(ref, _scored_logits(model, chunk)):
+            for (ref_logits, targets), (logits, _) in zip(ref, scored_logits(model, chunk)):
                 part.append(token_stats(ref_logits, logits, targets))
         if on_chunk is not None:
             on_chunk(c + 1, n_chunks, float(np.mean(np.concatenate([p[0] for p in parts[0]]))))

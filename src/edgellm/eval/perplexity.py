@@ -40,21 +40,43 @@ def token_nll(logits: np.ndarray, targets: np.ndarray, rows_per_step: int = 32) 
     return out
 
 
-def chunk_nll(model, chunk: np.ndarray, n_batch: int = 512, cache_type: str = "f32") -> np.ndarray:
-    """Negative log-likelihood of each token in the second half of `chunk` given what precedes it."""
+def count_windows(n_tokens: int, n_ctx: int, n_chunks: int | None) -> int:
+    """How many n_ctx windows to score (all that fit, or the first n_chunks); clear errors when none can be."""
+    if n_ctx < 4:
+        raise ConfigError(f"context size {n_ctx} is too small; use at least 4 (512 is usual)")
+    available = n_tokens // n_ctx
+    if available == 0:
+        raise ConfigError(
+            f"the text has {n_tokens} tokens, fewer than one window of {n_ctx}; give a longer file or a smaller -c"
+        )
+    return available if n_chunks is None else min(n_chunks, available)
+
+
+def window(tokens: np.ndarray, c: int, n_ctx: int, bos_id: int | None) -> np.ndarray:
+    """Window c of `tokens`, its first token replaced by BOS when the vocabulary adds one."""
+    chunk = np.array(tokens[c * n_ctx : (c + 1) * n_ctx], dtype=np.int64)
+    if bos_id is not None:
+        chunk[0] = bos_id
+    return chunk
+
+
+def scored_logits(model, chunk: np.ndarray, n_batch: int = 512, cache_type: str = "f32"):
+    """Yield (logits, targets) for the scored positions of `chunk` (its second half), a batch at a time."""
     n_ctx = len(chunk)
     first = n_ctx // 2
     cache = KVCache(model.config, n_ctx, cache_type=cache_type)
-    nll = []
     for start in range(0, n_ctx, n_batch):
         batch = chunk[start : start + n_batch]
         lo = max(first - start, 0)  # only positions first..n_ctx-2 predict a scored token
         hi = min(len(batch), n_ctx - 1 - start)
-        rows = slice(lo, hi) if lo < hi else None
-        logits = model.forward(batch, cache, rows)  # (hi - lo, n_vocab)
-        if rows is not None:
-            nll.append(token_nll(logits, chunk[start + lo + 1 : start + hi + 1]))
-    return np.concatenate(nll)
+        logits = model.forward(batch, cache, slice(lo, hi) if lo < hi else None)  # (hi - lo, n_vocab)
+        if lo < hi:
+            yield logits, chunk[start + lo + 1 : start + hi + 1]
+
+
+def chunk_nll(model, chunk: np.ndarray, n_batch: int = 512, cache_type: str = "f32") -> np.ndarray:
+    """Negative log-likelihood of each token in the second half of `chunk` given what precedes it."""
+    return np.concatenate([token_nll(l, t) for l, t in scored_logits(model, chunk, n_batch, cache_type)])
 
 
 def perplexity(
@@ -70,22 +92,11 @@ def perplexity(
 
     `on_chunk(done, total, running_ppl)` is called after each window (progress display).
     """
-    if n_ctx < 4:
-        raise ConfigError(f"context size {n_ctx} is too small for perplexity; use at least 4 (512 is usual)")
-    available = len(tokens) // n_ctx
-    if available == 0:
-        raise ConfigError(
-            f"the text has {len(tokens)} tokens, fewer than one window of {n_ctx}; "
-            "give a longer file or a smaller -c"
-        )
-    n_chunks = available if n_chunks is None else min(n_chunks, available)
+    n_chunks = count_windows(len(tokens), n_ctx, n_chunks)
     nll_sum = nll2_sum = 0.0
     count = 0
     for c in range(n_chunks):
-        chunk = np.array(tokens[c * n_ctx : (c + 1) * n_ctx], dtype=np.int64)
-        if bos_id is not None:
-            chunk[0] = bos_id
-        nll = chunk_nll(model, chunk, cache_type=cache_type)
+        nll = chunk_nll(model, window(tokens, c, n_ctx, bos_id), cache_type=cache_type)
         nll_sum += float(nll.sum())
         nll2_sum += float(np.square(nll).sum())
         count += len(nll)

@@ -1,11 +1,12 @@
 """`--bpw`: choose a type per tensor so the file averages a requested bits per weight at least error.
 
-Each quantizable tensor is quantized in every candidate type that fits its rows, and its error measured as
-sum over columns of importance * squared weight error (the expected squared error of that layer's output
-when the importance matrix holds mean squared inputs; plain squared error without one). A Lagrangian
-sweep then picks, for a price per bit, the type minimising error + price * bits in each tensor, and the
+Each quantizable tensor is quantized in every candidate type that fits its rows, and its cost measured as
+the expected squared error of that layer's output (tr(D H D^T) with the importance matrix's second moments
+H, its diagonal alone without them, plain squared weight error without any), times the tensor's measured
+gain (KLD per unit of that error, quant/sensitivity.py) when the importance matrix has one. A Lagrangian
+sweep then picks, for a price per bit, the type minimising cost + price * bits in each tensor, and the
 price is bisected until the file's bits per weight meet the target; leftover bits go to the upgrades with
-the best error saved per bit.
+the best cost saved per bit.
 """
 
 from __future__ import annotations

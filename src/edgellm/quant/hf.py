@@ -115,7 +115,8 @@ class HFSource:
     def tensors(self):
         for gg, hf in self._names.items():
             _, dtype, shape, _ = self._index[hf]
-            yield gg, shape, GGMLType.F32 if len(shape) == 1 else GGMLType.F16
+            # vectors are converted (Gemma's +1) and written as F32; matrices are quantized from their dtype
+            yield gg, shape, GGMLType.F32 if len(shape) == 1 else GGMLType[dtype]
 
     def weights(self, name: str) -> np.ndarray:
         hf = self._names[name]

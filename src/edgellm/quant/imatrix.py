@@ -154,21 +154,16 @@ def collect(
     record_xtx: bool = False,
 ) -> ImportanceMatrix:
     """Run consecutive n_ctx windows of `tokens` through `model` and record every linear layer's inputs."""
+    from ..eval.perplexity import count_windows, window
     from ..model import layers
     from ..runtime.kv_cache import KVCache
 
-    available = len(tokens) // n_ctx
-    if available == 0:
-        raise FormatError(f"the calibration text has {len(tokens)} tokens, fewer than one window of {n_ctx}")
-    n_chunks = available if n_chunks is None else min(n_chunks, available)
+    n_chunks = count_windows(len(tokens), n_ctx, n_chunks)
     imatrix = ImportanceMatrix(chunk_size=n_ctx, record_xtx=record_xtx)
     with layers.observe_linear_inputs(imatrix.add):
         for c in range(n_chunks):
-            chunk = np.array(tokens[c * n_ctx : (c + 1) * n_ctx], dtype=np.int64)
-            if bos_id is not None:
-                chunk[0] = bos_id
             # the last rows' logits also record the output projection's inputs (the tied embedding's)
-            model.forward(chunk, KVCache(model.config, n_ctx), slice(-OUTPUT_ROWS, None))
+            model.forward(window(tokens, c, n_ctx, bos_id), KVCache(model.config, n_ctx), slice(-OUTPUT_ROWS, None))
             imatrix.chunk_count += 1
             if on_chunk is not None:
                 on_chunk(c + 1, n_chunks)

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..formats.gguf import GGUFValueType, TensorData, write_gguf
 from .formats import GGMLType, get_format
 from .imatrix import ImportanceMatrix
-from .mixes import Mix, choose_types, is_quantizable
+from .mixes import Mix, choose_types
 from .source import Source
 
 
@@ -59,7 +59,8 @@ class Plan:
 
     def bits_per_weight_where(self, keep: Callable[[str], bool]) -> float:
         chosen = [t for t in self.tensors if keep(t.name)]
-        return 8 * sum(t.n_bytes for t in chosen) / sum(t.n_elements for t in chosen)
+        n = sum(t.n_elements for t in chosen)
+        return 8 * sum(t.n_bytes for t in chosen) / n if n else float("nan")
 
     def with_types(self, types: dict[str, GGMLType]) -> "Plan":
         """This plan with some tensors given another type."""
@@ -143,10 +144,8 @@ def write_quantized(
     threads: int | None = None,
     progress: Callable[[TensorPlan], None] | None = None,
 ) -> Path:
-    """Quantize every tensor as `plan` says and write the GGUF (atomically)."""
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise ConfigError(f"{output} exists; pass --force to overwrite it")
+    """Quantize every tensor as `plan` says and write the GGUF (atomically; an existing file only with
+    `overwrite`, checked before any tensor is quantized)."""
     metadata, types = source.metadata()
     metadata = dict(metadata)
     types = dict(types)

@@ -15,12 +15,12 @@ from typing import Callable
 import numpy as np
 
 from ..eval.kld import token_stats
+from ..eval.perplexity import scored_logits
 from ..formats.gguf import TensorInfo
 from ..model.transformer import Transformer
-from ..runtime.kv_cache import KVCache
-from .formats import GGMLType, get_format
-from .imatrix import ImportanceMatrix
+from .formats import GGMLType, dequantize_rows, get_format
 from .mixes import is_quantizable
+from .quantize import quantize_tensor
 
 PROBE = GGMLType.Q3_NL  # damages every tensor measurably, without leaving the range where KLD grows smoothly
 
@@ -49,27 +49,23 @@ class OverlayStore:
 
     def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         if name in self.replaced:
-            from .formats import dequantize_rows
-
             info = self.info(name)
             return dequantize_rows(self.raw(name), info.type, info.shape[-1], np.asarray(ids))
         return self.base.rows(name, ids)
 
 
-def _logits(model: Transformer, windows: np.ndarray) -> list[np.ndarray]:
-    n_ctx = windows.shape[1]
-    return [model.forward(w, KVCache(model.config, n_ctx), slice(n_ctx // 2, n_ctx - 1)) for w in windows]
-
-
-def _targets(windows: np.ndarray) -> list[np.ndarray]:
-    n_ctx = windows.shape[1]
-    return [w[n_ctx // 2 + 1 :] for w in windows]
+def _logits(model: Transformer, windows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(logits, targets) of each window's scored half, as perplexity scores it."""
+    out = []
+    for w in windows:
+        parts = list(scored_logits(model, w))
+        out.append((np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])))
+    return out
 
 
 def measure(
     model: Transformer,
     windows: np.ndarray,
-    imatrix: ImportanceMatrix,
     error: Callable[[str, np.ndarray, GGMLType], tuple[np.ndarray, float]],
     on_tensor: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, float]:
@@ -81,14 +77,12 @@ def measure(
     """
     names = [n for n in model.store.gguf.tensors if is_quantizable(n, model.store.info(n).shape)]
     floats = {n for n in names if get_format(model.store.info(n).type).block_size == 1}
-    from .quantize import quantize_tensor
-
+    q8_block = get_format(GGMLType.Q8_0).block_size
     q8 = {n: (GGMLType.Q8_0, quantize_tensor(model.store.dense(n), GGMLType.Q8_0)) for n in floats
-          if model.store.info(n).shape[-1] % 32 == 0}  # fmt: skip
+          if model.store.info(n).shape[-1] % q8_block == 0}  # fmt: skip
     store = OverlayStore(model.store, q8)
     model = Transformer(model.config, store)
     ref = _logits(model, windows)
-    targets = _targets(windows)
     gains: dict[str, float] = {}
     for k, name in enumerate(names):
         info = store.info(name)
@@ -96,7 +90,7 @@ def measure(
             continue
         packed, err = error(name, store.dense(name), PROBE)
         probe = Transformer(model.config, OverlayStore(store, {name: (PROBE, packed)}))
-        kld = np.concatenate([token_stats(r, q, t)[0] for r, q, t in zip(ref, _logits(probe, windows), targets)])
+        kld = np.concatenate([token_stats(r, q, t)[0] for (r, t), (q, _) in zip(ref, _logits(probe, windows))])
         gains[name] = max(float(kld.mean()), 0.0) / err if err > 0 else 0.0  # KL >= 0 but for rounding
         if on_tensor is not None:
             on_tensor(k + 1, len(names), name)

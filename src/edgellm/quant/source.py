@@ -13,7 +13,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from ..errors import ConfigError, FormatError, UnsupportedError
+from ..errors import ConfigError, FormatError
 from ..formats.gguf import GGUFFile, GGUFValueType
 from .formats import GGMLType, dequantize
 
@@ -75,5 +75,3 @@ def read_json(path: Path) -> dict:
     except json.JSONDecodeError as e:
         raise FormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
-
-__all__ = ["Source", "GGUFSource", "open_source", "read_json", "UnsupportedError"]

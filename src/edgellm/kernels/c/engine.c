@@ -119,8 +119,10 @@ static void attn_task(void *vctx, int ith, int nth) {
         const int j0 = c->window > 0 && first - c->window + 1 > 0 ? first - c->window + 1 : 0;
         const void *q = c->q8 ? (const void *)(c->q8 + (size_t)t0 * qy_stride + kv_bytes(EL_Q8_0, (size_t)h * m->head_dim))
                               : (const void *)(c->q + (size_t)t0 * q_stride + (size_t)h * m->head_dim);
+        const size_t k_head = kv_bytes(c->kv_type, (size_t)hk * m->head_dim);
+        const size_t v_head = kv_bytes(c->kv_type, (size_t)hk * m->head_dim_v);
         for (int j = j0; j <= last; j++) {
-            const char *k = c->k + (size_t)j * kv_row + kv_bytes(c->kv_type, (size_t)hk * m->head_dim);
+            const char *k = c->k + (size_t)j * kv_row + k_head;
             /* scores[i][j - j0] = k_j . q_i for the nq queries of the tile */
             kv->dot(m->head_dim, scores + (j - j0), (size_t)c->n_kv_max, k, q, qy_stride, nq);
         }
@@ -156,7 +158,7 @@ static void attn_task(void *vctx, int ith, int nth) {
             continue;
         }
         for (int j = j0; j <= last; j++) {
-            const char *vj = c->v + (size_t)j * v_row + kv_bytes(c->kv_type, (size_t)hk * m->head_dim_v);
+            const char *vj = c->v + (size_t)j * v_row + v_head;
             const float *v = (const float *)vj;
             if (c->kv_type != EL_F32) {
                 kv->to_float(vj, vrow, m->head_dim_v);

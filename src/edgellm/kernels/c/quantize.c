@@ -349,22 +349,30 @@ static void quantize_q2_K(const float *x, void *vy, int n, const float *imp) {
     }
 }
 
+/* Q3_K / Q6_K: 16 sub-blocks of 16 with signed `scale_bits`-bit scales under one fp16 d; codes L = q + nmax,
+ * re-rounded against the scales as decoded. Returns d, sets the integer scales sc. */
+static el_fp16_t symmetric_subblocks(const float *x, const float *w, int nmax, int scale_bits, int *sc, uint8_t *L) {
+    float scales[16];
+    for (int s = 0; s < 16; s++) scales[s] = fit_symmetric(16, nmax, x + 16 * s, w + 16 * s, L + 16 * s);
+    const el_fp16_t dh = quantize_signed_scales(scales, 16, scale_bits, sc);
+    const float d = el_f16(dh);
+    for (int s = 0; s < 16; s++) reround_symmetric(x + 16 * s, 16, d * sc[s], nmax, L + 16 * s);
+    return dh;
+}
+
 static void quantize_q3_K(const float *x, void *vy, int n, const float *imp) {
     block_q3_K *y = vy;
-    float w[QK_K], scales[16];
+    float w[QK_K];
     int sc[16];
     uint8_t L[QK_K];
     for (int i = 0; i < n / QK_K; i++, x += QK_K) {
         block_weights(imp ? imp + QK_K * i : NULL, QK_K, w);
-        for (int s = 0; s < 16; s++) scales[s] = fit_symmetric(16, 4, x + 16 * s, w + 16 * s, L + 16 * s);
-        y[i].d = quantize_signed_scales(scales, 16, 6, sc);
-        const float d = el_f16(y[i].d);
+        y[i].d = symmetric_subblocks(x, w, 4, 6, sc, L);
         memset(y[i].scales, 0, sizeof(y[i].scales));
         for (int s = 0; s < 16; s++) {
             const int u = sc[s] + 32;
             y[i].scales[s % 8] |= (uint8_t)((u & 0xF) << (4 * (s / 8)));
             y[i].scales[8 + s % 4] |= (uint8_t)((u >> 4) << (2 * (s / 4)));
-            reround_symmetric(x + 16 * s, 16, d * sc[s], 4, L + 16 * s);
         }
         memset(y[i].qs, 0, sizeof(y[i].qs));
         memset(y[i].hmask, 0, sizeof(y[i].hmask));
@@ -431,18 +439,13 @@ static void quantize_q5_K(const float *x, void *vy, int n, const float *imp) {
 
 static void quantize_q6_K(const float *x, void *vy, int n, const float *imp) {
     block_q6_K *y = vy;
-    float w[QK_K], scales[16];
+    float w[QK_K];
     int sc[16];
     uint8_t L[QK_K];
     for (int i = 0; i < n / QK_K; i++, x += QK_K) {
         block_weights(imp ? imp + QK_K * i : NULL, QK_K, w);
-        for (int s = 0; s < 16; s++) scales[s] = fit_symmetric(16, 32, x + 16 * s, w + 16 * s, L + 16 * s);
-        y[i].d = quantize_signed_scales(scales, 16, 8, sc);
-        const float d = el_f16(y[i].d);
-        for (int s = 0; s < 16; s++) {
-            y[i].scales[s] = (int8_t)sc[s];
-            reround_symmetric(x + 16 * s, 16, d * sc[s], 32, L + 16 * s);
-        }
+        y[i].d = symmetric_subblocks(x, w, 32, 8, sc, L);
+        for (int s = 0; s < 16; s++) y[i].scales[s] = (int8_t)sc[s];
         memset(y[i].ql, 0, sizeof(y[i].ql));
         memset(y[i].qh, 0, sizeof(y[i].qh));
         for (int j = 0; j < QK_K; j++) {
