@@ -3,16 +3,18 @@
 Quantizing a block of columns leaves an error E; because the layer's inputs are correlated (H = E[x x^T]),
 part of that error can be cancelled by nudging the columns not yet quantized. With U the upper Cholesky
 factor of H^-1, the optimal nudge after quantizing columns B is  W[:, rest] -= E U_BB^-1 U_B,rest.
-Here a whole block (the format's block, 32 or 256 columns) is quantized at once by the format's own
-quantizer, so every format, k-quants included, gets the same treatment; compensation flows from each
-block to all later ones.
+For edgellm's NL formats, whose blocks are a scale byte and one code per weight, the format's quantizer
+chooses each block's scale and the codes are then chosen one column at a time, each column's error
+compensated in the columns after it, inside the block too (the GPTQ reference's group quantization).
+Other formats (k-quants, legacy) quantize a whole block at once with their own quantizer and compensate
+from each block to all later ones.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .formats import GGMLType, dequantize, get_format
+from .formats import NL_SCALE, GGMLType, NLFormat, dequantize, get_format
 
 DAMP = 0.01  # fraction of the mean diagonal added to H, as in the GPTQ reference implementation
 
@@ -39,13 +41,29 @@ def quantize_gptq(
         c1 = min(n, c0 + step)
         block = w[:, c0:c1].astype(np.float32)
         q = quantize_block(block, np.diag(hessian)[c0:c1].astype(np.float32))
-        packed.append(q)
-        if c1 < n:
+        if isinstance(fmt, NLFormat):
+            q, scaled = _columnwise(fmt, w[:, c0:c1], q[:, 0], u[c0:c1, c0:c1])
+        else:
             err = block - dequantize(q, type_, block.shape)
             # err_scaled @ U[B, B] = err  ->  err_scaled = err @ U[B, B]^-1 (U[B, B] is upper triangular)
             scaled = np.linalg.solve(u[c0:c1, c0:c1].T, err.T.astype(np.float64)).T
+        packed.append(q)
+        if c1 < n:
             w[:, c1:] -= scaled @ u[c0:c1, c1:]
     return np.concatenate(packed, axis=1)
+
+
+def _columnwise(fmt: NLFormat, block: np.ndarray, exponents: np.ndarray, u: np.ndarray):
+    """Codes for one block of columns (updated in place) at the given scales, column by column; returns the
+    packed block and the scaled errors that carry over to later blocks."""
+    scale = NL_SCALE[exponents].astype(np.float64)
+    codes = np.empty(block.shape, dtype=np.uint8)
+    scaled = np.empty_like(block)
+    for j in range(block.shape[1]):
+        codes[:, j] = fmt.nearest_codes(block[:, j], scale)
+        scaled[:, j] = (block[:, j] - scale * fmt.grid[codes[:, j]]) / u[j, j]
+        block[:, j + 1:] -= np.outer(scaled[:, j], u[j, j + 1:])
+    return fmt.pack(exponents, codes), scaled
 
 
 def _upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:

@@ -53,7 +53,7 @@ typedef struct { el_fp16_t d; el_fp16_t dmin; uint8_t scales[K_SCALE_SIZE]; uint
 typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; el_fp16_t d; } block_q6_K;
 /* edgellm's non-linear low-bit formats for rows that are a multiple of 32 (k-quants need 256):
  * weight j = scale(e) * grid[code_j], with a one-byte logarithmic block scale, scale(e) = 2^((e - 192) / 8)
- * (e = 0: zero), and a grid of Lloyd-Max levels of a unit Gaussian. The scale's 9 % steps cost little next to
+ * (e = 0: zero), and a fixed non-uniform grid (generic/nlquants.c). The scale's 9 % steps cost little next to
  * 2-4-bit rounding and save 8 bits per block against an fp16 scale.
  * Q4_NL: code j in the low nibble of qs[j], code j + 16 in the high nibble (as Q4_0).
  * Q3_NL/Q2_NL: bits 0..1 of code j are bits 2 * (j / 8) of qs[j % 8]; Q3_NL's bit 2 is bit j of qh. */

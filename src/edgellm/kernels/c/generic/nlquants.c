@@ -6,11 +6,12 @@
 
 #include "../edgellm.h"
 
-/* Lloyd-Max levels of a unit Gaussian (16, 8 and 4 levels), scaled so the outermost is 127: with the block
- * scale searched per block they fit the bell-shaped weights of a block better than a uniform grid. */
-const int8_t el_grid_q4_nl[16] = {-127, -96, -75, -58, -44, -31, -18, -6, 6, 18, 31, 44, 58, 75, 96, 127};
-const int8_t el_grid_q3_nl[8] = {-127, -79, -45, -14, 14, 45, 79, 127};
-const int8_t el_grid_q2_nl[4] = {-127, -38, 38, 127};
+/* Levels (16, 8 and 4), outermost 127, from importance-weighted Lloyd iterations over calibrated LLM weight
+ * blocks (quant/formats.py says how): the weights that matter most are often small within their block, so
+ * the inner levels sit nearer zero than a Gaussian's Lloyd-Max levels would. */
+const int8_t el_grid_q4_nl[16] = {-127, -101, -77, -59, -44, -29, -16, -4, 4, 16, 29, 44, 59, 77, 101, 127};
+const int8_t el_grid_q3_nl[8] = {-127, -72, -35, -9, 9, 35, 72, 127};
+const int8_t el_grid_q2_nl[4] = {-127, -23, 23, 127};
 float el_nl_scale[256];
 
 void el_nl_init_scales(void) {
