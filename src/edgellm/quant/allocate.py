@@ -1,8 +1,9 @@
 """`--bpw`: choose a type per tensor so the file averages a requested bits per weight at least error.
 
-Each quantizable tensor is quantized in every candidate type that fits its rows, and its cost measured as
-the expected squared error of that layer's output (tr(D H D^T) with the importance matrix's second moments
-H, its diagonal alone without them, plain squared weight error without any), times the tensor's measured
+Each quantizable tensor is quantized in every candidate type that fits its rows, the way the file will be,
+and its cost measured as the expected squared error of that layer's output (tr(D H D^T) with the importance
+matrix's second moments H, after GPTQ; its diagonal alone without them; plain squared weight error without
+any), times the tensor's measured
 gain (KLD per unit of that error, quant/sensitivity.py) when the importance matrix has one. A Lagrangian
 sweep then picks, for a price per bit, the type minimising cost + price * bits in each tensor, and the
 price is bisected until the file's bits per weight meet the target; leftover bits go to the upgrades with
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .formats import GGMLType, dequantize, get_format
-from .gptq import output_error
+from .gptq import output_error, quantize_gptq
 from .imatrix import ImportanceMatrix
 from .mixes import is_quantizable
 from .quantize import Plan, TensorPlan, _copy_type, quantize_tensor
@@ -35,13 +36,15 @@ def quantize_and_error(
     threads: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """Packed bytes of `weights` (rows, n) in `type_` and the expected squared error of the layer's output:
-    tr(D H D^T) with the input second moments H when known, their diagonal (the importance) otherwise."""
+    tr(D H D^T) with the input second moments H when known (quantized with GPTQ then, as the file will
+    be), their diagonal (the importance) otherwise."""
     n = weights.shape[-1]
     w = weights.reshape(-1, n)
+    if hessian is not None:
+        packed = quantize_gptq(w, type_, hessian, lambda b, imp: quantize_tensor(b, type_, imp, threads))
+        return packed, output_error(w, dequantize(packed, type_, w.shape), hessian)
     packed = quantize_tensor(w, type_, importance, threads)
     diff = dequantize(packed, type_, w.shape) - w
-    if hessian is not None:
-        return packed, output_error(w, w + diff, hessian)
     imp = np.ones(n, dtype=np.float64) if importance is None else importance.astype(np.float64)
     return packed, float(np.einsum("rc,c->", np.square(diff, dtype=np.float64), imp))
 
