@@ -62,8 +62,8 @@ typedef struct { uint8_t e; uint8_t qs[QK_NL / 2]; } block_q4_nl;
 typedef struct { uint8_t e; uint8_t qh[4]; uint8_t qs[QK_NL / 4]; } block_q3_nl;
 typedef struct { uint8_t e; uint8_t qs[QK_NL / 4]; } block_q2_nl;
 extern const int8_t el_grid_q4_nl[16];
-extern const int8_t el_grid_q3_nl[8];
-extern const int8_t el_grid_q2_nl[4];
+extern const int8_t el_grid_q3_nl[16]; /* 8 levels; padded to 16 bytes: one table-lookup register */
+extern const int8_t el_grid_q2_nl[16]; /* 4 levels, padded likewise */
 extern float el_nl_scale[256];
 /* activation super-block for k-quants: float scale, and the sum of each 16 quants (bsums) */
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;

@@ -161,11 +161,7 @@ static void dot_q5_0_neon(int n, float *s, size_t bs, const void *w, const void 
 
 /* ---- edgellm's NL formats: codes -> int8 weights by a table lookup (vqtbl1q), then as Q8_0 ---- */
 
-static inline int8x16_t grid_table(const int8_t *grid, int k) {
-    int8_t lut[16] = {0};
-    memcpy(lut, grid, (size_t)k);
-    return vld1q_s8(lut);
-}
+static inline int8x16_t grid_table(const int8_t *grid) { return vld1q_s8(grid); } /* 16-byte tables (edgellm.h) */
 
 /* 2-bit codes j = 0..15 and 16..31 of a block (code j: bits 2 * (j / 8) of qs[j % 8]) */
 static inline void low2_codes(const uint8_t *qs, uint8x16_t *c0, uint8x16_t *c1) {
@@ -175,7 +171,7 @@ static inline void low2_codes(const uint8_t *qs, uint8x16_t *c0, uint8x16_t *c1)
 }
 
 static void dot_q4_nl_neon(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {
-    const int8x16_t lut = grid_table(el_grid_q4_nl, 16);
+    const int8x16_t lut = grid_table(el_grid_q4_nl);
     const uint8x16_t m4 = vdupq_n_u8(0x0F);
     LEGACY_DOT(block_q4_nl, block_q8_0, QK_NL,
                {
@@ -189,7 +185,7 @@ static void dot_q4_nl_neon(int n, float *s, size_t bs, const void *w, const void
 
 static void dot_q3_nl_neon(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {
     static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
-    const int8x16_t lut = grid_table(el_grid_q3_nl, 8);
+    const int8x16_t lut = grid_table(el_grid_q3_nl);
     const uint8x16_t bits = vld1q_u8(bit), four = vdupq_n_u8(4);
     LEGACY_DOT(block_q3_nl, block_q8_0, QK_NL,
                {
@@ -206,7 +202,7 @@ static void dot_q3_nl_neon(int n, float *s, size_t bs, const void *w, const void
 }
 
 static void dot_q2_nl_neon(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {
-    const int8x16_t lut = grid_table(el_grid_q2_nl, 4);
+    const int8x16_t lut = grid_table(el_grid_q2_nl);
     LEGACY_DOT(block_q2_nl, block_q8_0, QK_NL,
                {
                    uint8x16_t c0;

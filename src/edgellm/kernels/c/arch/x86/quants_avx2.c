@@ -242,10 +242,8 @@ EL_AI void step_q5_1(const block_q5_1 *x, const void *y, size_t by, int i, __m25
 }
 
 /* NL formats: codes -> int8 weights through a byte shuffle of the grid, then as Q8_0 */
-EL_AI __m256i grid_lookup(const int8_t *grid, int k, __m256i codes) {
-    int8_t lut[16] = {0};
-    memcpy(lut, grid, (size_t)k);
-    return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lut)), codes);
+EL_AI __m256i grid_lookup(const int8_t *grid, __m256i codes) { /* grid: a 16-byte table (edgellm.h) */
+    return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)grid)), codes);
 }
 
 /* 8 bytes of 2-bit codes -> 32 bytes: code j (bits 2 * (j / 8) of byte j % 8) at byte j */
@@ -258,18 +256,18 @@ EL_AI __m256i low2_codes(const uint8_t *p) {
 
 EL_AI void step_q4_nl(const block_q4_nl *x, const void *y, size_t by, int i, __m256 *acc, __m128 *accm, const int NC) {
     (void)accm;
-    step_signed(grid_lookup(el_grid_q4_nl, 16, nibbles32(x->qs)), el_nl_scale[x->e], y, by, i, acc, NC);
+    step_signed(grid_lookup(el_grid_q4_nl, nibbles32(x->qs)), el_nl_scale[x->e], y, by, i, acc, NC);
 }
 
 EL_AI void step_q3_nl(const block_q3_nl *x, const void *y, size_t by, int i, __m256 *acc, __m128 *accm, const int NC) {
     (void)accm;
     const __m256i codes = _mm256_or_si256(low2_codes(x->qs), _mm256_and_si256(bits32(x->qh), _mm256_set1_epi8(4)));
-    step_signed(grid_lookup(el_grid_q3_nl, 8, codes), el_nl_scale[x->e], y, by, i, acc, NC);
+    step_signed(grid_lookup(el_grid_q3_nl, codes), el_nl_scale[x->e], y, by, i, acc, NC);
 }
 
 EL_AI void step_q2_nl(const block_q2_nl *x, const void *y, size_t by, int i, __m256 *acc, __m128 *accm, const int NC) {
     (void)accm;
-    step_signed(grid_lookup(el_grid_q2_nl, 4, low2_codes(x->qs)), el_nl_scale[x->e], y, by, i, acc, NC);
+    step_signed(grid_lookup(el_grid_q2_nl, low2_codes(x->qs)), el_nl_scale[x->e], y, by, i, acc, NC);
 }
 
 /* The tile (one weight row, NC activation rows) and the kernel that cuts nc rows into tiles of up to 4. */

@@ -80,22 +80,22 @@ INL __m512i low2_pair(const uint8_t *a, const uint8_t *b) {
     return _mm512_and_si512(_mm512_srlv_epi64(z, _mm512_set_epi64(6, 4, 2, 0, 6, 4, 2, 0)), _mm512_set1_epi8(3));
 }
 
-INL __m512i grid_lookup(const int8_t *grid, int k, __m512i codes) {
-    int8_t lut[16] = {0};
-    memcpy(lut, grid, (size_t)k);
-    return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)lut)), codes);
+/* grids are 16-byte tables (edgellm.h): loaded whole, never assembled on the stack (a partial store followed
+ * by a 16-byte load stalls store forwarding on every block) */
+INL __m512i grid_lookup(const int8_t *grid, __m512i codes) {
+    return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)grid)), codes);
 }
 
 /* the weights of blocks a and b: unsigned q (0..15 / 0..31) for the 4/5-bit formats, raw int8 for Q8_0 and NL */
 INL __m512i w_pair(const int F, const uint8_t *a, const uint8_t *b) {
     switch (F) {
-    case F_Q4_NL: return grid_lookup(el_grid_q4_nl, 16, q4_pair(a + 1, b + 1));
+    case F_Q4_NL: return grid_lookup(el_grid_q4_nl, q4_pair(a + 1, b + 1));
     case F_Q3_NL: {
         const __mmask64 k = (__mmask64)ld32(a + 1) | ((__mmask64)ld32(b + 1) << 32);
         const __m512i z = low2_pair(a + 5, b + 5);
-        return grid_lookup(el_grid_q3_nl, 8, _mm512_mask_add_epi8(z, k, z, _mm512_set1_epi8(4)));
+        return grid_lookup(el_grid_q3_nl, _mm512_mask_add_epi8(z, k, z, _mm512_set1_epi8(4)));
     }
-    case F_Q2_NL: return grid_lookup(el_grid_q2_nl, 4, low2_pair(a + 1, b + 1));
+    case F_Q2_NL: return grid_lookup(el_grid_q2_nl, low2_pair(a + 1, b + 1));
     case F_Q4_0: return q4_pair(a + 2, b + 2);
     case F_Q4_1: return q4_pair(a + 4, b + 4);
     case F_Q5_0: {
