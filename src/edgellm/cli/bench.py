@@ -31,6 +31,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     parser.add_argument("-p", "--n-prompt", type=_non_negative, default=512, help="prompt tokens (0 skips pp)")
     parser.add_argument("-n", "--n-gen", type=_non_negative, default=128, help="generated tokens (0 skips tg)")
+    parser.add_argument("-d", "--depth", type=_non_negative, default=0,
+                        help="tokens already in the KV cache when each test starts (llama-bench's -d)")
     parser.add_argument("-t", "--threads", type=_thread_list, default=None, help="thread counts, e.g. 1,2")
     parser.add_argument("-r", "--repetitions", type=positive_int, default=3)
     parser.add_argument("--json", action="store_true", help="print a JSON list of results")
@@ -50,14 +52,14 @@ def run_bench(args: argparse.Namespace) -> int:
     model = Transformer.from_store(gguf.metadata, MappedStore(gguf))
     results = []
     for threads in args.threads or [os.cpu_count() or 1]:
-        results += bench(model, path.name, args.n_prompt, args.n_gen, threads, args.repetitions)
+        results += bench(model, path.name, args.n_prompt, args.n_gen, threads, args.repetitions, args.depth)
     if args.json:
         print_json([r.to_dict() for r in results])
         return 0
-    print(f"| {'model':<36} | {'path':<8} | {'threads':>7} | {'test':>6} | {'t/s':>16} | {'peak RSS':>9} |")
-    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 18}|{'-' * 11}|")
+    print(f"| {'model':<36} | {'path':<8} | {'threads':>7} | {'test':>14} | {'t/s':>16} | {'peak RSS':>9} |")
+    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 9}|{'-' * 16}|{'-' * 18}|{'-' * 11}|")
     for r in results:
         speed = f"{r.tps:.2f} ± {r.tps_sd:.2f}"
-        print(f"| {r.model:<36} | {r.kernel_path:<8} | {r.threads:>7} | {r.test:>6} | {speed:>16} | "
+        print(f"| {r.model:<36} | {r.kernel_path:<8} | {r.threads:>7} | {r.test:>14} | {speed:>16} | "
               f"{r.peak_rss_mb:>6.0f} MB |")  # fmt: skip
     return 0

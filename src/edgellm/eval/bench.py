@@ -1,6 +1,7 @@
-"""Throughput benchmark in the manner of llama-bench: prompt processing (ppN: N tokens in one batch from an
-empty cache) and text generation (tgN: N tokens decoded one at a time), mean and sd over repetitions,
-after one warm-up run. Tokens are random ids: speed does not depend on them."""
+"""Throughput benchmark in the manner of llama-bench: prompt processing (ppN: N tokens in one batch) and text
+generation (tgN: N tokens decoded one at a time), mean and sd over repetitions, after one warm-up run. With a
+depth D (llama-bench's -d) each test starts from a cache already holding D tokens ("tg128 @ d1024"), filled
+before the clock starts. Tokens are random ids: speed does not depend on them."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class BenchResult:
     peak_rss_mb: float
     kernel_path: str
     n_ctx: int
+    n_depth: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,15 +36,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _prompt_seconds(model, tokens: np.ndarray) -> float:
-    cache = KVCache(model.config, len(tokens))
+def _filled_cache(model, depth: np.ndarray, n_more: int) -> KVCache:
+    cache = KVCache(model.config, len(depth) + n_more)
+    if len(depth):
+        model.forward(depth, cache, slice(-1, None))
+    return cache
+
+
+def _prompt_seconds(model, tokens: np.ndarray, depth: np.ndarray) -> float:
+    cache = _filled_cache(model, depth, len(tokens))
     t0 = time.perf_counter()
     model.forward(tokens, cache, slice(-1, None))
     return time.perf_counter() - t0
 
 
-def _generate_seconds(model, n_tokens: int, first_token: int) -> float:
-    cache = KVCache(model.config, n_tokens + 1)
+def _generate_seconds(model, n_tokens: int, first_token: int, depth: np.ndarray) -> float:
+    cache = _filled_cache(model, depth, n_tokens + 1)
     token = first_token
     t0 = time.perf_counter()
     for _ in range(n_tokens):
@@ -51,22 +60,26 @@ def _generate_seconds(model, n_tokens: int, first_token: int) -> float:
     return time.perf_counter() - t0
 
 
-def bench(model, model_name: str, n_prompt: int, n_gen: int, threads: int, repetitions: int) -> list[BenchResult]:
-    """Run ppN and tgN (either may be 0 to skip) at one thread count."""
+def bench(
+    model, model_name: str, n_prompt: int, n_gen: int, threads: int, repetitions: int, depth: int = 0
+) -> list[BenchResult]:
+    """Run ppN and tgN (either may be 0 to skip) at one thread count, after `depth` tokens of context."""
     kernels.set_threads(threads)
     rng = np.random.default_rng(0)
     results = []
-    tests = [(f"pp{n_prompt}", n_prompt)] if n_prompt else []
-    tests += [(f"tg{n_gen}", n_gen)] if n_gen else []
+    at = f" @ d{depth}" if depth else ""
+    tests = [(f"pp{n_prompt}{at}", n_prompt)] if n_prompt else []
+    tests += [(f"tg{n_gen}{at}", n_gen)] if n_gen else []
+    past = rng.integers(0, model.config.n_vocab, size=depth)
     for test, n in tests:
         if test.startswith("pp"):
             tokens = rng.integers(0, model.config.n_vocab, size=n)
-            run = lambda: _prompt_seconds(model, tokens)  # noqa: E731
+            run = lambda: _prompt_seconds(model, tokens, past)  # noqa: E731
         else:
-            run = lambda: _generate_seconds(model, n, int(rng.integers(model.config.n_vocab)))  # noqa: E731
+            run = lambda: _generate_seconds(model, n, int(rng.integers(model.config.n_vocab)), past)  # noqa: E731
         run()  # warm-up: page in the weights, start the threads
         speeds = [n / run() for _ in range(repetitions)]
         sd = statistics.stdev(speeds) if len(speeds) > 1 else 0.0
         results.append(BenchResult(model_name, test, threads, statistics.mean(speeds), sd, peak_rss_mb(),
-                                   kernels.active_path(), n))  # fmt: skip
+                                   kernels.active_path(), n, depth))  # fmt: skip
     return results

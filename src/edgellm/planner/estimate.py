@@ -1,0 +1,353 @@
+"""The analytic model: time, memory and energy of prefill and decode, operation by operation.
+
+Each operation (a weight matrix product, attention over the KV cache) has FLOPs and bytes. Its time is
+max(FLOPs / compute, bytes / bandwidth) on the unit that runs it: a roofline per operation. Decode at batch
+1 reads every active weight once per token, so it is bytes over bandwidth almost everywhere; prefill reuses
+each weight across the prompt's tokens and becomes compute-bound. Weights that do not fit the memory budget
+stream from storage each token (less what activation sparsity skips and a cache hit rate keeps).
+
+Rates come from one of two places:
+- a calibrated host (`edgellm calibrate`): per weight format and thread count, the matrix-vector bandwidth
+  and matrix-matrix FLOP rate edgellm's own kernels reached, and the engine's measured costs per layer
+  and per attended position (calibrate.py measures them on a synthetic model, not on the models scored);
+- a spec sheet: peak DRAM bandwidth times MEMORY_EFFICIENCY, a unit's peak int8/fp16 rate times
+  COMPUTE_EFFICIENCY. With no published compute peak, prefill is reported as unknown, not guessed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..errors import ConfigError
+from ..quant.formats import GGMLType, get_format
+from .device import Device
+from .model import ModelSpec
+
+# Fraction of peak DRAM bandwidth decode reaches on a spec-sheet device. Published edge decode runs reach
+# 57-83 % of peak (../shared/data/edge-devices.md, "Planner notes"); edgellm reaches 58-94 % of measured
+# read bandwidth here (docs/benchmarks.md). docs/planner.md scores this choice leave-one-out.
+MEMORY_EFFICIENCY = 0.70
+COMPUTE_EFFICIENCY = 0.50  # of a unit's published peak, for prefill matrix products (assumption, E)
+
+# Energy per operation, with sources (override per device under `energy:` in its YAML).
+ENERGY = {
+    # Horowitz, "Computing's energy problem", ISSCC 2014: DRAM 1.3-2.6 nJ per 64-bit access (45 nm era DDR):
+    # 20 pJ/bit at the low end. LPDDR5 is lower; this is an upper bound class.
+    "dram_pj_per_bit": 20.0,
+    # Samsung UFS 4.0 (survey [S49]): 6.0 MB/s per mA; at an assumed 2.5 V supply (E): 0.42 nJ per byte.
+    "flash_nj_per_byte": 2.5e-3 / 6.0e6 * 1e9,
+    # Horowitz 2014 (45 nm): 8-bit multiply 0.2 pJ + 8-bit add 0.03 pJ per multiply-accumulate.
+    "int8_mac_pj": 0.23,
+}
+KV_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}
+ACTIVATION_BYTES = 4  # float32 activations between operations
+
+
+@dataclass
+class Scenario:
+    threads: int | None = None
+    ctx: int = 512  # tokens in the KV cache when decoding
+    prompt: int = 512  # prompt tokens for TTFT / prefill
+    cache_type: str = "f32"  # edgellm's default
+    sparsity: float = 0.0  # fraction of FFN rows skipped per token (activation sparsity)
+    mem_budget_gb: float | None = None  # memory the model may use; default: the device's capacity
+    cache_hit: float = 0.0  # fraction of streamed weights found in memory anyway
+    unit: str | None = None  # cpu, gpu, npu: the unit that runs matrix products on a spec-sheet device
+    memory_efficiency: float = MEMORY_EFFICIENCY  # spec-sheet devices: fraction of peak bandwidth reached
+
+    def check(self) -> None:
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+        if not 0.0 <= self.cache_hit <= 1.0:
+            raise ConfigError(f"cache hit rate must be in [0, 1], got {self.cache_hit}")
+        if self.ctx < 1 or self.prompt < 1:
+            raise ConfigError("--ctx and --prompt must be at least 1 token")
+        if self.cache_type not in KV_BYTES:
+            raise ConfigError(f"unknown KV cache type '{self.cache_type}'; one of {', '.join(KV_BYTES)}")
+        if not 0.0 < self.memory_efficiency <= 1.0:
+            raise ConfigError(f"memory efficiency must be in (0, 1], got {self.memory_efficiency}")
+        if self.mem_budget_gb is not None and self.mem_budget_gb <= 0:
+            raise ConfigError(f"--mem-budget must be positive, got {self.mem_budget_gb} GB")
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of a token's (or a prompt's) forward pass."""
+
+    name: str
+    kind: str  # "weights" or "attention"
+    flops: float
+    bytes: float  # read from memory
+    fmt: str  # weight format name, "kv" for the cache
+    layer: int  # -1: embedding / head
+    head_positions: float = 0.0  # attention: (query, cached position) pairs over all heads
+
+
+@dataclass
+class Rates:
+    """Effective rates of one compute domain (a host at a thread count, or a device's unit)."""
+
+    read_gbps: float | None  # plain memory reads (KV cache, streamed activations)
+    matvec_gbps: dict[str, float] = field(default_factory=dict)  # per format: decode weight streaming
+    matmul_gflops: dict[str, float] = field(default_factory=dict)  # per format: prefill
+    compute_gflops: float | None = None  # any format, when per-format rates are not measured
+    storage_gbps: float | None = None
+    source: str = "spec sheet"
+    engine: dict[str, float] = field(default_factory=dict)  # calibrated per-layer / per-position costs
+
+    def weight_gbps(self, fmt: str) -> float | None:
+        return self.matvec_gbps.get(fmt) or _nearest_rate(self.matvec_gbps, fmt) or self.read_gbps
+
+    def gflops(self, fmt: str) -> float | None:
+        return self.matmul_gflops.get(fmt) or _nearest_rate(self.matmul_gflops, fmt) or self.compute_gflops
+
+
+def _nearest_rate(rates: dict[str, float], fmt: str) -> float | None:
+    """A measured rate for a format that was not measured: the one with the closest bits per weight."""
+    if not rates:
+        return None
+    try:
+        bits = get_format(GGMLType[fmt]).bits_per_weight
+    except KeyError:
+        return None
+    known = [(abs(get_format(GGMLType[k]).bits_per_weight - bits), v) for k, v in rates.items() if k in GGMLType.__members__]
+    return min(known)[1] if known else None
+
+
+def rates_for(
+    device: Device, threads: int | None = None, unit: str | None = None, memory_efficiency: float = MEMORY_EFFICIENCY
+) -> Rates:
+    """The device's rates: measured where it was calibrated, from its spec sheet otherwise."""
+    if device.calibration:
+        return _calibrated_rates(device, threads)
+    bw = device.bandwidth_gbps.value
+    read = bw * memory_efficiency if bw else None
+    compute = None
+    units = [device.unit(unit)] if unit else device.units
+    if unit and units[0] is None:
+        raise ConfigError(f"device '{device.name}' has no unit '{unit}'; it has {', '.join(u.name for u in device.units)}")
+    for u in units:
+        peak = u.int8_tops.value * 1e3 if u.int8_tops.known else (u.fp16_tflops.value * 1e3 if u.fp16_tflops.known else None)
+        if peak is not None:
+            compute = max(compute or 0.0, peak * COMPUTE_EFFICIENCY)
+    return Rates(read_gbps=read, compute_gflops=compute, storage_gbps=device.storage_read_gbps.value)
+
+
+def _calibrated_rates(device: Device, threads: int | None) -> Rates:
+    cal = device.calibration
+    by_threads = {int(k): v for k, v in cal["threads"].items()}
+    t = threads or max(by_threads)
+    if t not in by_threads:
+        raise ConfigError(f"{device.path}: calibrated for threads {sorted(by_threads)}, not {t}")
+    c = by_threads[t]
+    missing = [k for k in ("read_gbps", "matvec_gbps", "matmul_gflops", *ENGINE_KEYS) if k not in c]
+    if missing:
+        raise ConfigError(f"{device.path}: missing field 'calibration.threads.{t}.{missing[0]}' (re-run edgellm calibrate)")
+    return Rates(
+        read_gbps=c["read_gbps"],
+        matvec_gbps=dict(c["matvec_gbps"]),
+        matmul_gflops=dict(c["matmul_gflops"]),
+        storage_gbps=cal.get("storage_read_gbps"),
+        source=f"calibrated ({device.path.name}, {t} threads)",
+        engine={k: float(c[k]) for k in ENGINE_KEYS},
+    )
+
+
+ENGINE_KEYS = ("decode_layer_us", "decode_attention_ns_per_position", "prefill_layer_us_per_token",
+               "prefill_attention_ns_per_position")
+
+
+def decode_ops(spec: ModelSpec, ctx: int, sparsity: float = 0.0, cache_type: str = "f16") -> list[Op]:
+    """Operations of one decode step with `ctx` tokens in the cache."""
+    s = spec.shape
+    ops = []
+    for name, rows, cols in s.weight_tensors():
+        frac = s.active_fraction(name)
+        if sparsity and "ffn_" in name:
+            frac *= 1.0 - sparsity
+        fmt = _fmt(spec, name)
+        if name == "token_embd.weight":
+            if s.tied:  # the output head reads all of it; the lookup one row
+                ops.append(Op("output", "weights", 2.0 * rows * cols, spec.tensor_bytes(name, rows, cols), fmt, -1))
+            continue
+        ops.append(Op(name, "weights", 2.0 * rows * cols * frac, spec.tensor_bytes(name, rows, cols) * frac, fmt, _layer(name)))
+    kv = KV_BYTES[cache_type]
+    for i in range(s.n_layer):
+        n = s.attended(i, ctx)
+        ops.append(Op(f"blk.{i}.attention", "attention", 4.0 * s.n_head * s.head_dim * n,
+                      2.0 * s.n_head_kv * s.head_dim * n * kv, "kv", i, s.n_head * n))  # fmt: skip
+    return ops
+
+
+def prefill_ops(spec: ModelSpec, prompt: int) -> list[Op]:
+    """Operations of a prompt of `prompt` tokens processed at once (weights read once, causal attention)."""
+    s = spec.shape
+    ops = []
+    for name, rows, cols in s.weight_tensors():
+        frac = s.active_fraction(name)
+        fmt = _fmt(spec, name)
+        if name == "token_embd.weight":
+            if s.tied:  # logits are computed for the last token only
+                ops.append(Op("output", "weights", 2.0 * rows * cols, spec.tensor_bytes(name, rows, cols), fmt, -1))
+            continue
+        if name == "output.weight":
+            ops.append(Op(name, "weights", 2.0 * rows * cols, spec.tensor_bytes(name, rows, cols), fmt, -1))
+            continue
+        ops.append(Op(name, "weights", 2.0 * rows * cols * frac * prompt, spec.tensor_bytes(name, rows, cols), fmt, _layer(name)))
+    for i in range(s.n_layer):
+        w = s.attended(i, prompt)  # causal (and windowed) query-key pairs: sum over t of min(t, w)
+        pairs = w * (w + 1) / 2 + (prompt - w) * w
+        ops.append(Op(f"blk.{i}.attention", "attention", 4.0 * s.n_head * s.head_dim * pairs, 0.0, "kv", i,
+                      s.n_head * pairs))  # fmt: skip
+    return ops
+
+
+def _fmt(spec: ModelSpec, name: str) -> str:
+    if spec.bits_override is not None:
+        return f"{spec.bits_override:g}bpw"
+    return spec.types[name].name
+
+
+def _layer(name: str) -> int:
+    return int(name.split(".")[1]) if name.startswith("blk.") else -1
+
+
+def op_time(op: Op, rates: Rates, decode: bool, head_dim: int = 64) -> tuple[float, str]:
+    """Seconds and the limit ("memory" or "compute") of one operation."""
+    if op.kind == "attention" and rates.engine:  # calibrated: measured cost per attended position
+        key = "decode_attention_ns_per_position" if decode else "prefill_attention_ns_per_position"
+        t = op.head_positions * rates.engine[key] * 1e-9 * head_dim / 64
+        return max(t, op.bytes / (rates.read_gbps * 1e9)), "compute"
+    mem_rate = rates.read_gbps if op.kind == "attention" else rates.weight_gbps(op.fmt)
+    if decode and rates.matvec_gbps and op.kind == "weights":
+        # a calibrated matrix-vector rate already folds the arithmetic in: bytes over it is the time
+        return op.bytes / (mem_rate * 1e9), "memory"
+    t_mem = op.bytes / (mem_rate * 1e9) if mem_rate else 0.0
+    flops_rate = rates.compute_gflops if op.kind == "attention" else rates.gflops(op.fmt)
+    t_cmp = op.flops / (flops_rate * 1e9) if flops_rate else None
+    if t_cmp is None:
+        return t_mem, "memory"
+    return (t_cmp, "compute") if t_cmp > t_mem else (t_mem, "memory")
+
+
+@dataclass
+class Estimate:
+    model: str
+    quant: str
+    device: str
+    rates_source: str
+    fits: bool
+    memory_mb: float
+    weights_mb: float
+    kv_cache_mb: float
+    budget_mb: float | None
+    streamed_mb_per_token: float
+    decode_tps: float | None
+    prefill_tps: float | None
+    ttft_ms: float | None
+    joules_per_token: float | None
+    bottleneck: str
+    decode_breakdown_ms: dict[str, float]
+    notes: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
+    """Predict how `spec` runs on `device` in scenario `sc`."""
+    sc.check()
+    rates = rates_for(device, sc.threads, sc.unit, sc.memory_efficiency)
+    notes: list[str] = []
+    hd = spec.shape.head_dim
+    if rates.read_gbps is None:
+        raise ConfigError(
+            f"device '{device.name}' has no published memory bandwidth ({device.path}: memory.bandwidth_gbps is null); "
+            "a decode prediction needs it"
+        )
+    s = spec.shape
+    weights = spec.weight_bytes
+    kv = 2.0 * s.n_layer * s.n_head_kv * s.head_dim * (sc.ctx + 1) * KV_BYTES[sc.cache_type]
+    runtime = 64e6 + ACTIVATION_BYTES * (s.vocab + 8 * s.d_model + 2 * s.d_ff * max(1, s.n_expert_used))
+    need = weights + kv + runtime
+    budget = sc.mem_budget_gb * 1e9 if sc.mem_budget_gb else (device.capacity_gb.value * 1e9 if device.capacity_gb.known else None)
+    if budget is not None and device.capacity_gb.known and budget > device.capacity_gb.value * 1e9:
+        raise ConfigError(f"--mem-budget {budget / 1e9:g} GB exceeds {device.name}'s {device.capacity_gb.value:g} GB of memory")
+    if budget is None:
+        notes.append("memory capacity not published: fit not checked")
+
+    # weights that do not fit stream from storage: the FFN first (sparsity applies to it), then the rest
+    streamed = 0.0
+    fits = True
+    ops = decode_ops(spec, sc.ctx, sc.sparsity, sc.cache_type)
+    if budget is not None and need > budget:
+        resident_room = budget - kv - runtime
+        if resident_room <= 0:
+            raise ConfigError(
+                f"the KV cache and buffers alone ({(kv + runtime) / 1e6:.0f} MB) exceed the memory budget "
+                f"({budget / 1e6:.0f} MB): lower --ctx or raise --mem-budget"
+            )
+        fits = False
+        off_frac = (weights - resident_room) / weights
+        if rates.storage_gbps is None:
+            notes.append("model exceeds memory and storage bandwidth is not published: decode not predicted")
+        active = sum(op.bytes for op in ops if op.kind == "weights")
+        streamed = off_frac * active * (1.0 - sc.cache_hit)
+
+    times: dict[str, float] = {}
+    limits: dict[str, float] = {"memory": 0.0, "compute": 0.0}
+    for op in ops:
+        t, lim = op_time(op, rates, True, hd)
+        key = op.kind if op.kind == "attention" else ("head" if op.layer < 0 else op.name.split(".")[2])
+        times[key] = times.get(key, 0.0) + t
+        limits[lim] += t
+    t_dram = sum(times.values())
+    t_storage = streamed / (rates.storage_gbps * 1e9) if streamed and rates.storage_gbps else 0.0
+    layers_s = s.n_layer * rates.engine.get("decode_layer_us", 0.0) * 1e-6  # norms, RoPE, hand-offs
+    step = max(t_dram, t_storage) + layers_s  # streaming overlaps compute (prefetch)
+    if layers_s:
+        times["per-layer work"] = layers_s
+    if streamed and rates.storage_gbps:
+        times["storage"] = t_storage
+    decode_tps = None if (streamed and rates.storage_gbps is None) else 1.0 / step
+    if t_storage > t_dram:
+        bottleneck = f"storage read ({streamed / 1e6:.0f} MB/token at {rates.storage_gbps:g} GB/s)"
+    elif limits["compute"] > limits["memory"]:
+        bottleneck = "compute (decode)"
+    else:
+        bottleneck = f"memory bandwidth ({rates.read_gbps:.1f} GB/s effective)"
+
+    prefill_tps = ttft = None
+    p_ops = prefill_ops(spec, sc.prompt)
+    if rates.matmul_gflops or rates.compute_gflops:
+        t_pre = sum(op_time(op, rates, False, hd)[0] for op in p_ops)
+        t_pre += s.n_layer * sc.prompt * rates.engine.get("prefill_layer_us_per_token", 0.0) * 1e-6
+        prefill_tps = sc.prompt / t_pre
+        ttft = t_pre * 1e3
+    else:
+        notes.append("no published compute peak for this device: prefill and TTFT not predicted")
+
+    dram_bytes = sum(op.bytes for op in ops) - streamed
+    macs = sum(op.flops for op in ops) / 2
+    e = {**ENERGY, **device.energy}
+    joules = dram_bytes * 8 * e["dram_pj_per_bit"] * 1e-12 + streamed * e["flash_nj_per_byte"] * 1e-9 + macs * e["int8_mac_pj"] * 1e-12
+
+    return Estimate(
+        model=s.name,
+        quant=spec.label,
+        device=device.name,
+        rates_source=rates.source,
+        fits=fits,
+        memory_mb=need / 1e6 if fits else budget / 1e6,
+        weights_mb=weights / 1e6,
+        kv_cache_mb=kv / 1e6,
+        budget_mb=budget / 1e6 if budget is not None else None,
+        streamed_mb_per_token=streamed / 1e6,
+        decode_tps=decode_tps,
+        prefill_tps=prefill_tps,
+        ttft_ms=ttft,
+        joules_per_token=joules,
+        bottleneck=bottleneck,
+        decode_breakdown_ms={k: v * 1e3 for k, v in times.items()},
+        notes=notes,
+    )

@@ -1,0 +1,66 @@
+"""`plan --accelerators N`: the model over N accelerators like the device, compared pipeline vs tensor
+parallel for decode and for prefill (planner/partition.py does the arithmetic)."""
+
+from __future__ import annotations
+
+import math
+
+from .device import Device
+from .estimate import ACTIVATION_BYTES, Scenario, decode_ops, op_time, prefill_ops, rates_for
+from .model import ModelSpec
+from .partition import Accelerator, LayerCost, Link, best, pipeline, tensor_parallel
+
+MICRO_BATCH = 128  # prompt tokens per pipeline micro-batch
+
+
+def layer_costs(spec: ModelSpec, ops, rates, decode: bool) -> tuple[list[LayerCost], float]:
+    """Per layer: resident weight bytes, bytes read, FLOPs; the head goes with the last layer. Also the
+    effective bandwidth these operations see (bytes over the single-accelerator time)."""
+    s = spec.shape
+    resident = [0.0] * s.n_layer
+    for name, rows, cols in s.weight_tensors():
+        i = int(name.split(".")[1]) if name.startswith("blk.") else s.n_layer - 1
+        resident[i] += spec.tensor_bytes(name, rows, cols)
+    read = [0.0] * s.n_layer
+    flops = [0.0] * s.n_layer
+    seconds = 0.0
+    for op in ops:
+        i = op.layer if op.layer >= 0 else s.n_layer - 1
+        read[i] += op.bytes
+        flops[i] += op.flops
+        seconds += op_time(op, rates, decode, s.head_dim)[0]
+    total = sum(read)
+    eff_gbps = total / seconds / 1e9 if seconds and total else (rates.read_gbps or 1.0)
+    return [LayerCost(resident[i], read[i], flops[i]) for i in range(s.n_layer)], eff_gbps
+
+
+def plan_multi(spec: ModelSpec, device: Device, sc: Scenario, n: int, link_gbps: float, latency_us: float) -> dict:
+    rates = rates_for(device, sc.threads, sc.unit, sc.memory_efficiency)
+    cap = device.capacity_gb.value
+    if sc.mem_budget_gb:
+        cap = sc.mem_budget_gb
+    link = Link(link_gbps, latency_us)
+    hidden = spec.shape.d_model * ACTIVATION_BYTES
+    out: dict = {"accelerators": n, "link_gbps": link_gbps, "link_latency_us": latency_us}
+
+    layers, bw = layer_costs(spec, decode_ops(spec, sc.ctx, sc.sparsity, sc.cache_type), rates, True)
+    accs = [Accelerator(f"acc{i}", bw, cap, rates.compute_gflops) for i in range(n)]
+    opts = [pipeline(layers, accs, link, hidden), tensor_parallel(layers, accs, link, hidden)]
+    pick = best(opts)
+    out["decode"] = {"options": [p.to_dict() for p in opts], "best": pick.strategy}
+    out["multi_decode_tps"] = 1.0 / pick.seconds
+
+    if rates.compute_gflops or rates.matmul_gflops:
+        layers, bw = layer_costs(spec, prefill_ops(spec, sc.prompt), rates, False)
+        # prefill time per layer as the single-accelerator model has it: fold compute into an effective rate
+        accs = [Accelerator(f"acc{i}", bw, cap, None) for i in range(n)]
+        m = max(1, math.ceil(sc.prompt / MICRO_BATCH))
+        opts = [pipeline(layers, accs, link, hidden, sc.prompt, micro_batches=m),
+                tensor_parallel(layers, accs, link, hidden, sc.prompt)]  # fmt: skip
+        pick = best(opts)
+        out["prefill"] = {"options": [p.to_dict() for p in opts], "best": pick.strategy}
+        out["multi_prefill_tps"] = sc.prompt / pick.seconds
+    else:
+        out["prefill"] = {"options": [], "best": None}
+        out["multi_prefill_tps"] = None
+    return out
