@@ -310,7 +310,9 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
     if streamed and rates.storage_gbps:
         times["storage"] = t_storage
     decode_tps = None if (streamed and rates.storage_gbps is None) else 1.0 / step
-    if t_storage > t_dram:
+    if streamed and rates.storage_gbps is None:
+        bottleneck = f"storage read ({streamed / 1e6:.0f} MB/token; the device's storage bandwidth is not published)"
+    elif t_storage > t_dram:
         bottleneck = f"storage read ({streamed / 1e6:.0f} MB/token at {rates.storage_gbps:g} GB/s)"
     elif limits["compute"] > limits["memory"]:
         bottleneck = "compute (decode)"

@@ -49,10 +49,12 @@ def sweep(model_ref: str, devices: list[str], out: Path, target_tps: float, prom
     for d in devs:
         if d.bandwidth_gbps.known:
             ax.axvline(d.bandwidth_gbps.value, color="grey", lw=0.8, ls=":")
-            ax.text(d.bandwidth_gbps.value, 1.02, d.name, rotation=90, fontsize=7,
-                    va="bottom", ha="right", transform=ax.get_xaxis_transform())  # fmt: skip
+            ax.text(d.bandwidth_gbps.value, 0.02, f" {d.name}", rotation=90, fontsize=7, va="bottom", ha="right",
+                    transform=ax.get_xaxis_transform())  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel="peak memory bandwidth (GB/s)", ylabel="decode tokens/s",
-           title=f"{shape.name}: decode speed is bandwidth / bytes per token (ctx {ctx}, {MEMORY_EFFICIENCY:.0%} of peak)")  # fmt: skip
+           title=f"{shape.name}: decode = bandwidth / bytes per token")  # fmt: skip
+    ax.text(0.99, 0.98, f"context {ctx}, {MEMORY_EFFICIENCY:.0%} of peak reached", transform=ax.transAxes,
+            ha="right", va="top", fontsize=7)  # fmt: skip
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -65,6 +67,7 @@ def sweep(model_ref: str, devices: list[str], out: Path, target_tps: float, prom
     need_cap = [(_weights(base, b) + kv) / 1e9 * 1.1 for b in bits]  # +10 % runtime buffers
     flops = sum(op.flops for op in prefill_ops(base, prompt))
     need_tops = flops / (ttft_ms / 1e3) / COMPUTE_EFFICIENCY / 1e12
+    ttfts = np.geomspace(50, 5000, 40)
     data["requirements"] = {"target_tps": target_tps, "bits": [float(b) for b in bits],
                             "bandwidth_gbps": [round(v, 2) for v in need_bw], "capacity_gb": [round(v, 3) for v in need_cap],
                             "prefill_tops": round(need_tops, 3), "prompt": prompt, "ttft_ms": ttft_ms}  # fmt: skip
@@ -80,8 +83,15 @@ def sweep(model_ref: str, devices: list[str], out: Path, target_tps: float, prom
         if d.capacity_gb.known:
             axes[1].axhline(d.capacity_gb.value, color="grey", lw=0.8, ls=":")
             axes[1].text(2, d.capacity_gb.value, d.name, fontsize=7, va="bottom")
-    axes[2].bar(["prefill"], [need_tops], color="C2")
-    axes[2].set(ylabel="TOPS (int8, at 50 % of peak)", title=f"compute for {prompt}-token TTFT {ttft_ms:g} ms")
+    axes[2].plot(ttfts, flops / (ttfts / 1e3) / COMPUTE_EFFICIENCY / 1e12, color="C2")
+    axes[2].axvline(ttft_ms, color="C2", lw=0.8, ls="--")
+    for d in devs:
+        tops = max((u.int8_tops.value for u in d.units if u.int8_tops.known), default=None)
+        if tops:
+            axes[2].axhline(tops, color="grey", lw=0.8, ls=":")
+            axes[2].text(50, tops, d.name, fontsize=7, va="bottom")
+    axes[2].set(xscale="log", yscale="log", xlabel="time to first token (ms)",
+                ylabel=f"peak int8 TOPS (at {COMPUTE_EFFICIENCY:.0%} use)", title=f"compute for a {prompt}-token prompt")  # fmt: skip
     for a in axes:
         a.grid(True, alpha=0.3)
     fig.suptitle(f"{shape.name}: what a device needs")
