@@ -211,7 +211,6 @@ def calibrate(
     storage, method = storage_read_gbps(storage_dir or Path(tempfile.gettempdir()))
     cores = os.cpu_count() or 1
     caps = kernels.capabilities()
-    host = platform.node() or "host"
     return {
         "name": "host",
         "title": f"this machine ({platform.machine()}, {cores} cores, kernels {caps['selected']})",
@@ -227,7 +226,6 @@ def calibrate(
         "units": [{"name": "cpu", "int8_tops": None, "fp16_tflops": None}],
         "power_w": None,
         "calibration": {
-            "host": host,
             "kernel_path": caps["selected"],
             "storage_read_gbps": round(storage, 3),
             "storage_method": method,

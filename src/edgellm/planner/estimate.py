@@ -217,7 +217,7 @@ def op_time(op: Op, rates: Rates, decode: bool, head_dim: int = 64) -> tuple[flo
     if op.kind == "attention" and rates.engine:  # calibrated: measured cost per attended position
         key = "decode_attention_ns_per_position" if decode else "prefill_attention_ns_per_position"
         t = op.head_positions * rates.engine[key] * 1e-9 * head_dim / 64
-        return max(t, op.bytes / (rates.read_gbps * 1e9)), "compute"
+        return max(t, op.bytes / (rates.read_gbps * 1e9)), "attention"
     mem_rate = rates.read_gbps if op.kind == "attention" else rates.weight_gbps(op.fmt)
     if decode and rates.matvec_gbps and op.kind == "weights":
         # a calibrated matrix-vector rate already folds the arithmetic in: bytes over it is the time
@@ -295,7 +295,7 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
         streamed = off_frac * active * (1.0 - sc.cache_hit)
 
     times: dict[str, float] = {}
-    limits: dict[str, float] = {"memory": 0.0, "compute": 0.0}
+    limits: dict[str, float] = {"memory": 0.0, "compute": 0.0, "attention": 0.0}
     for op in ops:
         t, lim = op_time(op, rates, True, hd)
         key = op.kind if op.kind == "attention" else ("head" if op.layer < 0 else op.name.split(".")[2])
@@ -314,6 +314,8 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
         bottleneck = f"storage read ({streamed / 1e6:.0f} MB/token; the device's storage bandwidth is not published)"
     elif t_storage > t_dram:
         bottleneck = f"storage read ({streamed / 1e6:.0f} MB/token at {rates.storage_gbps:g} GB/s)"
+    elif limits["attention"] > max(limits["memory"], limits["compute"]):
+        bottleneck = f"attention over the KV cache ({sc.ctx} tokens)"
     elif limits["compute"] > limits["memory"]:
         bottleneck = "compute (decode)"
     else:
