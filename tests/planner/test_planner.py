@@ -55,6 +55,38 @@ MINIMAL = {"name": "toy", "class": "board", "memory": {"bandwidth_gbps": 10.0, "
            "storage": {"read_gbps": 1.0}, "units": [{"name": "cpu", "int8_tops": 1.0}]}
 
 
+def test_unknown_capacity_means_fit_unknown(tmp_path):
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["memory"]["capacity_gb"] = None
+    est = estimate(typed(CATALOG["llama-3.2-1b"], "Q8_0"), load_device(write_profile(tmp_path, doc)), Scenario())
+    assert est.fits is None and any("capacity" in n for n in est.notes)
+
+
+def test_the_kv_cache_holds_the_longer_of_context_and_prompt(tmp_path):
+    dev = load_device(write_profile(tmp_path, MINIMAL))
+    spec = typed(CATALOG["llama-3.2-1b"], "Q8_0")
+    short = estimate(spec, dev, Scenario(ctx=512, prompt=128))
+    long = estimate(spec, dev, Scenario(ctx=512, prompt=4096))
+    assert long.kv_cache_mb == pytest.approx(short.kv_cache_mb * 4097 / 513)
+
+
+def test_a_bad_calibration_block_is_a_clear_error(tmp_path):
+    doc = yaml.safe_load(calibrated_profile(tmp_path).read_text())
+    del doc["calibration"]["threads"][1]["decode_layer_us"]
+    with pytest.raises(ConfigError, match=r"missing field 'calibration\.threads\.1\.decode_layer_us'"):
+        load_device(write_profile(tmp_path, doc, "h2.yaml"))
+    doc["calibration"]["threads"] = {"x": {}}
+    with pytest.raises(ConfigError, match="thread counts"):
+        load_device(write_profile(tmp_path, doc, "h3.yaml"))
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["energy"] = {"dram_pj_per_bit": "lots"}
+    with pytest.raises(ConfigError, match="energy.dram_pj_per_bit' must be a number"):
+        load_device(write_profile(tmp_path, doc, "h4.yaml"))
+    doc["energy"] = {"dram_pj": 3}
+    with pytest.raises(ConfigError, match="unknown field 'energy.dram_pj'"):
+        load_device(write_profile(tmp_path, doc, "h5.yaml"))
+
+
 def test_a_profile_missing_a_field_names_the_field_and_file(tmp_path):
     doc = json.loads(json.dumps(MINIMAL))
     del doc["memory"]["capacity_gb"]
@@ -93,7 +125,13 @@ def test_a_gguf_model_keeps_its_own_types(tiny_llama, tiny_gemma3):
     g = GGUFFile(tiny_llama)
     assert spec.weight_bytes == sum(g.tensors[n].n_bytes for n, _, _ in spec.shape.weight_tensors())
     gemma = load_model(str(tiny_gemma3)).shape
-    assert gemma.window == 4 and [gemma.attended(i, 100) for i in range(gemma.n_layer)] == [4, 4][: gemma.n_layer]
+    assert gemma.window == 4 and all(gemma.attended(i, 100) == 4 for i in range(gemma.n_layer))  # layers 0..4: local
+
+
+def test_gemma_attends_a_window_on_five_layers_of_six():
+    shape = CATALOG["gemma-3-270m"]
+    assert [shape.attended(i, 2000) for i in range(12)] == [512] * 5 + [2000] + [512] * 5 + [2000]
+    assert shape.attended(0, 100) == 100
 
 
 def test_config_json_and_its_missing_fields(tmp_path):
@@ -108,6 +146,12 @@ def test_config_json_and_its_missing_fields(tmp_path):
         load_model(str(tmp_path))
     with pytest.raises(ConfigError, match="unknown model 'gpt-5'"):
         load_model("gpt-5")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "vocab_size": None}))
+    with pytest.raises(ConfigError, match="missing field 'vocab_size'"):
+        load_model(str(tmp_path))
 
 
 def test_decode_on_a_spec_sheet_is_bytes_over_bandwidth(tmp_path):
@@ -136,6 +180,9 @@ def test_streaming_from_storage_when_the_model_does_not_fit(tmp_path):
     sparse = estimate(spec, dev, Scenario(ctx=64, sparsity=0.8))
     assert sparse.streamed_mb_per_token < est.streamed_mb_per_token
     assert sparse.decode_tps > est.decode_tps
+    # the FFN streams first: with room for everything else, only FFN bytes come from storage
+    ffn_read = sum(op.bytes for op in decode_ops(spec, 64) if "ffn_" in op.name)
+    assert est.streamed_mb_per_token * 1e6 < ffn_read
     with pytest.raises(ConfigError, match="exceeds"):
         estimate(spec, dev, Scenario(mem_budget_gb=5.0))
     with pytest.raises(ConfigError, match="KV cache and buffers alone"):
@@ -179,6 +226,10 @@ def test_plan_cli_with_several_accelerators(capsys):
     assert out["multi_decode_tps"] > 0
     assert main(["plan", "-m", "llama-3.1-8b", "-d", "tesla-hw3", "--accelerators", "2"]) == 1
     assert "--link-gbps" in capsys.readouterr().err
+    assert main(["plan", "-m", "llama-3.1-8b", "-d", "tesla-hw3", "--link-gbps", "8"]) == 1
+    assert "--accelerators" in capsys.readouterr().err
+    assert main(["plan", "-m", "llama-3.1-8b", "-d", "tesla-hw3", "--accelerators", "9", "--link-gbps", "8"]) == 1
+    assert "at most 8" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -207,6 +258,7 @@ def test_fit_lists_configurations_that_meet_the_speed_best_first(capsys):
     assert rows and all(r["decode_tps"] >= 3 for r in rows)
     dense = [r for r in rows if r["sparsity"] == 0]
     assert [r["bits_per_weight"] for r in dense] == sorted((r["bits_per_weight"] for r in dense), reverse=True)
+    assert rows.index(dense[-1]) < len(dense)  # every dense configuration ranks before the sparse ones
     assert main(["fit", "-m", "llama-3.1-8b", "-d", "raspberry-pi-5", "--min-tps", "500"]) == 1
 
 

@@ -129,28 +129,52 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 # --- plan ---
 
-def _add_scenario_arguments(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
-    parser.add_argument("-m", "--model", required=model_required,
-                        help="catalog model (e.g. llama-3.2-3b), .gguf file, or config.json")  # fmt: skip
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return v
+
+
+def _efficiency(text: str) -> float:
+    v = _positive_float(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {v}")
+    return v
+
+
+def _add_scenario_arguments(parser: argparse.ArgumentParser, weights: bool = True) -> None:
+    """The scenario's options; `fit` varies the weights (type, sparsity) itself."""
+    from ..planner.estimate import MEMORY_EFFICIENCY
+
+    parser.add_argument("-m", "--model", required=True, help="catalog model (e.g. llama-3.2-3b), .gguf file, or config.json")
     parser.add_argument("-d", "--device", required=True, help="device name (see 'edgellm devices') or profile .yaml")
-    q = parser.add_mutually_exclusive_group()
-    q.add_argument("--quant", help="llama.cpp type mix (Q4_K_M, Q8_0, ...) or edgellm's (Q3_NL, ...)")
-    q.add_argument("--bpw", type=_positive_float, help="uniform bits per weight, scales included")
+    if weights:
+        q = parser.add_mutually_exclusive_group()
+        q.add_argument("--quant", help="llama.cpp type mix (Q4_K_M, Q8_0, ...) or edgellm's (Q3_NL, ...)")
+        q.add_argument("--bpw", type=_positive_float, help="uniform bits per weight, scales included")
+        parser.add_argument("--sparsity", type=_fraction, default=0.0, help="fraction of FFN rows skipped per token")
     parser.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (calibrated hosts)")
     parser.add_argument("--ctx", type=positive_int, default=512, help="tokens in the KV cache while decoding")
     parser.add_argument("--prompt", type=positive_int, default=512, help="prompt tokens (TTFT, prefill)")
     parser.add_argument("--cache-type", default="f32", choices=["f32", "f16", "q8_0"])
-    parser.add_argument("--sparsity", type=_fraction, default=0.0, help="fraction of FFN rows skipped per token")
     parser.add_argument("--cache-hit", type=_fraction, default=0.0, help="fraction of streamed weights already in memory")
-    parser.add_argument("--mem-budget", type=_size_gb, default=None, help="memory the model may use, e.g. 4GB")
-    parser.add_argument("--unit", choices=["cpu", "gpu", "npu"], default=None, help="unit running the matrix products")
+    parser.add_argument("--mem-budget", "--max-mem", dest="mem_budget", type=_size_gb, default=None,
+                        help="memory the model may use, e.g. 4GB (default: the device's capacity)")  # fmt: skip
+    parser.add_argument("--unit", choices=["cpu", "gpu", "npu"], default=None,
+                        help="unit running the matrix products (default: the one with the highest published peak)")  # fmt: skip
+    parser.add_argument("--memory-efficiency", type=_efficiency, default=MEMORY_EFFICIENCY,
+                        help=f"fraction of peak DRAM bandwidth reached on a spec-sheet device (default {MEMORY_EFFICIENCY})")  # fmt: skip
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     _add_scenario_arguments(parser)
     parser.add_argument("--accelerators", type=positive_int, default=1, help="N accelerators like the device, linked")
     parser.add_argument("--link-gbps", type=_positive_float, default=None, help="link bandwidth between accelerators, GB/s")
-    parser.add_argument("--link-latency-us", type=float, default=2.0, help="link latency per transfer, microseconds")
+    parser.add_argument("--link-latency-us", type=_non_negative_float, default=2.0, help="link latency per transfer, microseconds")
     parser.add_argument("--json", action="store_true")
 
 
@@ -158,7 +182,8 @@ def _scenario(args):
     from ..planner.estimate import Scenario
 
     return Scenario(threads=args.threads, ctx=args.ctx, prompt=args.prompt, cache_type=args.cache_type,
-                    sparsity=args.sparsity, mem_budget_gb=args.mem_budget, cache_hit=args.cache_hit, unit=args.unit)  # fmt: skip
+                    sparsity=getattr(args, "sparsity", 0.0), mem_budget_gb=args.mem_budget, cache_hit=args.cache_hit,
+                    unit=args.unit, memory_efficiency=args.memory_efficiency)  # fmt: skip
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -167,6 +192,8 @@ def run_plan(args: argparse.Namespace) -> int:
     from ..planner.estimate import estimate
     from ..planner.model import load_model
 
+    if args.accelerators == 1 and args.link_gbps is not None:
+        raise ConfigError("--link-gbps describes the link between accelerators: give --accelerators N (N > 1) too")
     spec = load_model(args.model, args.quant, args.bpw)
     device = load_device(args.device)
     sc = _scenario(args)
@@ -190,6 +217,10 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _yes_no(v) -> str:
+    return "unknown (capacity not published)" if v is None else ("yes" if v else "no")
+
+
 def _fmt(v, unit="", digits=1) -> str:
     return "unknown" if v is None else f"{v:,.{digits}f}{unit}"
 
@@ -199,7 +230,7 @@ def _print_estimate(e, spec) -> None:
     print(f"device    {e.device} ({e.rates_source})")
     budget = f" of {e.budget_mb:,.0f} MB" if e.budget_mb else ""
     stream = f"; streams {e.streamed_mb_per_token:,.0f} MB/token from storage" if e.streamed_mb_per_token else ""
-    print(f"fits      {'yes' if e.fits else 'no'}: needs {e.weights_mb + e.kv_cache_mb:,.0f} MB + buffers{budget}"
+    print(f"fits      {_yes_no(e.fits)}: needs {e.weights_mb + e.kv_cache_mb:,.0f} MB + buffers{budget}"
           f" (KV cache {e.kv_cache_mb:,.0f} MB){stream}")  # fmt: skip
     print(f"decode    {_fmt(e.decode_tps, ' tok/s')}   bottleneck: {e.bottleneck}")
     print(f"prefill   {_fmt(e.prefill_tps, ' tok/s')}   TTFT {_fmt(e.ttft_ms, ' ms', 0)}")
@@ -225,9 +256,8 @@ def _print_multi(m: dict) -> None:
 # --- fit ---
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_scenario_arguments(parser)
+    _add_scenario_arguments(parser, weights=False)
     parser.add_argument("--min-tps", type=_positive_float, required=True, help="decode tokens/s required")
-    parser.add_argument("--max-mem", type=_size_gb, default=None, help="memory the model may use, e.g. 6GB")
     parser.add_argument("--json", action="store_true")
 
 
@@ -236,17 +266,14 @@ def run_fit(args: argparse.Namespace) -> int:
     from ..planner.fit import fit
 
     device = load_device(args.device)
-    sc = _scenario(args)
-    if args.max_mem is not None:
-        sc.mem_budget_gb = args.max_mem
-    rows = fit(args.model, device, sc, args.min_tps)
+    rows = fit(args.model, device, _scenario(args), args.min_tps)
     if args.json:
         print_json(rows)
-        return 0
+        return 0 if rows else 1
     if not rows:
         print(f"no configuration reaches {args.min_tps:g} tok/s on {device.name}")
         return 1
-    print(f"| {'weights':<10} | {'bpw':>5} | {'sparsity':>8} | {'memory MB':>9} | {'streamed MB/tok':>15} | {'decode tok/s':>12} | quality |")
+    print(f"| {'type':<10} | {'bpw':>5} | {'sparsity':>8} | {'memory MB':>9} | {'streamed MB/tok':>15} | {'decode tok/s':>12} | quality |")
     print(f"|{'-' * 12}|{'-' * 7}|{'-' * 10}|{'-' * 11}|{'-' * 17}|{'-' * 14}|{'-' * 9}|")
     for r in rows:
         print(f"| {r['quant']:<10} | {r['bits_per_weight']:>5.2f} | {r['sparsity']:>8.2f} | {r['memory_mb']:>9,.0f} | "

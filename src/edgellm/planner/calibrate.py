@@ -10,6 +10,7 @@ read bandwidth with O_DIRECT, so the page cache does not flatter it, and the cor
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import platform
@@ -151,30 +152,28 @@ def storage_read_gbps(directory: Path, n_bytes: int = 512 << 20, block: int = 8 
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
-        method = "O_DIRECT"
+        direct = getattr(os, "O_DIRECT", 0)
         try:
-            rfd = os.open(name, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+            rfd, method = os.open(name, os.O_RDONLY | direct), "O_DIRECT"
+            if not direct:
+                raise OSError("no O_DIRECT")
+            os.readv(rfd, [mmap.mmap(-1, block)])  # some filesystems accept the flag but refuse the reads
+            os.lseek(rfd, 0, os.SEEK_SET)
         except OSError:
-            rfd, method = os.open(name, os.O_RDONLY), "posix_fadvise(DONTNEED)"
-        if not hasattr(os, "O_DIRECT"):
-            method = "posix_fadvise(DONTNEED)"
-        try:
-            if method != "O_DIRECT" and hasattr(os, "posix_fadvise"):
+            if direct:
+                with contextlib.suppress(Exception):
+                    os.close(rfd)
+            rfd = os.open(name, os.O_RDONLY)
+            if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(rfd, 0, 0, os.POSIX_FADV_DONTNEED)
+                method = "posix_fadvise(DONTNEED): page cache dropped, not bypassed"
+            else:
+                method = "page cache NOT bypassed (no O_DIRECT here): an upper bound"
+        try:
             buf = mmap.mmap(-1, block)  # page-aligned, as O_DIRECT requires
             t0 = time.perf_counter()
             total = 0
-            while True:
-                try:
-                    got = os.readv(rfd, [buf])
-                except OSError:  # the filesystem accepted O_DIRECT at open but not for reads
-                    os.close(rfd)
-                    rfd, method = os.open(name, os.O_RDONLY), "posix_fadvise(DONTNEED)"
-                    os.posix_fadvise(rfd, 0, 0, os.POSIX_FADV_DONTNEED)
-                    t0, total = time.perf_counter(), 0
-                    continue
-                if got <= 0:
-                    break
+            while (got := os.readv(rfd, [buf])) > 0:
                 total += got
             dt = time.perf_counter() - t0
         finally:

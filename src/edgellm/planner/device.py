@@ -121,12 +121,70 @@ def parse_device(doc: dict, path: Path) -> Device:
                for u in units],  # fmt: skip
         power_w=_figure(doc.get("power_w"), "power_w", path),
         path=path,
-        chips=dict(doc.get("chips") or {}),
-        interconnect=dict(doc.get("interconnect") or {}),
-        sources=dict(doc.get("sources") or {}),
-        calibration=doc.get("calibration"),
-        energy=dict(doc.get("energy") or {}),
+        chips=_mapping(doc.get("chips"), "chips", path),
+        interconnect=_mapping(doc.get("interconnect"), "interconnect", path),
+        sources=_mapping(doc.get("sources"), "sources", path),
+        calibration=_calibration(doc.get("calibration"), path),
+        energy=_energy(doc.get("energy"), path),
     )
+
+
+def _mapping(raw, name: str, path: Path) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: field '{name}' must be a mapping, got {raw!r}")
+    return raw
+
+
+def _number(raw, name: str, path: Path, positive: bool = False) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise ConfigError(f"{path}: field '{name}' must be a number, got {raw!r}")
+    if raw < 0 or (positive and raw == 0):
+        raise ConfigError(f"{path}: field '{name}' must be {'positive' if positive else 'non-negative'}, got {raw}")
+    return float(raw)
+
+
+def _energy(raw, path: Path) -> dict[str, float]:
+    from .estimate import ENERGY
+
+    out = {}
+    for k, v in _mapping(raw, "energy", path).items():
+        if k not in ENERGY:
+            raise ConfigError(f"{path}: unknown field 'energy.{k}'; known: {', '.join(ENERGY)}")
+        out[k] = _number(v, f"energy.{k}", path)
+    return out
+
+
+def _calibration(raw, path: Path) -> dict | None:
+    """A calibrate-written block: every per-thread entry complete and numeric."""
+    if raw is None:
+        return None
+    from .estimate import ENGINE_KEYS
+
+    cal = _mapping(raw, "calibration", path)
+    threads = _mapping(cal.get("threads"), "calibration.threads", path)
+    if not threads:
+        raise ConfigError(f"{path}: missing field 'calibration.threads' (re-run edgellm calibrate)")
+    clean = {}
+    for t, entry in threads.items():
+        try:
+            n = int(t)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: 'calibration.threads' keys are thread counts, got {t!r}") from None
+        where = f"calibration.threads.{n}"
+        entry = _mapping(entry, where, path)
+        for k in ("read_gbps", "matvec_gbps", "matmul_gflops", *ENGINE_KEYS):
+            if k not in entry:
+                raise ConfigError(f"{path}: missing field '{where}.{k}' (re-run edgellm calibrate)")
+        rates = {}
+        for k in ("matvec_gbps", "matmul_gflops"):
+            rates[k] = {f: _number(v, f"{where}.{k}.{f}", path, positive=True) for f, v in _mapping(entry[k], f"{where}.{k}", path).items()}
+        clean[n] = {**entry, **rates, "read_gbps": _number(entry["read_gbps"], f"{where}.read_gbps", path, positive=True),
+                    **{k: _number(entry[k], f"{where}.{k}", path) for k in ENGINE_KEYS}}  # fmt: skip
+    storage = cal.get("storage_read_gbps")
+    return {**cal, "threads": clean,
+            "storage_read_gbps": None if storage is None else _number(storage, "calibration.storage_read_gbps", path, positive=True)}  # fmt: skip
 
 
 def _get(doc: dict, dotted: str, path: Path, required: bool = False):
@@ -158,7 +216,7 @@ def _figure(raw, name: str, path: Path) -> Figure:
             raise ConfigError(f"{path}: field '{name}.value' must be a number, got {raw['value']!r}") from None
     else:
         raise ConfigError(f"{path}: field '{name}' must be a number or {{value, source, tag}}, got {raw!r}")
-    if value < 0:
-        raise ConfigError(f"{path}: field '{name}' cannot be negative ({value})")
+    if value <= 0:
+        raise ConfigError(f"{path}: field '{name}' must be positive, got {value} (write null if it is not published)")
     src = raw if isinstance(raw, dict) else {}
     return Figure(value, src.get("source"), src.get("tag"), src.get("note"))

@@ -23,9 +23,8 @@ from ..quant.formats import GGMLType, get_format
 from .device import Device
 from .model import ModelSpec
 
-# Fraction of peak DRAM bandwidth decode reaches on a spec-sheet device. Published edge decode runs reach
-# 57-83 % of peak (../shared/data/edge-devices.md, "Planner notes"); edgellm reaches 58-94 % of measured
-# read bandwidth here (docs/benchmarks.md). docs/planner.md scores this choice leave-one-out.
+# Fraction of peak DRAM bandwidth decode reaches on a spec-sheet device (--memory-efficiency). The published
+# decode runs of ../shared/data/edge-devices.md imply 52-88 % (docs/planner.md, scored leave-one-out there).
 MEMORY_EFFICIENCY = 0.70
 COMPUTE_EFFICIENCY = 0.50  # of a unit's published peak, for prefill matrix products (assumption, E)
 
@@ -122,15 +121,16 @@ def rates_for(
         return _calibrated_rates(device, threads)
     bw = device.bandwidth_gbps.value
     read = bw * memory_efficiency if bw else None
-    compute = None
+    compute, chosen = None, None
     units = [device.unit(unit)] if unit else device.units
     if unit and units[0] is None:
         raise ConfigError(f"device '{device.name}' has no unit '{unit}'; it has {', '.join(u.name for u in device.units)}")
-    for u in units:
+    for u in units:  # by default the unit with the highest published peak runs the matrix products
         peak = u.int8_tops.value * 1e3 if u.int8_tops.known else (u.fp16_tflops.value * 1e3 if u.fp16_tflops.known else None)
-        if peak is not None:
-            compute = max(compute or 0.0, peak * COMPUTE_EFFICIENCY)
-    return Rates(read_gbps=read, compute_gflops=compute, storage_gbps=device.storage_read_gbps.value)
+        if peak is not None and peak * COMPUTE_EFFICIENCY > (compute or 0.0):
+            compute, chosen = peak * COMPUTE_EFFICIENCY, u.name
+    source = f"spec sheet, {memory_efficiency:.0%} of peak bandwidth" + (f", prefill on the {chosen}" if chosen else "")
+    return Rates(read_gbps=read, compute_gflops=compute, storage_gbps=device.storage_read_gbps.value, source=source)
 
 
 def _calibrated_rates(device: Device, threads: int | None) -> Rates:
@@ -139,10 +139,7 @@ def _calibrated_rates(device: Device, threads: int | None) -> Rates:
     t = threads or max(by_threads)
     if t not in by_threads:
         raise ConfigError(f"{device.path}: calibrated for threads {sorted(by_threads)}, not {t}")
-    c = by_threads[t]
-    missing = [k for k in ("read_gbps", "matvec_gbps", "matmul_gflops", *ENGINE_KEYS) if k not in c]
-    if missing:
-        raise ConfigError(f"{device.path}: missing field 'calibration.threads.{t}.{missing[0]}' (re-run edgellm calibrate)")
+    c = by_threads[t]  # checked complete when the profile was loaded (device.py)
     return Rates(
         read_gbps=c["read_gbps"],
         matvec_gbps=dict(c["matvec_gbps"]),
@@ -236,7 +233,7 @@ class Estimate:
     quant: str
     device: str
     rates_source: str
-    fits: bool
+    fits: bool | None  # None: the device's capacity is not published
     memory_mb: float
     weights_mb: float
     kv_cache_mb: float
@@ -267,7 +264,7 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
         )
     s = spec.shape
     weights = spec.weight_bytes
-    kv = 2.0 * s.n_layer * s.n_head_kv * s.head_dim * (sc.ctx + 1) * KV_BYTES[sc.cache_type]
+    kv = 2.0 * s.n_layer * s.n_head_kv * s.head_dim * (max(sc.ctx, sc.prompt) + 1) * KV_BYTES[sc.cache_type]
     runtime = 64e6 + ACTIVATION_BYTES * (s.vocab + 8 * s.d_model + 2 * s.d_ff * max(1, s.n_expert_used))
     need = weights + kv + runtime
     budget = sc.mem_budget_gb * 1e9 if sc.mem_budget_gb else (device.capacity_gb.value * 1e9 if device.capacity_gb.known else None)
@@ -276,23 +273,29 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
     if budget is None:
         notes.append("memory capacity not published: fit not checked")
 
-    # weights that do not fit stream from storage: the FFN first (sparsity applies to it), then the rest
+    # weights that do not fit stream from storage: the FFN first (sparsity skips part of it), then the rest
     streamed = 0.0
-    fits = True
+    fits: bool | None = None if budget is None else True
     ops = decode_ops(spec, sc.ctx, sc.sparsity, sc.cache_type)
     if budget is not None and need > budget:
         resident_room = budget - kv - runtime
         if resident_room <= 0:
             raise ConfigError(
                 f"the KV cache and buffers alone ({(kv + runtime) / 1e6:.0f} MB) exceed the memory budget "
-                f"({budget / 1e6:.0f} MB): lower --ctx or raise --mem-budget"
+                f"({budget / 1e6:.0f} MB): lower --ctx/--prompt or raise --mem-budget"
             )
         fits = False
-        off_frac = (weights - resident_room) / weights
         if rates.storage_gbps is None:
             notes.append("model exceeds memory and storage bandwidth is not published: decode not predicted")
-        active = sum(op.bytes for op in ops if op.kind == "weights")
-        streamed = off_frac * active * (1.0 - sc.cache_hit)
+        ffn = sum(spec.tensor_bytes(n, r, c) for n, r, c in s.weight_tensors() if "ffn_" in n)
+        ffn_read = sum(op.bytes for op in ops if op.kind == "weights" and "ffn_" in op.name)
+        rest_read = sum(op.bytes for op in ops if op.kind == "weights") - ffn_read
+        rest = weights - ffn
+        if resident_room >= rest:  # all but part of the FFN stays
+            streamed = (ffn - (resident_room - rest)) / ffn * ffn_read
+        else:
+            streamed = ffn_read + (rest - resident_room) / rest * rest_read
+        streamed *= 1.0 - sc.cache_hit
 
     times: dict[str, float] = {}
     limits: dict[str, float] = {"memory": 0.0, "compute": 0.0, "attention": 0.0}
@@ -342,7 +345,7 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
         device=device.name,
         rates_source=rates.source,
         fits=fits,
-        memory_mb=need / 1e6 if fits else budget / 1e6,
+        memory_mb=budget / 1e6 if fits is False else need / 1e6,
         weights_mb=weights / 1e6,
         kv_cache_mb=kv / 1e6,
         budget_mb=budget / 1e6 if budget is not None else None,

@@ -2,8 +2,10 @@
 
 Candidates: every weight type (llama.cpp's mixes and edgellm's NL formats) times activation sparsity
 levels, streaming from storage when the model does not fit the memory budget. Quality is the measured mean
-KLD where docs/quantization.md has it for that model (planner/quality.yaml), else bits per weight; a
-sparse configuration's quality is not measured and ranks after the dense one of the same type.
+KLD where docs/quantization.md has it for that model (planner/quality.yaml); a type without a measurement
+is placed by its bits per weight among the measured ones (log-KLD interpolated in bits, and halved per
+extra bit beyond the highest measured). Sparse configurations are not measured: they rank after all dense
+ones.
 """
 
 from __future__ import annotations
@@ -50,6 +52,28 @@ def fit(model_ref: str, device: Device, sc: Scenario, min_tps: float) -> list[di
                 "quality": (f"KLD {known:.4f} (measured)" if known is not None else f"{spec.bits_per_weight:.2f} bpw")
                 + (f", sparsity {sparsity:g} not measured" if sparsity else ""),
             })  # fmt: skip
-    # measured KLD first (lower is better), then more bits, then less sparsity
-    rows.sort(key=lambda r: (r["sparsity"] > 0, r["kld"] is None, r["kld"] or 0.0, -r["bits_per_weight"], r["sparsity"]))
+    rank = _quality_rank(kld or {}, {r["quant"]: r["bits_per_weight"] for r in rows})
+    rows.sort(key=lambda r: (r["sparsity"], rank[r["quant"]], -r["bits_per_weight"]))
     return rows
+
+
+def _quality_rank(kld: dict[str, float], bits: dict[str, float]) -> dict[str, float]:
+    """type -> a KLD-like number, lower is better: measured, or placed by bits among the measured types."""
+    import math
+
+    pts = sorted((bits[t], math.log(max(v, 1e-6))) for t, v in kld.items() if t in bits)
+    out = {}
+    for t, b in bits.items():
+        if t in kld:
+            out[t] = kld[t]
+        elif not pts:
+            out[t] = 2.0 ** -b  # nothing measured: more bits is better
+        elif b >= pts[-1][0]:
+            out[t] = math.exp(pts[-1][1]) * 0.5 ** (b - pts[-1][0])
+        elif b <= pts[0][0]:
+            out[t] = math.exp(pts[0][1]) * 2.0 ** (pts[0][0] - b)
+        else:
+            import numpy as np
+
+            out[t] = math.exp(float(np.interp(b, [p[0] for p in pts], [p[1] for p in pts])))
+    return out

@@ -125,7 +125,7 @@ def load_model(ref: str, quant: str | None = None, bpw: float | None = None) -> 
     """A catalog name, a GGUF path or a config.json (or the directory holding one), typed by `quant` or
     `bpw`; a GGUF keeps its own types unless one of those is given."""
     path = Path(ref)
-    if path.suffix == ".gguf" or (path.is_file() and path.read_bytes()[:4] == b"GGUF"):
+    if path.suffix == ".gguf" or (path.is_file() and _magic(path) == b"GGUF"):
         shape, types = _from_gguf(path)
         if quant is None and bpw is None:
             return ModelSpec(shape, types, path.name)
@@ -154,6 +154,11 @@ def typed(shape: Shape, quant: str | None = None, bpw: float | None = None) -> M
     listing = [(n, (r, c)) for n, r, c in shape.weight_tensors()]
     types = choose_types(listing, mix, shape.n_head, shape.n_head_kv, False)
     return ModelSpec(shape, {n: t for n, t in types.items() if t is not None}, mix.name)
+
+
+def _magic(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(4)
 
 
 def _from_gguf(path: Path) -> tuple[Shape, dict[str, GGMLType]]:
@@ -199,14 +204,29 @@ def _from_gguf(path: Path) -> tuple[Shape, dict[str, GGMLType]]:
 
 
 def _from_config(path: Path) -> Shape:
-    cfg = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
     cfg = cfg.get("text_config", cfg)  # multimodal configs nest the language model
 
     def need(k: str):
-        if k not in cfg:
+        if cfg.get(k) is None:
             raise ConfigError(f"{path}: missing field '{k}'")
-        return int(cfg[k])
+        try:
+            return int(cfg[k])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: field '{k}' must be an integer, got {cfg[k]!r}") from None
 
+    try:
+        return _shape_from_config(cfg, path, need)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: a shape field is not a number ({e})") from None
+
+
+def _shape_from_config(cfg: dict, path: Path, need) -> Shape:
     n_head = need("num_attention_heads")
     d_model = need("hidden_size")
     n_expert = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0)

@@ -6,18 +6,19 @@ from __future__ import annotations
 import math
 
 from .device import Device
-from .estimate import ACTIVATION_BYTES, Scenario, decode_ops, op_time, prefill_ops, rates_for
+from .estimate import ACTIVATION_BYTES, KV_BYTES, Scenario, decode_ops, op_time, prefill_ops, rates_for
 from .model import ModelSpec
 from .partition import Accelerator, LayerCost, Link, best, pipeline, tensor_parallel
 
 MICRO_BATCH = 128  # prompt tokens per pipeline micro-batch
 
 
-def layer_costs(spec: ModelSpec, ops, rates, decode: bool) -> tuple[list[LayerCost], float]:
-    """Per layer: resident weight bytes, bytes read, FLOPs; the head goes with the last layer. Also the
-    effective bandwidth these operations see (bytes over the single-accelerator time)."""
+def layer_costs(spec: ModelSpec, ops, rates, decode: bool, kv_per_layer: float, fixed_s: float) -> tuple[list[LayerCost], float]:
+    """Per layer: resident bytes (weights, KV cache), bytes read, FLOPs, the engine's fixed cost; the head goes
+    with the last layer. Also the effective bandwidth these operations see (bytes over the time one
+    accelerator takes for them)."""
     s = spec.shape
-    resident = [0.0] * s.n_layer
+    resident = [kv_per_layer] * s.n_layer
     for name, rows, cols in s.weight_tensors():
         i = int(name.split(".")[1]) if name.startswith("blk.") else s.n_layer - 1
         resident[i] += spec.tensor_bytes(name, rows, cols)
@@ -31,7 +32,7 @@ def layer_costs(spec: ModelSpec, ops, rates, decode: bool) -> tuple[list[LayerCo
         seconds += op_time(op, rates, decode, s.head_dim)[0]
     total = sum(read)
     eff_gbps = total / seconds / 1e9 if seconds and total else (rates.read_gbps or 1.0)
-    return [LayerCost(resident[i], read[i], flops[i]) for i in range(s.n_layer)], eff_gbps
+    return [LayerCost(resident[i], read[i], flops[i], fixed_s) for i in range(s.n_layer)], eff_gbps
 
 
 def plan_multi(spec: ModelSpec, device: Device, sc: Scenario, n: int, link_gbps: float, latency_us: float) -> dict:
@@ -43,7 +44,10 @@ def plan_multi(spec: ModelSpec, device: Device, sc: Scenario, n: int, link_gbps:
     hidden = spec.shape.d_model * ACTIVATION_BYTES
     out: dict = {"accelerators": n, "link_gbps": link_gbps, "link_latency_us": latency_us}
 
-    layers, bw = layer_costs(spec, decode_ops(spec, sc.ctx, sc.sparsity, sc.cache_type), rates, True)
+    s = spec.shape
+    kv = 2.0 * s.n_head_kv * s.head_dim * (max(sc.ctx, sc.prompt) + 1) * KV_BYTES[sc.cache_type]
+    fixed = rates.engine.get("decode_layer_us", 0.0) * 1e-6
+    layers, bw = layer_costs(spec, decode_ops(spec, sc.ctx, sc.sparsity, sc.cache_type), rates, True, kv, fixed)
     accs = [Accelerator(f"acc{i}", bw, cap, rates.compute_gflops) for i in range(n)]
     opts = [pipeline(layers, accs, link, hidden), tensor_parallel(layers, accs, link, hidden)]
     pick = best(opts)
@@ -51,7 +55,8 @@ def plan_multi(spec: ModelSpec, device: Device, sc: Scenario, n: int, link_gbps:
     out["multi_decode_tps"] = 1.0 / pick.seconds
 
     if rates.compute_gflops or rates.matmul_gflops:
-        layers, bw = layer_costs(spec, prefill_ops(spec, sc.prompt), rates, False)
+        fixed = rates.engine.get("prefill_layer_us_per_token", 0.0) * 1e-6 * sc.prompt
+        layers, bw = layer_costs(spec, prefill_ops(spec, sc.prompt), rates, False, kv, fixed)
         # prefill time per layer as the single-accelerator model has it: fold compute into an effective rate
         accs = [Accelerator(f"acc{i}", bw, cap, None) for i in range(n)]
         m = max(1, math.ceil(sc.prompt / MICRO_BATCH))

@@ -23,6 +23,9 @@ from dataclasses import asdict, dataclass
 from ..errors import ConfigError
 
 
+MAX_ACCELERATORS = 8
+
+
 @dataclass(frozen=True)
 class Accelerator:
     name: str
@@ -30,11 +33,11 @@ class Accelerator:
     capacity_gb: float | None
     gflops: float | None  # effective; None: time is bytes alone
 
-    def seconds(self, n_bytes: float, flops: float) -> float:
+    def seconds(self, n_bytes: float, flops: float, fixed_s: float = 0.0) -> float:
         t = n_bytes / (self.bandwidth_gbps * 1e9)
         if self.gflops:
             t = max(t, flops / (self.gflops * 1e9))
-        return t
+        return t + fixed_s
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,10 @@ class Link:
 
 @dataclass(frozen=True)
 class LayerCost:
-    weight_bytes: float  # resident
+    weight_bytes: float  # resident (weights and this layer's KV cache)
     read_bytes: float  # read per step (weights actually used + KV cache)
     flops: float
+    fixed_s: float = 0.0  # per-step cost that splitting the layer does not shrink (norms, hand-offs)
 
 
 @dataclass
@@ -79,18 +83,22 @@ def pipeline(
     layers: list[LayerCost], accs: list[Accelerator], link: Link, hidden_bytes: float, tokens: int = 1,
     micro_batches: int = 1,
 ) -> Partition:
-    """Best contiguous split of `layers` over `accs` (in order): the least slowest-stage time among splits
-    that fit every accelerator's memory (or the least total overflow when none fits). `hidden_bytes` is
-    one token's hidden state; `tokens` of them cross each boundary."""
+    """A contiguous split of `layers` over `accs` (in order) with the least slowest-stage time among those
+    that fit every accelerator's memory (or the least total overflow when none fits): every split for two
+    accelerators, splits near the even one for more (_splits). `hidden_bytes` is one token's hidden state;
+    `tokens` of them cross each boundary."""
     n, L = len(accs), len(layers)
     if n < 1 or L < n:
         raise ConfigError(f"cannot pipeline {L} layers over {n} accelerators")
+    if n > MAX_ACCELERATORS:
+        raise ConfigError(f"at most {MAX_ACCELERATORS} accelerators are planned, got {n}")
     best = None
     for cuts in _splits(L, n):
         stages = [list(range(a, b)) for a, b in zip((0, *cuts), (*cuts, L))]
         mem = [sum(layers[i].weight_bytes for i in s) / 1e9 for s in stages]
         over = sum(max(0.0, m - (a.capacity_gb or float("inf"))) for m, a in zip(mem, accs))
-        times = [a.seconds(sum(layers[i].read_bytes for i in s), sum(layers[i].flops for i in s)) for s, a in zip(stages, accs)]
+        times = [a.seconds(sum(layers[i].read_bytes for i in s), sum(layers[i].flops for i in s),
+                           sum(layers[i].fixed_s for i in s)) for s, a in zip(stages, accs)]  # fmt: skip
         key = (over, max(times), sum(times))
         if best is None or key < best[0]:
             best = (key, stages, mem, times)
@@ -115,7 +123,7 @@ def tensor_parallel(
     if len({(a.bandwidth_gbps, a.capacity_gb, a.gflops) for a in accs}) > 1:
         raise ConfigError("tensor parallelism here assumes identical accelerators")
     a = accs[0]
-    per = [a.seconds(c.read_bytes / n, c.flops / n) for c in layers]
+    per = [a.seconds(c.read_bytes / n, c.flops / n, c.fixed_s) for c in layers]
     reduce_s = 2 * len(layers) * link.all_reduce(hidden_bytes * tokens, n)
     mem = [sum(c.weight_bytes for c in layers) / n / 1e9] * n
     fits = a.capacity_gb is None or mem[0] <= a.capacity_gb

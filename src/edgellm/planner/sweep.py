@@ -31,7 +31,7 @@ def sweep(model_ref: str, devices: list[str], out: Path, target_tps: float, prom
     out.mkdir(parents=True, exist_ok=True)
     base = load_model(model_ref)
     shape = base.shape
-    kv = 2.0 * shape.n_layer * shape.n_head_kv * shape.head_dim * ctx * KV_BYTES["f16"]
+    kv = 2.0 * shape.n_layer * shape.n_head_kv * shape.head_dim * ctx * KV_BYTES["f32"]  # edgellm's default cache
 
     def bytes_per_token(bits: float) -> float:
         spec = load_model(model_ref, bpw=bits) if not str(model_ref).endswith(".gguf") else _bpw(base, bits)
