@@ -164,7 +164,7 @@ SENSITIVITY_WINDOWS, SENSITIVITY_CTX = 4, 256
 
 def _measure_sensitivity(llm, tokens, imatrix) -> None:
     from ..errors import ConfigError
-    from ..quant.allocate import quantize_and_error
+    from ..quant.allocate import priced_after_gptq, quantize_and_error
     from ..quant.sensitivity import measure
 
     n = SENSITIVITY_WINDOWS * SENSITIVITY_CTX
@@ -177,7 +177,8 @@ def _measure_sensitivity(llm, tokens, imatrix) -> None:
 
     def error(name, w, t):
         n_in = w.shape[-1]
-        return quantize_and_error(w, t, imatrix.importance(name, n_in), imatrix.hessian(name, n_in))
+        return quantize_and_error(w, t, imatrix.importance(name, n_in), imatrix.hessian(name, n_in),
+                                  compensate=priced_after_gptq(name))  # fmt: skip
 
     def on_tensor(done: int, total: int, name: str) -> None:
         bar.total = total
