@@ -147,15 +147,22 @@ def plot(rows: list[dict], path: Path, model: str, chunks: int) -> None:
         print("matplotlib not installed: no plot", file=sys.stderr)
         return
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    styles = {"llama.cpp": ("tab:gray", "s"), "llama.cpp + imatrix": ("k", "D"), "edgellm": ("tab:blue", "o")}
-    for key, (color, marker) in styles.items():
-        sel = [r for r in rows if (r["tool"] + (" + imatrix" if "imatrix" in r["label"] and r["tool"] == "llama.cpp" else "")) == key]
+    def group(r: dict) -> str:
+        if r["tool"] == "llama.cpp":
+            return "llama.cpp + imatrix" if "imatrix" in r["label"] else "llama.cpp"
+        return "edgellm --bpw" if r["label"].startswith("--bpw") else "edgellm, llama.cpp types"
+
+    styles = {"llama.cpp": ("tab:gray", "s", "none"), "llama.cpp + imatrix": ("k", "D", "none"),
+              "edgellm, llama.cpp types": ("tab:blue", "o", "none"), "edgellm --bpw": ("tab:blue", "o", "-")}  # fmt: skip
+    for key, (color, marker, line) in styles.items():
+        sel = [r for r in rows if group(r) == key]
         if not sel:
             continue
         ax.plot([r["file_mb"] for r in sel], [r["kld_mean"] for r in sel], marker=marker, color=color,
-                linestyle="-" if key == "edgellm" else "none", label=key)  # fmt: skip
+                linestyle=line, label=key, markerfacecolor="white" if key == "edgellm, llama.cpp types" else color)  # fmt: skip
         for r in sel:
-            ax.annotate(r["label"].split(" ")[0] if r["tool"] == "llama.cpp" else r["label"].replace("--bpw ", ""),
+            text = r["label"].replace("--bpw ", "") + (" bpw" if r["label"].startswith("--bpw") else "")
+            ax.annotate(text.split(" + ")[0] if r["tool"] == "llama.cpp" or "types" in key else text,
                         (r["file_mb"], r["kld_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")  # fmt: skip
     ax.set_yscale("log")
     ax.set_xlabel("file size (MB)")
