@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_argument, positive_int, print_json
+from .common import add_model_argument, non_negative_int, positive_int, print_json
 
 
 def _thread_list(text: str) -> list[int]:
@@ -17,21 +17,11 @@ def _thread_list(text: str) -> list[int]:
     return values
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a token count, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"token counts cannot be negative, got {value}")
-    return value
-
-
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
-    parser.add_argument("-p", "--n-prompt", type=_non_negative, default=512, help="prompt tokens (0 skips pp)")
-    parser.add_argument("-n", "--n-gen", type=_non_negative, default=128, help="generated tokens (0 skips tg)")
-    parser.add_argument("-d", "--depth", type=_non_negative, default=0,
+    parser.add_argument("-p", "--n-prompt", type=non_negative_int, default=512, help="prompt tokens (0 skips pp)")
+    parser.add_argument("-n", "--n-gen", type=non_negative_int, default=128, help="generated tokens (0 skips tg)")
+    parser.add_argument("-d", "--depth", type=non_negative_int, default=0,
                         help="tokens already in the KV cache when each test starts (llama-bench's -d)")
     parser.add_argument("-t", "--threads", type=_thread_list, default=None, help="thread counts, e.g. 1,2")
     parser.add_argument("-r", "--repetitions", type=positive_int, default=3)

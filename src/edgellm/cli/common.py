@@ -8,14 +8,28 @@ import sys
 from typing import Any
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def bounded(cast, low=None, high=None, *, low_open=False, high_open=False, what="a number"):
+    """An argparse type: `cast(text)` within [low, high] (an open end excludes its bound)."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
+        if value != value or (low is not None and (value < low or (low_open and value == low))) or (
+            high is not None and (value > high or (high_open and value == high))
+        ):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = bounded(int, 0, low_open=True, what="a positive integer")
+non_negative_int = bounded(int, 0, what="an integer >= 0")
+positive_float = bounded(float, 0.0, low_open=True, what="a positive number")
+non_negative_float = bounded(float, 0.0, what="a number >= 0")
+fraction = bounded(float, 0.0, 1.0, high_open=True, what="a fraction in [0, 1)")
 
 
 def add_model_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import positive_int, print_json
+from .common import bounded, fraction, non_negative_float, positive_float, positive_int, print_json
+
+_efficiency = bounded(float, 0.0, 1.0, low_open=True, what="a fraction in (0, 1]")
 
 
 def _size_gb(text: str) -> float:
@@ -17,26 +19,6 @@ def _size_gb(text: str) -> float:
         return float(t[:-1]) * scale[t[-1]] if t and t[-1] in scale else float(t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a size like 8GB or 512MB, got '{text}'") from None
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got '{text}'") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
-    return v
 
 
 # --- devices ---
@@ -129,23 +111,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 # --- plan ---
 
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
-    return v
-
-
-def _efficiency(text: str) -> float:
-    v = _positive_float(text)
-    if v > 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {v}")
-    return v
-
-
 def _add_scenario_arguments(parser: argparse.ArgumentParser, weights: bool = True) -> None:
     """The scenario's options; `fit` varies the weights (type, sparsity) itself."""
     from ..planner.estimate import MEMORY_EFFICIENCY
@@ -155,13 +120,13 @@ def _add_scenario_arguments(parser: argparse.ArgumentParser, weights: bool = Tru
     if weights:
         q = parser.add_mutually_exclusive_group()
         q.add_argument("--quant", help="llama.cpp type mix (Q4_K_M, Q8_0, ...) or edgellm's (Q3_NL, ...)")
-        q.add_argument("--bpw", type=_positive_float, help="uniform bits per weight, scales included")
-        parser.add_argument("--sparsity", type=_fraction, default=0.0, help="fraction of FFN rows skipped per token")
+        q.add_argument("--bpw", type=positive_float, help="uniform bits per weight, scales included")
+        parser.add_argument("--sparsity", type=fraction, default=0.0, help="fraction of FFN rows skipped per token")
     parser.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (calibrated hosts)")
     parser.add_argument("--ctx", type=positive_int, default=512, help="tokens in the KV cache while decoding")
     parser.add_argument("--prompt", type=positive_int, default=512, help="prompt tokens (TTFT, prefill)")
     parser.add_argument("--cache-type", default="f32", choices=["f32", "f16", "q8_0"])
-    parser.add_argument("--cache-hit", type=_fraction, default=0.0, help="fraction of streamed weights already in memory")
+    parser.add_argument("--cache-hit", type=fraction, default=0.0, help="fraction of streamed weights already in memory")
     parser.add_argument("--mem-budget", "--max-mem", dest="mem_budget", type=_size_gb, default=None,
                         help="memory the model may use, e.g. 4GB (default: the device's capacity)")  # fmt: skip
     parser.add_argument("--unit", choices=["cpu", "gpu", "npu"], default=None,
@@ -173,8 +138,8 @@ def _add_scenario_arguments(parser: argparse.ArgumentParser, weights: bool = Tru
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     _add_scenario_arguments(parser)
     parser.add_argument("--accelerators", type=positive_int, default=1, help="N accelerators like the device, linked")
-    parser.add_argument("--link-gbps", type=_positive_float, default=None, help="link bandwidth between accelerators, GB/s")
-    parser.add_argument("--link-latency-us", type=_non_negative_float, default=2.0, help="link latency per transfer, microseconds")
+    parser.add_argument("--link-gbps", type=positive_float, default=None, help="link bandwidth between accelerators, GB/s")
+    parser.add_argument("--link-latency-us", type=non_negative_float, default=2.0, help="link latency per transfer, microseconds")
     parser.add_argument("--json", action="store_true")
 
 
@@ -257,7 +222,7 @@ def _print_multi(m: dict) -> None:
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     _add_scenario_arguments(parser, weights=False)
-    parser.add_argument("--min-tps", type=_positive_float, required=True, help="decode tokens/s required")
+    parser.add_argument("--min-tps", type=positive_float, required=True, help="decode tokens/s required")
     parser.add_argument("--json", action="store_true")
 
 
@@ -286,9 +251,9 @@ def run_fit(args: argparse.Namespace) -> int:
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", required=True, help="catalog model, .gguf file, or config.json")
     parser.add_argument("-d", "--device", action="append", default=[], help="devices to mark on the plots (repeatable)")
-    parser.add_argument("--target-tps", type=_positive_float, default=20.0, help="decode speed the requirements plot aims at")
+    parser.add_argument("--target-tps", type=positive_float, default=20.0, help="decode speed the requirements plot aims at")
     parser.add_argument("--prompt", type=positive_int, default=512, help="prompt tokens for the prefill requirement")
-    parser.add_argument("--ttft-ms", type=_positive_float, default=1000.0, help="TTFT target for the compute requirement")
+    parser.add_argument("--ttft-ms", type=positive_float, default=1000.0, help="TTFT target for the compute requirement")
     parser.add_argument("--ctx", type=positive_int, default=2048, help="tokens in the KV cache")
     parser.add_argument("--out", type=Path, required=True, help="directory for the PNG plots")
     parser.add_argument("--json", action="store_true", help="also print the plotted numbers")

@@ -5,17 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model_argument, positive_int, print_json, progress_bar, text_tokens
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+from .common import add_model_argument, positive_float, positive_int, print_json, progress_bar, text_tokens
 
 
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +15,7 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="GGUF file to write")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--type", help=f"quantization type: {', '.join(MIXES)}")
-    what.add_argument("--bpw", type=_positive_float, help="mixed precision at this average bits per weight")
+    what.add_argument("--bpw", type=positive_float, help="mixed precision at this average bits per weight")
     parser.add_argument("--imatrix", help="importance matrix from `edgellm imatrix` (or llama-imatrix)")
     parser.add_argument("--token-embedding-type", metavar="TYPE",
                         help="type of token_embd (and of the output when tied); with --bpw the budget is then "

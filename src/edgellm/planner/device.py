@@ -29,12 +29,6 @@ class Figure:
     def known(self) -> bool:
         return self.value is not None
 
-    def __str__(self) -> str:
-        if self.value is None:
-            return "n/p"
-        src = ", ".join(x for x in (self.source, self.tag) if x)
-        return f"{self.value:g}" + (f" ({src})" if src else "")
-
 
 @dataclass(frozen=True)
 class Unit:

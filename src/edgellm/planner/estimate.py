@@ -154,20 +154,27 @@ ENGINE_KEYS = ("decode_layer_us", "decode_attention_ns_per_position", "prefill_l
                "prefill_attention_ns_per_position")
 
 
-def decode_ops(spec: ModelSpec, ctx: int, sparsity: float = 0.0, cache_type: str = "f16") -> list[Op]:
-    """Operations of one decode step with `ctx` tokens in the cache."""
+def _weight_ops(spec: ModelSpec, tokens: int, sparsity: float = 0.0) -> list[Op]:
+    """The matrix products of `tokens` tokens processed at once. The head computes logits for the last token
+    only; a tied embedding is read as the head (its lookup reads one row). One token reads the routed experts'
+    share and the FFN rows sparsity keeps; a prompt reads every weight once."""
     s = spec.shape
     ops = []
     for name, rows, cols in s.weight_tensors():
-        frac = s.active_fraction(name)
-        if sparsity and "ffn_" in name:
-            frac *= 1.0 - sparsity
-        fmt = _fmt(spec, name)
-        if name == "token_embd.weight":
-            if s.tied:  # the output head reads all of it; the lookup one row
-                ops.append(Op("output", "weights", 2.0 * rows * cols, spec.tensor_bytes(name, rows, cols), fmt, -1))
+        if name == "token_embd.weight" and not s.tied:
             continue
-        ops.append(Op(name, "weights", 2.0 * rows * cols * frac, spec.tensor_bytes(name, rows, cols) * frac, fmt, _layer(name)))
+        head = name in ("token_embd.weight", "output.weight")
+        frac = 1.0 if head else s.active_fraction(name) * ((1.0 - sparsity) if "ffn_" in name else 1.0)
+        read = spec.tensor_bytes(name, rows, cols) * (frac if tokens == 1 else 1.0)
+        ops.append(Op("output" if name == "token_embd.weight" else name, "weights",
+                      2.0 * rows * cols * frac * (1 if head else tokens), read, _fmt(spec, name), -1 if head else _layer(name)))  # fmt: skip
+    return ops
+
+
+def decode_ops(spec: ModelSpec, ctx: int, sparsity: float = 0.0, cache_type: str = "f32") -> list[Op]:
+    """Operations of one decode step with `ctx` tokens in the cache."""
+    s = spec.shape
+    ops = _weight_ops(spec, 1, sparsity)
     kv = KV_BYTES[cache_type]
     for i in range(s.n_layer):
         n = s.attended(i, ctx)
@@ -179,18 +186,7 @@ def decode_ops(spec: ModelSpec, ctx: int, sparsity: float = 0.0, cache_type: str
 def prefill_ops(spec: ModelSpec, prompt: int) -> list[Op]:
     """Operations of a prompt of `prompt` tokens processed at once (weights read once, causal attention)."""
     s = spec.shape
-    ops = []
-    for name, rows, cols in s.weight_tensors():
-        frac = s.active_fraction(name)
-        fmt = _fmt(spec, name)
-        if name == "token_embd.weight":
-            if s.tied:  # logits are computed for the last token only
-                ops.append(Op("output", "weights", 2.0 * rows * cols, spec.tensor_bytes(name, rows, cols), fmt, -1))
-            continue
-        if name == "output.weight":
-            ops.append(Op(name, "weights", 2.0 * rows * cols, spec.tensor_bytes(name, rows, cols), fmt, -1))
-            continue
-        ops.append(Op(name, "weights", 2.0 * rows * cols * frac * prompt, spec.tensor_bytes(name, rows, cols), fmt, _layer(name)))
+    ops = _weight_ops(spec, prompt)
     for i in range(s.n_layer):
         w = s.attended(i, prompt)  # causal (and windowed) query-key pairs: sum over t of min(t, w)
         pairs = w * (w + 1) / 2 + (prompt - w) * w

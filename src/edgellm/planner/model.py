@@ -9,7 +9,7 @@ with its fallbacks for rows k-quants cannot take) or a uniform bits-per-weight (
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -246,7 +246,3 @@ def _shape_from_config(cfg: dict, path: Path, need) -> Shape:
         window=int(cfg.get("sliding_window") or 0) if cfg.get("sliding_window_pattern") or "gemma3" in str(cfg.get("model_type")) else 0,
         window_pattern=int(cfg.get("sliding_window_pattern") or (6 if "gemma3" in str(cfg.get("model_type")) else 0)),
     )
-
-
-def with_name(spec: ModelSpec, name: str) -> ModelSpec:
-    return replace(spec, shape=replace(spec.shape, name=name))

@@ -34,7 +34,7 @@ def sweep(model_ref: str, devices: list[str], out: Path, target_tps: float, prom
     kv = 2.0 * shape.n_layer * shape.n_head_kv * shape.head_dim * ctx * KV_BYTES["f32"]  # edgellm's default cache
 
     def bytes_per_token(bits: float) -> float:
-        spec = load_model(model_ref, bpw=bits) if not str(model_ref).endswith(".gguf") else _bpw(base, bits)
+        spec = _bpw(base, bits)
         active = sum(spec.tensor_bytes(n, r, c) * shape.active_fraction(n) for n, r, c in shape.weight_tensors()
                      if n != "token_embd.weight" or shape.tied)  # fmt: skip
         return active + kv
