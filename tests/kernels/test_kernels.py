@@ -278,3 +278,24 @@ def test_numpy_oracle_reproduces_kernel_products(ttype):
     fast = kernels.matmul(x, raw, ttype, n_rows, n_cols)
     scale = np.abs(x) @ np.abs(FORMATS[ttype].dequantize(raw.reshape(-1)).reshape(n_rows, n_cols)).T
     assert (np.abs(oracle - fast) <= 1e-5 * scale + 1e-6).all()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("ttype", [GGMLType.F32, GGMLType.F16, GGMLType.Q8_0])
+def test_mix_rows_matches_reference(path, ttype):
+    """Attention's P V kernel on every KV cache type: row lengths with vector tails, 1..7 weight rows, padded rows."""
+    kernels.use(path)
+    rng = np.random.default_rng(12)
+    fmt = FORMATS[ttype]
+    for n in (32, 64, 96, 256) if ttype == GGMLType.Q8_0 else (8, 20, 64, 72, 100, 256):
+        for m in (1, 5, 130):
+            values = rng.standard_normal((m, n)).astype(np.float32)
+            rows = fmt.quantize(values.reshape(-1)).reshape(m, -1)
+            padded = np.zeros((m, rows.shape[1] + 6), np.uint8)  # rows bx bytes apart, not back to back
+            padded[:, : rows.shape[1]] = rows.view(np.uint8).reshape(m, -1)
+            x = fmt.dequantize(rows.reshape(-1)).reshape(m, n).astype(np.float64)
+            for nr in (1, 3, 4, 7):
+                p = rng.random((nr, m)).astype(np.float32)
+                got = np.array(kernels._C.mix(int(ttype), padded, p, n, nr, m, padded.shape[1])).reshape(nr, n)
+                want = p.astype(np.float64) @ x
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=f"n={n} m={m} nr={nr}")

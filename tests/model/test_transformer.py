@@ -12,6 +12,7 @@ from edgellm.model.registry import read_config
 from edgellm.model.transformer import Transformer
 from edgellm.runtime.kv_cache import KVCache
 from edgellm.runtime.store import MappedStore
+from fixtures.tiny import build_tiny_gguf
 
 
 def load(path) -> Transformer:
@@ -164,6 +165,38 @@ def test_c_engine_matches_numpy_reference(fixture, request):
             assert (got.argmax(axis=1) == ref.argmax(axis=1)).mean() >= 0.9, path
     finally:
         kernels.use(before)
+
+
+@pytest.mark.parametrize("arch, cache_type", [("qwen2", "f32"), ("qwen2", "f16"), ("gemma3", "q8_0")])
+def test_long_cache_decode_split_over_threads_matches_numpy(tmp_path, arch, cache_type):
+    """Decode over a 300-token cache: with several threads the keys are split into ranges whose partial
+    softmax sums are merged; every thread count and path must give the NumPy result. (Six Gemma 3 layers:
+    the sixth attends globally, head_dim 32 allows a Q8_0 cache.)"""
+    from edgellm import kernels
+
+    if kernels._C is None:
+        pytest.skip("C extension not built")
+    model = load(build_tiny_gguf(tmp_path / "m.gguf", arch=arch, n_layers=6 if arch == "gemma3" else 2))
+    tokens = np.random.default_rng(9).integers(0, model.config.n_vocab, size=303)
+
+    def run():
+        cache = KVCache(model.config, 320, cache_type=cache_type)
+        model.forward(tokens[:300], cache, None)
+        return np.stack([model.forward(tokens[i : i + 1], cache)[0] for i in range(300, 303)])
+
+    before = kernels.active_path()
+    try:
+        kernels.use("ref")
+        ref = run()
+        for path in kernels.capabilities()["supported"]:
+            kernels.use(path)
+            for threads in (1, 2, 3):
+                kernels.set_threads(threads)
+                got = run()
+                assert np.abs(got - ref).max() < 0.08 * ref.std(), (path, threads)
+    finally:
+        kernels.use(before)
+        kernels.set_threads(None)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma3"])

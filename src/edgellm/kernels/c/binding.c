@@ -143,6 +143,33 @@ done:
     return result;
 }
 
+/* mix(type, x, p, n, nr, m, bx): the weighted-rows kernel of a KV cache type, out[r, d] = sum_j p[r, j] x_j[d]
+ * with x_j row j (n elements, bx bytes apart) and p float32 (nr x m); returns nr * n floats */
+static PyObject *py_mix(PyObject *self, PyObject *args) {
+    int type, n, nr, m;
+    Py_ssize_t bx;
+    Py_buffer x, p;
+    if (!PyArg_ParseTuple(args, "iy*y*iiin", &type, &x, &p, &n, &nr, &m, &bx)) return NULL;
+    PyObject *result = NULL;
+    float *s = NULL;
+    if (check_type(type)) goto done;
+    const el_type_traits *t = &el_traits[type];
+    if (!t->mix || n < 1 || nr < 1 || m < 1 || n % t->block_size || (size_t)p.len < (size_t)nr * m * sizeof(float) ||
+        (size_t)x.len < (size_t)(m - 1) * bx + row_bytes(type, n)) {
+        PyErr_SetString(PyExc_ValueError, "bad mix arguments");
+        goto done;
+    }
+    s = malloc((size_t)nr * n * sizeof(float));
+    t->mix(n, m, s, (size_t)n, p.buf, (size_t)m, nr, x.buf, (size_t)bx);
+    result = PyList_New((Py_ssize_t)nr * n);
+    for (size_t i = 0; i < (size_t)nr * n; i++) PyList_SET_ITEM(result, (Py_ssize_t)i, PyFloat_FromDouble(s[i]));
+done:
+    free(s);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&p);
+    return result;
+}
+
 /* quantize_row(dot_type, x, out): activation quantizer of a dot type (Q8_0, Q8_1, Q8_K) */
 static PyObject *py_quantize_row(PyObject *self, PyObject *args) {
     int type;
@@ -389,6 +416,7 @@ static PyMethodDef methods[] = {
     {"type_info", py_type_info, METH_VARARGS, "Block geometry and available kernels of a type id."},
     {"matmul", py_matmul, METH_VARARGS, "out[t, r] = W[r] . x[t] on packed weights."},
     {"dot", py_dot, METH_VARARGS, "One kernel call with explicit strides (for tests)."},
+    {"mix", py_mix, METH_VARARGS, "Weighted sums of KV cache rows, as attention mixes values (for tests)."},
     {"quantize_row", py_quantize_row, METH_VARARGS, "Quantize floats to an activation block type."},
     {"quantize", py_quantize, METH_VARARGS, "Quantize float weight rows to a weight format."},
     {"dequantize_row", py_dequantize_row, METH_VARARGS, "Dequantize packed weights to floats."},

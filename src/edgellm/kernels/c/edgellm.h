@@ -94,6 +94,11 @@ typedef void (*el_dot_fn)(int n, float *s, size_t bs, const void *w, const void 
 typedef void (*el_from_float_fn)(const float *x, void *y, int64_t k);
 /* Dequantize k weights of a row (for gathers such as embedding lookups). */
 typedef void (*el_to_float_fn)(const void *x, float *y, int64_t k);
+/* Weighted sums of rows (attention's P V): s[r * bs + d] = sum_{j < m} p[r * bp + j] * x_j[d] for r < nr,
+ * d < n, where x_j is row j (n elements of this type, rows bx bytes apart). Each row is read once for all nr
+ * weight rows. */
+typedef void (*el_mix_fn)(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x,
+                          size_t bx);
 
 typedef struct {
     const char *name;
@@ -103,6 +108,7 @@ typedef struct {
     el_dot_fn dot;
     el_from_float_fn from_float; /* quantizer for this type when it is a dot type */
     el_to_float_fn to_float;
+    el_mix_fn mix;           /* for KV cache types: F32, F16, Q8_0 */
 } el_type_traits;
 
 /* ISA paths, in order of preference. */

@@ -65,131 +65,127 @@ static void rope(float *x, int n_heads, int head_dim, int n_rot, const float *cs
     }
 }
 
-/* ---- attention: one task item per (token, head) ---- */
+/* ---- attention ----
+ * One task item per (query tile, kv head, key range): the kv head's whole query group (Q_TILE tokens x the
+ * heads sharing it) is scored against each cached key row in one dot call and mixed with each value row in
+ * one pass, so every cache row is read once per item. A long cache is split into key ranges when there are
+ * fewer items than threads (decode); each range leaves an unnormalised output with its running max and sum,
+ * and attn_merge_task combines them (as flash decoding does). */
 typedef struct {
     const el_model *m;
-    const float *q;  /* n_tokens x n_head x head_dim */
-    const char *k;   /* this layer's cache: n_ctx x n_head_kv x head_dim elements of kv_type */
+    const float *q;   /* n_tokens x n_head x head_dim */
+    const char *q8;   /* Q8_0 cache: the queries quantized to Q8_0 (the cache's dot type), else NULL */
+    const char *k;    /* this layer's cache: n_ctx x n_head_kv x head_dim elements of kv_type */
     const char *v;
-    float *out;      /* n_tokens x n_head x head_dim_v */
-    const float *vt; /* prefill: V transposed, n_head_kv x head_dim_v x n_kv_max floats (NULL: decode) */
-    float *scratch;  /* per thread: Q_TILE x n_kv_max scores + head_dim_v floats */
-    int n_tokens, n_past, window, n_kv_max, kv_type;
-    const char *q8;  /* Q8_0 cache: the queries quantized to Q8_0 (the cache's dot type), else NULL */
+    float *out;       /* n_tokens x n_head x head_dim_v */
+    float *part;      /* per item: rows x (head_dim_v + 2): unnormalised output, max score, sum of weights */
+    float *scratch;   /* per thread: rows x n_kv_max scores, then rows query rows */
+    int n_tokens, n_past, window, n_kv_max, kv_type, n_split;
 } attn_ctx;
+
+#define Q_TILE 4 /* query tokens per attention item */
+
+/* query rows of one item: Q_TILE tokens x the heads of one kv head */
+static int attn_rows(const el_model *m) { return Q_TILE * (m->n_head / m->n_head_kv); }
 
 /* bytes of n cache elements of kv_type (F32, F16: one per element; Q8_0: blocks of 32) */
 static inline size_t kv_bytes(int kv_type, size_t n) {
     return n / (size_t)el_traits[kv_type].block_size * el_traits[kv_type].type_size;
 }
 
-/* element i of a cache row */
-static inline float kv_value(const char *row, size_t i, int kv_type) {
-    switch (kv_type) {
-    case EL_F32: return ((const float *)row)[i];
-    case EL_F16: return el_f16(((const el_fp16_t *)row)[i]);
-    default: {
-        const block_q8_0 *b = (const block_q8_0 *)row + i / QK8_0;
-        return el_f16(b->d) * b->qs[i % QK8_0];
-    }
-    }
-}
-
-#define Q_TILE 4 /* queries per attention item: each cached key/value row is read once per tile */
+/* first key a query at `pos` sees */
+static inline int first_key(int pos, int window) { return window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0; }
 
 static void attn_task(void *vctx, int ith, int nth) {
     attn_ctx *c = vctx;
     const el_model *m = c->m;
     const el_type_traits *kv = &el_traits[c->kv_type];
-    const int group = m->n_head / m->n_head_kv;
-    const size_t kv_row = kv_bytes(c->kv_type, (size_t)m->n_head_kv * m->head_dim);
-    const size_t v_row = kv_bytes(c->kv_type, (size_t)m->n_head_kv * m->head_dim_v);
-    const size_t q_stride = (size_t)m->n_head * m->head_dim; /* floats between one token's queries and the next */
-    /* the queries as the cache's dot kernel takes them: floats, or Q8_0 blocks for a Q8_0 cache */
-    const size_t qy_stride = c->q8 ? kv_bytes(EL_Q8_0, q_stride) : q_stride * sizeof(float);
-    float *scores = c->scratch + (size_t)ith * (Q_TILE * c->n_kv_max + m->head_dim_v); /* [Q_TILE][n_kv_max] */
-    float *vrow = scores + Q_TILE * c->n_kv_max;
+    const int group = m->n_head / m->n_head_kv, dv = m->head_dim_v, R = attn_rows(m);
+    const size_t k_row = kv_bytes(c->kv_type, (size_t)m->n_head_kv * m->head_dim);
+    const size_t v_row = kv_bytes(c->kv_type, (size_t)m->n_head_kv * dv);
+    /* one query row as the cache's dot kernel takes it: floats, or Q8_0 blocks for a Q8_0 cache */
+    const size_t qy = c->q8 ? kv_bytes(EL_Q8_0, (size_t)m->head_dim) : (size_t)m->head_dim * sizeof(float);
+    float *scores = c->scratch + (size_t)ith * ((size_t)R * c->n_kv_max + (size_t)R * m->head_dim);
+    char *qg = (char *)(scores + (size_t)R * c->n_kv_max);
     const int n_tiles = (c->n_tokens + Q_TILE - 1) / Q_TILE;
-    for (int item = ith; item < n_tiles * m->n_head; item += nth) {
-        const int t0 = (item / m->n_head) * Q_TILE, h = item % m->n_head, hk = h / group;
-        const int nq = c->n_tokens - t0 < Q_TILE ? c->n_tokens - t0 : Q_TILE;
-        const int last = c->n_past + t0 + nq - 1; /* position of the tile's last query */
-        const int first = c->n_past + t0;
-        /* keys any query of the tile may see */
-        const int j0 = c->window > 0 && first - c->window + 1 > 0 ? first - c->window + 1 : 0;
-        const void *q = c->q8 ? (const void *)(c->q8 + (size_t)t0 * qy_stride + kv_bytes(EL_Q8_0, (size_t)h * m->head_dim))
-                              : (const void *)(c->q + (size_t)t0 * q_stride + (size_t)h * m->head_dim);
+    for (int item = ith; item < n_tiles * m->n_head_kv * c->n_split; item += nth) {
+        const int split = item % c->n_split, hk = item / c->n_split % m->n_head_kv;
+        const int t0 = item / c->n_split / m->n_head_kv * Q_TILE;
+        const int nq = c->n_tokens - t0 < Q_TILE ? c->n_tokens - t0 : Q_TILE, nr = nq * group;
+        const int first = c->n_past + t0, last = first + nq - 1;
+        /* this item's keys [a, b): its share of those any query of the tile sees */
+        const int j0 = first_key(first, c->window), span = last - j0 + 1;
+        const int a = j0 + (int)((int64_t)span * split / c->n_split);
+        const int b = j0 + (int)((int64_t)span * (split + 1) / c->n_split);
+        /* the group's query rows side by side: row i * group + g is token t0 + i, head hk * group + g */
+        const char *qsrc = c->q8 ? c->q8 : (const char *)c->q;
+        for (int i = 0; i < nq; i++)
+            memcpy(qg + (size_t)i * group * qy, qsrc + ((size_t)(t0 + i) * m->n_head + (size_t)hk * group) * qy,
+                   (size_t)group * qy);
         const size_t k_head = kv_bytes(c->kv_type, (size_t)hk * m->head_dim);
-        const size_t v_head = kv_bytes(c->kv_type, (size_t)hk * m->head_dim_v);
-        for (int j = j0; j <= last; j++) {
-            const char *k = c->k + (size_t)j * kv_row + k_head;
-            /* scores[i][j - j0] = k_j . q_i for the nq queries of the tile */
-            kv->dot(m->head_dim, scores + (j - j0), (size_t)c->n_kv_max, k, q, qy_stride, nq);
-        }
-        for (int i = 0; i < nq; i++) {
-            const int pos = first + i;
-            const int lo = c->window > 0 && pos - c->window + 1 > j0 ? pos - c->window + 1 : j0;
-            float *s = scores + (size_t)i * c->n_kv_max;
-            float mx = -INFINITY;
-            for (int j = lo; j <= pos; j++) {
-                s[j - j0] *= m->attn_scale;
-                if (s[j - j0] > mx) mx = s[j - j0];
+        for (int j = a; j < b; j++)
+            kv->dot(m->head_dim, scores + (j - a), (size_t)c->n_kv_max, c->k + (size_t)j * k_row + k_head, qg, qy, nr);
+        float *part = c->part + (size_t)item * R * (dv + 2);
+        for (int r = 0; r < nr; r++) {
+            const int pos = first + r / group, kf = first_key(pos, c->window);
+            const int lo = kf > a ? kf : a, hi = pos < b - 1 ? pos : b - 1;
+            float *s = scores + (size_t)r * c->n_kv_max - a;
+            float mx = -INFINITY, sum = 0.0f;
+            for (int j = lo; j <= hi; j++) {
+                s[j] *= m->attn_scale;
+                if (s[j] > mx) mx = s[j];
             }
-            float sum = 0.0f;
-            for (int j = j0; j <= last; j++) {
-                const float e = j >= lo && j <= pos ? fast_expf(s[j - j0] - mx) : 0.0f;
-                s[j - j0] = e;
+            for (int j = a; j < b; j++) {
+                const float e = j >= lo && j <= hi ? fast_expf(s[j] - mx) : 0.0f;
+                s[j] = e;
                 sum += e;
             }
-            const float inv = 1.0f / sum;
-            for (int j = j0; j <= last; j++) s[j - j0] *= inv;
-            if (!c->vt)
-                memset(c->out + ((size_t)(t0 + i) * m->n_head + h) * m->head_dim_v, 0, sizeof(float) * m->head_dim_v);
+            part[(size_t)r * (dv + 2) + dv] = mx;
+            part[(size_t)r * (dv + 2) + dv + 1] = sum;
         }
-        float *out0 = c->out + ((size_t)t0 * m->n_head + h) * m->head_dim_v;
-        const size_t out_stride = (size_t)m->n_head * m->head_dim_v;
-        if (c->vt) {
-            /* out[i][d] = sum_j p[i][j] v[j][d]: one float dot per d over the transposed V, nq queries at once */
-            const el_type_traits *f32 = &el_traits[EL_F32];
-            for (int d = 0; d < m->head_dim_v; d++) {
-                const float *vtd = c->vt + ((size_t)hk * m->head_dim_v + d) * c->n_kv_max + j0;
-                f32->dot(last - j0 + 1, out0 + d, out_stride, vtd, scores, (size_t)c->n_kv_max * sizeof(float), nq);
+        kv->mix(dv, b - a, part, (size_t)dv + 2, scores, (size_t)c->n_kv_max, nr,
+                c->v + (size_t)a * v_row + kv_bytes(c->kv_type, (size_t)hk * dv), v_row);
+    }
+}
+
+/* out = sum over key ranges of exp(max_s - max) out_s / sum of exp(max_s - max) sum_s, per query row */
+static void attn_merge_task(void *vctx, int ith, int nth) {
+    attn_ctx *c = vctx;
+    const el_model *m = c->m;
+    const int group = m->n_head / m->n_head_kv, dv = m->head_dim_v, R = attn_rows(m);
+    const int n_tiles = (c->n_tokens + Q_TILE - 1) / Q_TILE;
+    for (int item = ith; item < n_tiles * m->n_head_kv; item += nth) {
+        const int hk = item % m->n_head_kv, t0 = item / m->n_head_kv * Q_TILE;
+        const int nq = c->n_tokens - t0 < Q_TILE ? c->n_tokens - t0 : Q_TILE;
+        const float *parts = c->part + (size_t)item * c->n_split * R * (dv + 2);
+        for (int r = 0; r < nq * group; r++) {
+            float mx = -INFINITY, total = 0.0f;
+            for (int s = 0; s < c->n_split; s++) {
+                const float *p = parts + ((size_t)s * R + r) * (dv + 2);
+                if (p[dv + 1] > 0.0f && p[dv] > mx) mx = p[dv];
             }
-            continue;
-        }
-        for (int j = j0; j <= last; j++) {
-            const char *vj = c->v + (size_t)j * v_row + v_head;
-            const float *v = (const float *)vj;
-            if (c->kv_type != EL_F32) {
-                kv->to_float(vj, vrow, m->head_dim_v);
-                v = vrow;
+            float *o = c->out + ((size_t)(t0 + r / group) * m->n_head + (size_t)hk * group + r % group) * dv;
+            memset(o, 0, sizeof(float) * (size_t)dv);
+            for (int s = 0; s < c->n_split; s++) {
+                const float *p = parts + ((size_t)s * R + r) * (dv + 2);
+                if (p[dv + 1] <= 0.0f) continue;
+                const float w = c->n_split == 1 ? 1.0f : fast_expf(p[dv] - mx);
+                total += w * p[dv + 1];
+                for (int d = 0; d < dv; d++) o[d] += w * p[d];
             }
-            for (int i = 0; i < nq; i++) {
-                const float p = scores[(size_t)i * c->n_kv_max + (j - j0)];
-                if (p == 0.0f) continue;
-                float *o = out0 + (size_t)i * out_stride;
-                for (int d = 0; d < m->head_dim_v; d++) o[d] += p * v[d];
-            }
+            const float inv = 1.0f / total;
+            for (int d = 0; d < dv; d++) o[d] *= inv;
         }
     }
 }
 
-/* V transposed for prefill: vt[hk][d][j] for j < n_kv, one task item per (kv head, d) */
-typedef struct {
-    const el_model *m;
-    const char *v;
-    float *vt;
-    int n_kv, n_kv_max, kv_type;
-} transpose_ctx;
-
-static void transpose_task(void *vctx, int ith, int nth) {
-    transpose_ctx *c = vctx;
-    const el_model *m = c->m;
-    const size_t v_row = kv_bytes(c->kv_type, (size_t)m->n_head_kv * m->head_dim_v);
-    for (int item = ith; item < m->n_head_kv * m->head_dim_v; item += nth) {
-        float *dst = c->vt + (size_t)item * c->n_kv_max;
-        for (int j = 0; j < c->n_kv; j++) dst[j] = kv_value(c->v + (size_t)j * v_row, (size_t)item, c->kv_type);
-    }
+/* key ranges per (tile, kv head): enough items for every thread twice over, at least 128 keys per range */
+static int attn_splits(const el_model *m, int n_tokens, int n_kv, int window, int nth) {
+    const int items = (n_tokens + Q_TILE - 1) / Q_TILE * m->n_head_kv;
+    const int span = window > 0 && window + Q_TILE < n_kv ? window + Q_TILE : n_kv;
+    if (nth == 1 || items >= 2 * nth || span < 256) return 1;
+    const int want = (2 * nth + items - 1) / items, cap = span / 128;
+    return want < cap ? want : cap;
 }
 
 static void store_kv(char *dst, const float *src, size_t n, int kv_type) {
@@ -317,9 +313,6 @@ static void gate_task(void *vctx, int ith, int nth) {
     }
 }
 
-/* prefill batches at least this long use the transposed-V attention */
-#define VT_MIN_TOKENS 8
-
 int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, void *k_cache,
                void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows, float *logits) {
     if (n_tokens <= 0 || n_past < 0 || n_past + n_tokens > n_ctx || out_row0 < 0 ||
@@ -334,9 +327,11 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
     const int nth = el_pool_size(pool);
     const size_t T = (size_t)n_tokens;
     const int n_kv = n_past + n_tokens;
-    const int use_vt = n_tokens >= VT_MIN_TOKENS;
-    const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + (size_t)nth * (Q_TILE * n_ctx + m->head_dim_v) +
-                          4 * T * half + (use_vt ? (size_t)VD * n_ctx : 0);
+    const int R = attn_rows(m), n_tiles = (n_tokens + Q_TILE - 1) / Q_TILE;
+    const int max_split = attn_splits(m, n_tokens, n_kv, 0, nth);
+    const size_t attn_scratch = (size_t)R * (n_ctx + m->head_dim); /* per thread */
+    const size_t attn_part = (size_t)n_tiles * m->n_head_kv * max_split * R * (m->head_dim_v + 2);
+    const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + nth * attn_scratch + attn_part + 4 * T * half;
     float *arena = malloc(floats * sizeof(float));
     void *qscratch = malloc(max_scratch(m, n_tokens) + 64);
     /* a Q8_0 cache is read by the Q8_0 dot kernel, so the queries are quantized to Q8_0 too (as llama.cpp) */
@@ -349,8 +344,8 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
     }
     float *x = arena, *h = x + T * E, *q = h + T * E, *k = q + T * QD, *v = k + T * KD, *att = v + T * VD;
     float *g = att + T * OD, *u = g + T * F, *o = u + T * F, *scores = o + T * E;
-    float *cs = scores + (size_t)nth * (Q_TILE * n_ctx + m->head_dim_v), *sn = cs + T * half;
-    float *cs_swa = sn + T * half, *sn_swa = cs_swa + T * half, *vt = use_vt ? sn_swa + T * half : NULL;
+    float *part = scores + nth * attn_scratch, *cs = part + attn_part, *sn = cs + T * half;
+    float *cs_swa = sn + T * half, *sn_swa = cs_swa + T * half;
     run_ctx r = {pool, qscratch};
     int rc = 0;
 
@@ -381,14 +376,12 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
         rc |= linear(&r, &L->wk, h, n_tokens, k);
         rc |= linear(&r, &L->wv, h, n_tokens, v);
         el_pool_run(n_tokens > 1 ? pool : NULL, qkv_task, &sc);
-        if (use_vt) {
-            transpose_ctx tc = {m, vc, vt, n_kv, n_ctx, kv_type};
-            el_pool_run(pool, transpose_task, &tc);
-        }
         if (q8) el_traits[EL_Q8_0].from_float(q, q8, (int64_t)T * QD);
-        attn_ctx ac = {m, q, kc, vc, att, use_vt ? vt : NULL, scores, n_tokens, n_past,
-                       swa ? m->sliding_window : 0, n_ctx, kv_type, q8};
+        const int window = swa ? m->sliding_window : 0;
+        attn_ctx ac = {m, q, q8, kc, vc, att, part, scores, n_tokens, n_past, window, n_ctx, kv_type,
+                       attn_splits(m, n_tokens, n_kv, window, nth)};
         el_pool_run(pool, attn_task, &ac);
+        el_pool_run(n_tokens > 1 || ac.n_split > 1 ? pool : NULL, attn_merge_task, &ac);
         rc |= linear(&r, &L->wo, att, n_tokens, o);
         if (L->attn_post_norm.data) {
             sc.norm = &L->attn_post_norm;

@@ -257,15 +257,44 @@ static void to_float_q5_1(const void *vx, float *y, int64_t k) {
     }
 }
 
+/* ---- weighted sums of rows (attention over the V cache) ---- */
+
+/* s = p x over row chunks of 64 elements: each chunk of a row is converted once and added to all nr sums */
+static void mix_rows(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x, size_t bx,
+                     el_to_float_fn to_float, int block_size, size_t type_size) {
+    float row[64];
+    for (int d0 = 0; d0 < n; d0 += 64) {
+        const int w = n - d0 < 64 ? n - d0 : 64;
+        for (int r = 0; r < nr; r++) memset(s + (size_t)r * bs + d0, 0, sizeof(float) * (size_t)w);
+        for (int j = 0; j < m; j++) {
+            to_float((const char *)x + (size_t)j * bx + (size_t)(d0 / block_size) * type_size, row, w);
+            for (int r = 0; r < nr; r++) {
+                const float pj = p[(size_t)r * bp + j];
+                float *o = s + (size_t)r * bs + d0;
+                for (int d = 0; d < w; d++) o[d] += pj * row[d];
+            }
+        }
+    }
+}
+
+#define MIX(NAME, TO_FLOAT, BLOCK, SIZE)                                                                       \
+    static void NAME(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x,     \
+                     size_t bx) {                                                                             \
+        mix_rows(n, m, s, bs, p, bp, nr, x, bx, TO_FLOAT, BLOCK, SIZE);                                       \
+    }
+MIX(mix_f32, to_float_f32, 1, 4)
+MIX(mix_f16, to_float_f16, 1, 2)
+MIX(mix_q8_0, to_float_q8_0, QK8_0, sizeof(block_q8_0))
+
 void el_register_generic_kquants(el_type_traits *t);
 void el_register_generic_nlquants(el_type_traits *t);
 
 void el_register_generic(el_type_traits *t) {
-    t[EL_F32] = (el_type_traits){"F32", 1, 4, EL_F32, dot_f32, NULL, to_float_f32};
-    t[EL_F16] = (el_type_traits){"F16", 1, 2, EL_F32, dot_f16, NULL, to_float_f16};
+    t[EL_F32] = (el_type_traits){"F32", 1, 4, EL_F32, dot_f32, NULL, to_float_f32, mix_f32};
+    t[EL_F16] = (el_type_traits){"F16", 1, 2, EL_F32, dot_f16, NULL, to_float_f16, mix_f16};
     t[EL_BF16] = (el_type_traits){"BF16", 1, 2, EL_F32, dot_bf16, NULL, to_float_bf16};
     t[EL_Q8_0] = (el_type_traits){"Q8_0", QK8_0, sizeof(block_q8_0), EL_Q8_0, dot_q8_0,
-                                  el_quantize_row_q8_0_generic, to_float_q8_0};
+                                  el_quantize_row_q8_0_generic, to_float_q8_0, mix_q8_0};
     t[EL_Q8_1] = (el_type_traits){"Q8_1", QK8_1, sizeof(block_q8_1), EL_Q8_1, NULL,
                                   el_quantize_row_q8_1_generic, NULL};
     t[EL_Q4_0] = (el_type_traits){"Q4_0", QK4_0, sizeof(block_q4_0), EL_Q8_0, dot_q4_0, NULL, to_float_q4_0};

@@ -593,7 +593,71 @@ FLOAT_DOT(el_vec_dot_f32_avx2, load_w_f32, one_f32)
 FLOAT_DOT(el_vec_dot_f16_avx2, load_w_f16, one_f16)
 FLOAT_DOT(el_vec_dot_bf16_avx2, load_w_bf16, one_bf16)
 
+/* ---- weighted sums of F32 / F16 rows (attention's P V): columns in chunks of 32, up to four weight rows
+ * per pass, the last n % 8 columns in scalar code ---- */
+static inline __attribute__((always_inline)) void mix_tile(const int NR, int w, int m, float *s, size_t bs,
+                                                           const float *p, size_t bp, const char *x, size_t bx,
+                                                           int half) {
+    const int nv = w / 8;
+    __m256 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int k = 0; k < 4; k++) acc[r][k] = _mm256_setzero_ps();
+    for (int j = 0; j < m; j++) {
+        const char *row = x + (size_t)j * bx;
+        __m256 v[4];
+        for (int k = 0; k < 4; k++)
+            v[k] = k >= nv ? _mm256_setzero_ps()
+                   : half  ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const el_fp16_t *)row + 8 * k)))
+                           : _mm256_loadu_ps((const float *)row + 8 * k);
+        for (int r = 0; r < NR; r++) {
+            const __m256 pj = _mm256_set1_ps(p[(size_t)r * bp + j]);
+            for (int k = 0; k < 4; k++) acc[r][k] = _mm256_fmadd_ps(pj, v[k], acc[r][k]);
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        for (int k = 0; k < nv; k++) _mm256_storeu_ps(s + (size_t)r * bs + 8 * k, acc[r][k]);
+}
+
+static void mix_x8(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x, size_t bx,
+                   int half) {
+    const size_t elem = half ? 2 : 4;
+    const int n8 = n & ~7;
+    for (int d = n8; d < n; d++)
+        for (int r = 0; r < nr; r++) {
+            float sum = 0.0f;
+            for (int j = 0; j < m; j++) {
+                const char *row = (const char *)x + (size_t)j * bx;
+                sum += p[(size_t)r * bp + j] * (half ? f16(((const el_fp16_t *)row)[d]) : ((const float *)row)[d]);
+            }
+            s[(size_t)r * bs + d] = sum;
+        }
+    for (int d0 = 0; d0 < n8; d0 += 32) {
+        const int w = n8 - d0 < 32 ? n8 - d0 : 32;
+        const char *xc = (const char *)x + (size_t)d0 * elem;
+        for (int r0 = 0; r0 < nr; r0 += 4) {
+            float *sr = s + (size_t)r0 * bs + d0;
+            const float *pr = p + (size_t)r0 * bp;
+            switch (nr - r0 < 4 ? nr - r0 : 4) {
+            case 4: mix_tile(4, w, m, sr, bs, pr, bp, xc, bx, half); break;
+            case 3: mix_tile(3, w, m, sr, bs, pr, bp, xc, bx, half); break;
+            case 2: mix_tile(2, w, m, sr, bs, pr, bp, xc, bx, half); break;
+            default: mix_tile(1, w, m, sr, bs, pr, bp, xc, bx, half); break;
+            }
+        }
+    }
+}
+
+static void mix_f32(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x, size_t bx) {
+    mix_x8(n, m, s, bs, p, bp, nr, x, bx, 0);
+}
+
+static void mix_f16(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x, size_t bx) {
+    mix_x8(n, m, s, bs, p, bp, nr, x, bx, 1);
+}
+
 void el_register_avx2(el_type_traits *t) {
+    t[EL_F32].mix = mix_f32;
+    t[EL_F16].mix = mix_f16;
     t[EL_Q8_0].from_float = el_quantize_row_q8_0_avx2;
     t[EL_Q8_1].from_float = el_quantize_row_q8_1_avx2;
     t[EL_Q8_K].from_float = el_quantize_row_q8_K_avx2;

@@ -511,7 +511,65 @@ KTILED(dot_Q4_K, Q4_K_CALL)
 KTILED(dot_Q5_K, Q5_K_CALL)
 KTILED(dot_Q6_K, Q6_K_CALL)
 
+/* ---- weighted sums of F32 / F16 rows (attention's P V) ----
+ * Columns in chunks of 64 (four vectors, masked at the tail), weight rows in groups of up to four: each
+ * chunk of a cache row is loaded once per group and accumulated into 16 registers. */
+static inline __attribute__((always_inline)) void mix_tile(const int NR, int w, int m, float *s, size_t bs,
+                                                           const float *p, size_t bp, const char *x, size_t bx,
+                                                           int half) {
+    __mmask16 mk[4];
+    for (int k = 0; k < 4; k++) {
+        const int left = w - 16 * k;
+        mk[k] = left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+    }
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int k = 0; k < 4; k++) acc[r][k] = _mm512_setzero_ps();
+    for (int j = 0; j < m; j++) {
+        const char *row = x + (size_t)j * bx;
+        __m512 v[4];
+        for (int k = 0; k < 4; k++)
+            v[k] = half ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk[k], (const el_fp16_t *)row + 16 * k))
+                       : _mm512_maskz_loadu_ps(mk[k], (const float *)row + 16 * k);
+        for (int r = 0; r < NR; r++) {
+            const __m512 pj = _mm512_set1_ps(p[(size_t)r * bp + j]);
+            for (int k = 0; k < 4; k++) acc[r][k] = _mm512_fmadd_ps(pj, v[k], acc[r][k]);
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        for (int k = 0; k < 4; k++) _mm512_mask_storeu_ps(s + (size_t)r * bs + 16 * k, mk[k], acc[r][k]);
+}
+
+static void mix_x16(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x, size_t bx,
+                    int half) {
+    const size_t elem = half ? 2 : 4;
+    for (int d0 = 0; d0 < n; d0 += 64) {
+        const int w = n - d0 < 64 ? n - d0 : 64;
+        const char *xc = (const char *)x + (size_t)d0 * elem;
+        for (int r0 = 0; r0 < nr; r0 += 4) {
+            float *sr = s + (size_t)r0 * bs + d0;
+            const float *pr = p + (size_t)r0 * bp;
+            switch (nr - r0 < 4 ? nr - r0 : 4) {
+            case 4: mix_tile(4, w, m, sr, bs, pr, bp, xc, bx, half); break;
+            case 3: mix_tile(3, w, m, sr, bs, pr, bp, xc, bx, half); break;
+            case 2: mix_tile(2, w, m, sr, bs, pr, bp, xc, bx, half); break;
+            default: mix_tile(1, w, m, sr, bs, pr, bp, xc, bx, half); break;
+            }
+        }
+    }
+}
+
+static void mix_f32(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x, size_t bx) {
+    mix_x16(n, m, s, bs, p, bp, nr, x, bx, 0);
+}
+
+static void mix_f16(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x, size_t bx) {
+    mix_x16(n, m, s, bs, p, bp, nr, x, bx, 1);
+}
+
 void el_register_avx512(el_type_traits *t) {
+    t[EL_F32].mix = mix_f32;
+    t[EL_F16].mix = mix_f16;
     t[EL_Q4_0].dot = dot_Q4_0;
     t[EL_Q4_1].dot = dot_Q4_1;
     t[EL_Q5_0].dot = dot_Q5_0;
