@@ -1,7 +1,9 @@
 """edgellm against llama.cpp on the same GGUF, same threads, alternating runs, each in a fresh process.
 
-    python benchmarks/vs_llamacpp.py MODEL.gguf [MODEL.gguf ...] -t 1,2 -p 512 -n 128 -r 3 \
+    python benchmarks/vs_llamacpp.py MODEL.gguf [MODEL.gguf ...] -t 1,2 -p 512 -n 128 [-d 1024] -r 3 \
         --llama-python /path/to/venv-with-llama-cpp-python/bin/python
+
+`-d D` (llama-bench's depth) first fills the cache with D random tokens, untimed, in both engines.
 
 llama.cpp runs through llama-cpp-python's low-level API (llama_decode on one batch), which builds llama.cpp
 from its source package; it is never a dependency of edgellm. For each (model, threads, test) the two
@@ -23,14 +25,14 @@ WORKER = r"""
 import json, sys, time
 import numpy as np
 import llama_cpp as L
-path, threads, test, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+path, threads, test, n, depth = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 L.llama_backend_init()
 mparams = L.llama_model_default_params()
 model = L.llama_model_load_from_file(path.encode(), mparams)
 cparams = L.llama_context_default_params()
-cparams.n_ctx = max(n + 8, 512)
-cparams.n_batch = max(n, 512)
-cparams.n_ubatch = max(n, 512)
+cparams.n_ctx = max(depth + n + 8, 512)
+cparams.n_batch = max(n, depth, 512)
+cparams.n_ubatch = max(n, depth, 512)
 cparams.n_threads = threads
 cparams.n_threads_batch = threads
 ctx = L.llama_init_from_model(model, cparams)
@@ -45,6 +47,8 @@ def decode(tokens):
 
 def run():
     L.llama_memory_clear(mem, True)
+    if depth:
+        decode([int(t) for t in rng.integers(0, n_vocab, depth)])
     if test == "pp":
         tokens = [int(t) for t in rng.integers(0, n_vocab, n)]
         t0 = time.perf_counter(); decode(tokens); return time.perf_counter() - t0
@@ -64,10 +68,10 @@ from edgellm.eval.bench import bench
 from edgellm.formats.gguf import GGUFFile
 from edgellm.model.transformer import Transformer
 from edgellm.runtime.store import MappedStore
-path, threads, test, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+path, threads, test, n, depth = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 g = GGUFFile(path)
 model = Transformer.from_store(g.metadata, MappedStore(g))
-r = bench(model, path, n if test == "pp" else 0, n if test == "tg" else 0, threads, 1)[0]
+r = bench(model, path, n if test == "pp" else 0, n if test == "tg" else 0, threads, 1, depth)[0]
 print(json.dumps({"tps": r.tps, "kernel_path": r.kernel_path}))
 """
 
@@ -91,6 +95,7 @@ def main() -> None:
     ap.add_argument("-t", "--threads", default="1,2")
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
+    ap.add_argument("-d", "--depth", type=int, default=0, help="tokens in the cache before each test")
     ap.add_argument("-r", "--repetitions", type=int, default=3)
     ap.add_argument("--llama-python", default=sys.executable, help="interpreter that has llama-cpp-python")
     ap.add_argument("--json", action="store_true")
@@ -103,22 +108,22 @@ def main() -> None:
             for test, n in tests:
                 ours, theirs, rss_ours, rss_theirs, path = [], [], [], [], ""
                 for _ in range(args.repetitions):
-                    result, rss = run_child(sys.executable, EDGELLM, [model, str(threads), test, str(n)])
+                    result, rss = run_child(sys.executable, EDGELLM, [model, str(threads), test, str(n), str(args.depth)])
                     ours.append(result["tps"])
                     rss_ours.append(rss)
                     path = result["kernel_path"]
-                    result, rss = run_child(args.llama_python, WORKER, [model, str(threads), test, str(n)])
+                    result, rss = run_child(args.llama_python, WORKER, [model, str(threads), test, str(n), str(args.depth)])
                     theirs.append(result["tps"])
                     rss_theirs.append(rss)
                 row = {
-                    "model": os.path.basename(model), "threads": threads, "test": f"{test}{n}",
+                    "model": os.path.basename(model), "threads": threads, "test": f"{test}{n}" + (f" @ d{args.depth}" if args.depth else ""),
                     "edgellm_tps": statistics.mean(ours), "llamacpp_tps": statistics.mean(theirs),
                     "ratio": statistics.mean(ours) / statistics.mean(theirs),
                     "edgellm_rss_mb": max(rss_ours), "llamacpp_rss_mb": max(rss_theirs), "kernel_path": path,
                 }  # fmt: skip
                 rows.append(row)
                 if not args.json:
-                    print(f"{row['model']:<34} t={threads} {row['test']:>6}  edgellm {row['edgellm_tps']:8.1f}  "
+                    print(f"{row['model']:<34} t={threads} {row['test']:>13}  edgellm {row['edgellm_tps']:8.1f}  "
                           f"llama.cpp {row['llamacpp_tps']:8.1f}  ratio {row['ratio']:.2f}  "
                           f"RSS {row['edgellm_rss_mb']:.0f} / {row['llamacpp_rss_mb']:.0f} MB", flush=True)  # fmt: skip
     if args.json:

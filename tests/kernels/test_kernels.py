@@ -299,3 +299,33 @@ def test_mix_rows_matches_reference(path, ttype):
                 got = np.array(kernels._C.mix(int(ttype), padded, p, n, nr, m, padded.shape[1])).reshape(nr, n)
                 want = p.astype(np.float64) @ x
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=f"n={n} m={m} nr={nr}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("ttype", [GGMLType.F32, GGMLType.F16, GGMLType.Q8_0])
+def test_dot_rows_matches_reference(path, ttype):
+    """Attention's scores kernel: cache rows against query rows (Q8_0 queries for a Q8_0 cache), key counts
+    around the 16-key tiles, row lengths with vector tails, padded rows on both sides."""
+    kernels.use(path)
+    rng = np.random.default_rng(13)
+    fmt = FORMATS[ttype]
+    for n in (32, 64, 96, 256) if ttype == GGMLType.Q8_0 else (8, 20, 64, 72, 100, 256):
+        for m in (1, 5, 16, 17, 130):
+            keys = fmt.quantize(rng.standard_normal((m, n)).astype(np.float32).reshape(-1)).reshape(m, -1)
+            x = np.zeros((m, keys.shape[1] + 6), np.uint8)
+            x[:, : keys.shape[1]] = keys.view(np.uint8).reshape(m, -1)
+            k = fmt.dequantize(keys.reshape(-1)).reshape(m, n).astype(np.float64)
+            for nr in (1, 3, 4, 7):
+                q = rng.standard_normal((nr, n)).astype(np.float32)
+                if ttype == GGMLType.Q8_0:
+                    row = n // 32 * 34
+                    y = np.zeros((nr, row + 10), np.uint8)
+                    for i in range(nr):
+                        kernels._C.quantize_row(int(GGMLType.Q8_0), q[i], y[i, :row])
+                    q = FORMATS[GGMLType.Q8_0].dequantize(y[:, :row].reshape(-1)).reshape(nr, n)
+                else:
+                    y = np.zeros((nr, n + 3), np.float32)
+                    y[:, :n] = q
+                got = np.array(kernels._C.dot_rows(int(ttype), x, y, n, nr, m, x.shape[1], y.strides[0])).reshape(nr, m)
+                want = q.astype(np.float64) @ k.T
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=f"n={n} m={m} nr={nr}")

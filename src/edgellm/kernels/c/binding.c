@@ -170,6 +170,34 @@ done:
     return result;
 }
 
+/* dot_rows(type, x, y, n, nr, m, bx, by): attention's scores kernel, out[r, j] = dot(x_j, y_r) for m rows x_j
+ * of `type` (bx bytes apart) and nr rows y_r of its dot type (by bytes apart); returns nr * m floats */
+static PyObject *py_dot_rows(PyObject *self, PyObject *args) {
+    int type, n, nr, m;
+    Py_ssize_t bx, by;
+    Py_buffer x, y;
+    if (!PyArg_ParseTuple(args, "iy*y*iiinn", &type, &x, &y, &n, &nr, &m, &bx, &by)) return NULL;
+    PyObject *result = NULL;
+    float *s = NULL;
+    if (check_type(type)) goto done;
+    const el_type_traits *t = &el_traits[type];
+    if (!t->mix || n < 1 || nr < 1 || m < 1 || n % t->block_size ||
+        (size_t)x.len < (size_t)(m - 1) * bx + row_bytes(type, n) ||
+        (size_t)y.len < (size_t)(nr - 1) * by + row_bytes(t->dot_type, n)) {
+        PyErr_SetString(PyExc_ValueError, "bad dot_rows arguments");
+        goto done;
+    }
+    s = malloc((size_t)nr * m * sizeof(float));
+    el_dot_rows(t, n, m, s, (size_t)m, y.buf, (size_t)by, nr, x.buf, (size_t)bx);
+    result = PyList_New((Py_ssize_t)nr * m);
+    for (size_t i = 0; i < (size_t)nr * m; i++) PyList_SET_ITEM(result, (Py_ssize_t)i, PyFloat_FromDouble(s[i]));
+done:
+    free(s);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    return result;
+}
+
 /* quantize_row(dot_type, x, out): activation quantizer of a dot type (Q8_0, Q8_1, Q8_K) */
 static PyObject *py_quantize_row(PyObject *self, PyObject *args) {
     int type;
@@ -417,6 +445,7 @@ static PyMethodDef methods[] = {
     {"matmul", py_matmul, METH_VARARGS, "out[t, r] = W[r] . x[t] on packed weights."},
     {"dot", py_dot, METH_VARARGS, "One kernel call with explicit strides (for tests)."},
     {"mix", py_mix, METH_VARARGS, "Weighted sums of KV cache rows, as attention mixes values (for tests)."},
+    {"dot_rows", py_dot_rows, METH_VARARGS, "KV cache rows against query rows, as attention scores (for tests)."},
     {"quantize_row", py_quantize_row, METH_VARARGS, "Quantize floats to an activation block type."},
     {"quantize", py_quantize, METH_VARARGS, "Quantize float weight rows to a weight format."},
     {"dequantize_row", py_dequantize_row, METH_VARARGS, "Dequantize packed weights to floats."},

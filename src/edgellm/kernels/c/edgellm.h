@@ -99,6 +99,10 @@ typedef void (*el_to_float_fn)(const void *x, float *y, int64_t k);
  * weight rows. */
 typedef void (*el_mix_fn)(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x,
                           size_t bx);
+/* Dot products of m rows of this type against nr rows of its dot type (attention's scores, keys against
+ * queries): s[r * bs + j] = dot(x_j, y_r), x_j row j (n elements, bx bytes apart), y_r `by` bytes apart. */
+typedef void (*el_dot_rows_fn)(int n, int m, float *s, size_t bs, const void *y, size_t by, int nr, const void *x,
+                               size_t bx);
 
 typedef struct {
     const char *name;
@@ -109,7 +113,19 @@ typedef struct {
     el_from_float_fn from_float; /* quantizer for this type when it is a dot type */
     el_to_float_fn to_float;
     el_mix_fn mix;           /* for KV cache types: F32, F16, Q8_0 */
+    el_dot_rows_fn dot_rows; /* optional, for KV cache types (else one dot call per row) */
 } el_type_traits;
+
+/* Attention scores of m cache rows against nr query rows: the type's dot_rows kernel where a path has one,
+ * else one dot call per cache row. */
+static inline void el_dot_rows(const el_type_traits *t, int n, int m, float *s, size_t bs, const void *y, size_t by,
+                               int nr, const void *x, size_t bx) {
+    if (t->dot_rows) {
+        t->dot_rows(n, m, s, bs, y, by, nr, x, bx);
+        return;
+    }
+    for (int j = 0; j < m; j++) t->dot(n, s + j, bs, (const char *)x + (size_t)j * bx, y, by, nr);
+}
 
 /* ISA paths, in order of preference. */
 enum el_isa { EL_ISA_GENERIC = 0, EL_ISA_AVX2 = 1, EL_ISA_AVX512 = 2, EL_ISA_NEON = 3, EL_ISA_COUNT = 4 };

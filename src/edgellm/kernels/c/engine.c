@@ -123,8 +123,8 @@ static void attn_task(void *vctx, int ith, int nth) {
             memcpy(qg + (size_t)i * group * qy, qsrc + ((size_t)(t0 + i) * m->n_head + (size_t)hk * group) * qy,
                    (size_t)group * qy);
         const size_t k_head = kv_bytes(c->kv_type, (size_t)hk * m->head_dim);
-        for (int j = a; j < b; j++)
-            kv->dot(m->head_dim, scores + (j - a), (size_t)c->n_kv_max, c->k + (size_t)j * k_row + k_head, qg, qy, nr);
+        const char *keys = c->k + (size_t)a * k_row + k_head;
+        el_dot_rows(kv, m->head_dim, b - a, scores, (size_t)c->n_kv_max, qg, qy, nr, keys, k_row);
         float *part = c->part + (size_t)item * R * (dv + 2);
         for (int r = 0; r < nr; r++) {
             const int pos = first + r / group, kf = first_key(pos, c->window);

@@ -511,6 +511,75 @@ KTILED(dot_Q4_K, Q4_K_CALL)
 KTILED(dot_Q5_K, Q5_K_CALL)
 KTILED(dot_Q6_K, Q6_K_CALL)
 
+/* ---- attention scores: F32 / F16 key rows against float query rows ----
+ * Sixteen keys at a time: each key's products over the head accumulate in one vector, and the sixteen
+ * vectors are reduced together (a transpose-add tree) instead of one horizontal sum per key. */
+#define ROWS_MAX_BYTES 4096
+static const float zero_row[ROWS_MAX_BYTES / sizeof(float)] __attribute__((aligned(64)));
+
+/* lane i of the result = sum of the lanes of v[i] */
+static inline __attribute__((always_inline)) __m512 sum16x16(__m512 v[16]) {
+    __m512 t[8], u[4];
+    for (int i = 0; i < 8; i++) /* 128-bit chunks (a0+a2, a1+a3, b0+b2, b1+b3) */
+        t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int k = 0; k < 4; k++) /* chunk c: four partial sums of v[4k + c] */
+        u[k] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * k], t[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(t[2 * k], t[2 * k + 1], 0xDD));
+    const __m512 w01 = _mm512_add_ps(_mm512_unpacklo_ps(u[0], u[1]), _mm512_unpackhi_ps(u[0], u[1]));
+    const __m512 w23 = _mm512_add_ps(_mm512_unpacklo_ps(u[2], u[3]), _mm512_unpackhi_ps(u[2], u[3]));
+    const __m512 y = _mm512_add_ps(_mm512_shuffle_ps(w01, w23, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_ps(w01, w23, _MM_SHUFFLE(3, 2, 3, 2)));
+    /* lane 4c + k holds the sum of v[4k + c] */
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), y);
+}
+
+static inline __attribute__((always_inline)) void dot_rows_x16(int n, int m, float *s, size_t bs, const void *y,
+                                                               size_t by, int nr, const void *x, size_t bx,
+                                                               const int half) {
+    const size_t elem = half ? 2 : 4;
+    for (int j0 = 0; j0 < m; j0 += 16) {
+        const int jn = m - j0 < 16 ? m - j0 : 16;
+        const char *rows[16];
+        for (int jj = 0; jj < 16; jj++)
+            rows[jj] = jj < jn ? (const char *)x + (size_t)(j0 + jj) * bx : (const char *)zero_row;
+        for (int r = 0; r < nr; r++) {
+            const float *q = (const float *)((const char *)y + (size_t)r * by);
+            __m512 acc[16];
+            for (int jj = 0; jj < 16; jj++) acc[jj] = _mm512_setzero_ps();
+            for (int d = 0; d < n; d += 16) {
+                const __mmask16 mk = n - d >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - d)) - 1);
+                const __m512 qv = _mm512_maskz_loadu_ps(mk, q + d);
+                for (int jj = 0; jj < 16; jj++) {
+                    const char *k = rows[jj] + (size_t)d * elem;
+                    const __m512 kv = half ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, k))
+                                           : _mm512_maskz_loadu_ps(mk, (const float *)k);
+                    acc[jj] = _mm512_fmadd_ps(qv, kv, acc[jj]);
+                }
+            }
+            _mm512_mask_storeu_ps(s + (size_t)r * bs + j0, (__mmask16)((1u << jn) - 1), sum16x16(acc));
+        }
+    }
+}
+
+static void dot_rows_f32(int n, int m, float *s, size_t bs, const void *y, size_t by, int nr, const void *x,
+                         size_t bx) {
+    if ((size_t)n * 4 > ROWS_MAX_BYTES) {
+        for (int j = 0; j < m; j++) el_traits[EL_F32].dot(n, s + j, bs, (const char *)x + (size_t)j * bx, y, by, nr);
+        return;
+    }
+    dot_rows_x16(n, m, s, bs, y, by, nr, x, bx, 0);
+}
+
+static void dot_rows_f16(int n, int m, float *s, size_t bs, const void *y, size_t by, int nr, const void *x,
+                         size_t bx) {
+    if ((size_t)n * 2 > ROWS_MAX_BYTES) {
+        for (int j = 0; j < m; j++) el_traits[EL_F16].dot(n, s + j, bs, (const char *)x + (size_t)j * bx, y, by, nr);
+        return;
+    }
+    dot_rows_x16(n, m, s, bs, y, by, nr, x, bx, 1);
+}
+
 /* ---- weighted sums of F32 / F16 rows (attention's P V) ----
  * Columns in chunks of 64 (four vectors, masked at the tail), weight rows in groups of up to four: each
  * chunk of a cache row is loaded once per group and accumulated into 16 registers. */
@@ -570,6 +639,8 @@ static void mix_f16(int n, int m, float *s, size_t bs, const float *p, size_t bp
 void el_register_avx512(el_type_traits *t) {
     t[EL_F32].mix = mix_f32;
     t[EL_F16].mix = mix_f16;
+    t[EL_F32].dot_rows = dot_rows_f32;
+    t[EL_F16].dot_rows = dot_rows_f16;
     t[EL_Q4_0].dot = dot_Q4_0;
     t[EL_Q4_1].dot = dot_Q4_1;
     t[EL_Q5_0].dot = dot_Q5_0;
