@@ -593,6 +593,65 @@ FLOAT_DOT(el_vec_dot_f32_avx2, load_w_f32, one_f32)
 FLOAT_DOT(el_vec_dot_f16_avx2, load_w_f16, one_f16)
 FLOAT_DOT(el_vec_dot_bf16_avx2, load_w_bf16, one_bf16)
 
+/* ---- attention scores: F32 / F16 key rows against float query rows, eight keys per pass and one hadd
+ * tree for their eight sums (rows whose length is not a multiple of 8 take one dot call per key) ---- */
+#define ROWS_MAX_BYTES 4096
+static const float zero_row[ROWS_MAX_BYTES / sizeof(float)] __attribute__((aligned(32)));
+
+/* lane i of the result = sum of the lanes of v[i] */
+static inline __attribute__((always_inline)) __m256 sum8x8(const __m256 v[8]) {
+    const __m256 s0123 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    const __m256 s4567 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
+}
+
+static inline __attribute__((always_inline)) void dot_rows_x8(int n, int m, float *s, size_t bs, const void *y,
+                                                              size_t by, int nr, const void *x, size_t bx,
+                                                              const int half) {
+    const size_t elem = half ? 2 : 4;
+    for (int j0 = 0; j0 < m; j0 += 8) {
+        const int jn = m - j0 < 8 ? m - j0 : 8;
+        const char *rows[8];
+        for (int jj = 0; jj < 8; jj++)
+            rows[jj] = jj < jn ? (const char *)x + (size_t)(j0 + jj) * bx : (const char *)zero_row;
+        for (int r = 0; r < nr; r++) {
+            const float *q = (const float *)((const char *)y + (size_t)r * by);
+            __m256 acc[8];
+            for (int jj = 0; jj < 8; jj++) acc[jj] = _mm256_setzero_ps();
+            for (int d = 0; d < n; d += 8) {
+                const __m256 qv = _mm256_loadu_ps(q + d);
+                for (int jj = 0; jj < 8; jj++) {
+                    const char *k = rows[jj] + (size_t)d * elem;
+                    const __m256 kv = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)k))
+                                           : _mm256_loadu_ps((const float *)k);
+                    acc[jj] = _mm256_fmadd_ps(qv, kv, acc[jj]);
+                }
+            }
+            float sums[8];
+            _mm256_storeu_ps(sums, sum8x8(acc));
+            memcpy(s + (size_t)r * bs + j0, sums, sizeof(float) * (size_t)jn);
+        }
+    }
+}
+
+static void dot_rows_f32(int n, int m, float *s, size_t bs, const void *y, size_t by, int nr, const void *x,
+                         size_t bx) {
+    if (n % 8 || (size_t)n * 4 > ROWS_MAX_BYTES) {
+        for (int j = 0; j < m; j++) el_traits[EL_F32].dot(n, s + j, bs, (const char *)x + (size_t)j * bx, y, by, nr);
+        return;
+    }
+    dot_rows_x8(n, m, s, bs, y, by, nr, x, bx, 0);
+}
+
+static void dot_rows_f16(int n, int m, float *s, size_t bs, const void *y, size_t by, int nr, const void *x,
+                         size_t bx) {
+    if (n % 8 || (size_t)n * 2 > ROWS_MAX_BYTES) {
+        for (int j = 0; j < m; j++) el_traits[EL_F16].dot(n, s + j, bs, (const char *)x + (size_t)j * bx, y, by, nr);
+        return;
+    }
+    dot_rows_x8(n, m, s, bs, y, by, nr, x, bx, 1);
+}
+
 /* ---- weighted sums of F32 / F16 rows (attention's P V): columns in chunks of 32, up to four weight rows
  * per pass, the last n % 8 columns in scalar code ---- */
 static inline __attribute__((always_inline)) void mix_tile(const int NR, int w, int m, float *s, size_t bs,
@@ -658,6 +717,8 @@ static void mix_f16(int n, int m, float *s, size_t bs, const float *p, size_t bp
 void el_register_avx2(el_type_traits *t) {
     t[EL_F32].mix = mix_f32;
     t[EL_F16].mix = mix_f16;
+    t[EL_F32].dot_rows = dot_rows_f32;
+    t[EL_F16].dot_rows = dot_rows_f16;
     t[EL_Q8_0].from_float = el_quantize_row_q8_0_avx2;
     t[EL_Q8_1].from_float = el_quantize_row_q8_1_avx2;
     t[EL_Q8_K].from_float = el_quantize_row_q8_K_avx2;
