@@ -223,7 +223,7 @@ def test_q8_0_kv_cache_stays_close_to_f32_on_every_path(tiny_gemma3):
     cache = KVCache(model.config, 16, cache_type="q8_0")
     assert cache.type == GGMLType.Q8_0
     assert cache.n_bytes * 32 == KVCache(model.config, 16).n_bytes * 8.5
-    q8 = model.forward(tokens[:9], cache, slice(None))  # prefill (transposed-V path) then decode steps
+    q8 = model.forward(tokens[:9], cache, slice(None))  # prefill then decode steps
     q8 = np.concatenate([q8, np.stack([model.forward(tokens[i : i + 1], cache)[0] for i in range(9, 12)])])
     assert np.abs(q8 - f32).max() < 0.1 * f32.std()
     before = kernels.active_path()
