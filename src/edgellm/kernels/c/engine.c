@@ -67,8 +67,8 @@ static void rope(float *x, int n_heads, int head_dim, int n_rot, const float *cs
 
 /* ---- attention ----
  * One task item per (query tile, kv head, key range): the kv head's whole query group (Q_TILE tokens x the
- * heads sharing it) is scored against each cached key row in one dot call and mixed with each value row in
- * one pass, so every cache row is read once per item. A long cache is split into key ranges when there are
+ * heads sharing it) is scored against its keys by one dot_rows call and mixed with each value row in one pass
+ * (mix), so every cache row is read once per item. A long cache is split into key ranges when there are
  * fewer items than threads (decode); each range leaves an unnormalised output with its running max and sum,
  * and attn_merge_task combines them (as flash decoding does). */
 typedef struct {
