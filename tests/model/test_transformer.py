@@ -167,16 +167,18 @@ def test_c_engine_matches_numpy_reference(fixture, request):
         kernels.use(before)
 
 
-@pytest.mark.parametrize("arch, cache_type", [("qwen2", "f32"), ("qwen2", "f16"), ("gemma3", "q8_0")])
+@pytest.mark.parametrize("arch, cache_type", [("qwen2", "f32"), ("qwen2", "f16"), ("gemma3", "f32"), ("gemma3", "q8_0")])
 def test_long_cache_decode_split_over_threads_matches_numpy(tmp_path, arch, cache_type):
     """Decode over a 300-token cache: with several threads the keys are split into ranges whose partial
-    softmax sums are merged; every thread count and path must give the NumPy result. (Six Gemma 3 layers:
-    the sixth attends globally, head_dim 32 allows a Q8_0 cache.)"""
+    softmax sums are merged; every thread count and path must give the NumPy result. Six Gemma 3 layers: five
+    with a 280-token sliding window (split too, and masked inside the ranges), the sixth global; its head_dim
+    32 allows a Q8_0 cache."""
     from edgellm import kernels
 
     if kernels._C is None:
         pytest.skip("C extension not built")
-    model = load(build_tiny_gguf(tmp_path / "m.gguf", arch=arch, n_layers=6 if arch == "gemma3" else 2))
+    six = dict(n_layers=6, sliding_window=280) if arch == "gemma3" else {}
+    model = load(build_tiny_gguf(tmp_path / "m.gguf", arch=arch, **six))
     tokens = np.random.default_rng(9).integers(0, model.config.n_vocab, size=303)
 
     def run():
