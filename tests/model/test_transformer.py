@@ -168,23 +168,25 @@ def test_c_engine_matches_numpy_reference(fixture, request):
 
 
 @pytest.mark.parametrize("arch, cache_type", [("qwen2", "f32"), ("qwen2", "f16"), ("gemma3", "f32"), ("gemma3", "q8_0")])
-def test_long_cache_decode_split_over_threads_matches_numpy(tmp_path, arch, cache_type):
-    """Decode over a 300-token cache: with several threads the keys are split into ranges whose partial
-    softmax sums are merged; every thread count and path must give the NumPy result. Six Gemma 3 layers: five
-    with a 280-token sliding window (split too, and masked inside the ranges), the sixth global; its head_dim
-    32 allows a Q8_0 cache."""
+def test_long_cache_attention_split_over_threads_matches_numpy(tmp_path, arch, cache_type):
+    """Over a 600-token cache the keys are split into ranges whose partial softmax sums are merged when there
+    are fewer attention items than threads: a 4-token batch and decode steps, at 1 to 8 threads (up to 4
+    ranges), must give the NumPy result. Six Gemma 3 layers: five
+    with a 280-token sliding window (split inside the window too), the sixth global; its head_dim 32 allows
+    a Q8_0 cache."""
     from edgellm import kernels
 
     if kernels._C is None:
         pytest.skip("C extension not built")
     six = dict(n_layers=6, sliding_window=280) if arch == "gemma3" else {}
     model = load(build_tiny_gguf(tmp_path / "m.gguf", arch=arch, **six))
-    tokens = np.random.default_rng(9).integers(0, model.config.n_vocab, size=303)
+    tokens = np.random.default_rng(9).integers(0, model.config.n_vocab, size=607)
 
     def run():
-        cache = KVCache(model.config, 320, cache_type=cache_type)
-        model.forward(tokens[:300], cache, None)
-        return np.stack([model.forward(tokens[i : i + 1], cache)[0] for i in range(300, 303)])
+        cache = KVCache(model.config, 620, cache_type=cache_type)
+        model.forward(tokens[:600], cache, None)
+        batch = model.forward(tokens[600:604], cache, slice(None))
+        return np.concatenate([batch, np.stack([model.forward(tokens[i : i + 1], cache)[0] for i in range(604, 607)])])
 
     before = kernels.active_path()
     try:
@@ -192,7 +194,7 @@ def test_long_cache_decode_split_over_threads_matches_numpy(tmp_path, arch, cach
         ref = run()
         for path in kernels.capabilities()["supported"]:
             kernels.use(path)
-            for threads in (1, 2, 3):
+            for threads in (1, 2, 3, 8):
                 kernels.set_threads(threads)
                 got = run()
                 assert np.abs(got - ref).max() < 0.08 * ref.std(), (path, threads)

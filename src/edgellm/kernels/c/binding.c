@@ -127,15 +127,20 @@ static PyObject *py_dot(PyObject *self, PyObject *args) {
     if (check_type(type)) goto done;
     const el_type_traits *t = &el_traits[type];
     const el_type_traits *yt = &el_traits[t->dot_type];
-    if (!t->dot || nc < 1 || bs < 1 || n % t->block_size || (size_t)w.len < row_bytes(type, n) ||
-        (size_t)y.len < (size_t)(nc - 1) * by + row_bytes(t->dot_type, n) || !yt->name) {
+    if (!t->dot || nc < 1 || bs < 1 || n % t->block_size || (size_t)w.len < row_bytes(type, n) || !yt->name ||
+        by < (Py_ssize_t)row_bytes(t->dot_type, n) || (size_t)y.len < (size_t)(nc - 1) * by + row_bytes(t->dot_type, n)) {
         PyErr_SetString(PyExc_ValueError, "bad dot arguments");
         goto done;
     }
     s = calloc((size_t)nc * bs, sizeof(float));
+    if (!s) {
+        PyErr_NoMemory();
+        goto done;
+    }
     t->dot(n, s, (size_t)bs, w.buf, y.buf, (size_t)by, nc);
     result = PyList_New(nc);
-    for (int c = 0; c < nc; c++) PyList_SET_ITEM(result, c, PyFloat_FromDouble(s[(size_t)c * bs]));
+    if (result)
+        for (int c = 0; c < nc; c++) PyList_SET_ITEM(result, c, PyFloat_FromDouble(s[(size_t)c * bs]));
 done:
     free(s);
     PyBuffer_Release(&w);
@@ -155,14 +160,19 @@ static PyObject *py_mix(PyObject *self, PyObject *args) {
     if (check_type(type)) goto done;
     const el_type_traits *t = &el_traits[type];
     if (!t->mix || n < 1 || nr < 1 || m < 1 || n % t->block_size || (size_t)p.len < (size_t)nr * m * sizeof(float) ||
-        (size_t)x.len < (size_t)(m - 1) * bx + row_bytes(type, n)) {
+        bx < (Py_ssize_t)row_bytes(type, n) || (size_t)x.len < (size_t)(m - 1) * bx + row_bytes(type, n)) {
         PyErr_SetString(PyExc_ValueError, "bad mix arguments");
         goto done;
     }
     s = malloc((size_t)nr * n * sizeof(float));
+    if (!s) {
+        PyErr_NoMemory();
+        goto done;
+    }
     t->mix(n, m, s, (size_t)n, p.buf, (size_t)m, nr, x.buf, (size_t)bx);
     result = PyList_New((Py_ssize_t)nr * n);
-    for (size_t i = 0; i < (size_t)nr * n; i++) PyList_SET_ITEM(result, (Py_ssize_t)i, PyFloat_FromDouble(s[i]));
+    if (result)
+        for (size_t i = 0; i < (size_t)nr * n; i++) PyList_SET_ITEM(result, (Py_ssize_t)i, PyFloat_FromDouble(s[i]));
 done:
     free(s);
     PyBuffer_Release(&x);
@@ -181,16 +191,21 @@ static PyObject *py_dot_rows(PyObject *self, PyObject *args) {
     float *s = NULL;
     if (check_type(type)) goto done;
     const el_type_traits *t = &el_traits[type];
-    if (!t->mix || n < 1 || nr < 1 || m < 1 || n % t->block_size ||
-        (size_t)x.len < (size_t)(m - 1) * bx + row_bytes(type, n) ||
+    if (!t->mix || n < 1 || nr < 1 || m < 1 || n % t->block_size || bx < (Py_ssize_t)row_bytes(type, n) ||
+        by < (Py_ssize_t)row_bytes(t->dot_type, n) || (size_t)x.len < (size_t)(m - 1) * bx + row_bytes(type, n) ||
         (size_t)y.len < (size_t)(nr - 1) * by + row_bytes(t->dot_type, n)) {
         PyErr_SetString(PyExc_ValueError, "bad dot_rows arguments");
         goto done;
     }
     s = malloc((size_t)nr * m * sizeof(float));
+    if (!s) {
+        PyErr_NoMemory();
+        goto done;
+    }
     el_dot_rows(t, n, m, s, (size_t)m, y.buf, (size_t)by, nr, x.buf, (size_t)bx);
     result = PyList_New((Py_ssize_t)nr * m);
-    for (size_t i = 0; i < (size_t)nr * m; i++) PyList_SET_ITEM(result, (Py_ssize_t)i, PyFloat_FromDouble(s[i]));
+    if (result)
+        for (size_t i = 0; i < (size_t)nr * m; i++) PyList_SET_ITEM(result, (Py_ssize_t)i, PyFloat_FromDouble(s[i]));
 done:
     free(s);
     PyBuffer_Release(&x);

@@ -129,15 +129,15 @@ static void attn_task(void *vctx, int ith, int nth) {
         for (int r = 0; r < nr; r++) {
             const int pos = first + r / group, kf = first_key(pos, c->window);
             const int lo = kf > a ? kf : a, hi = pos < b - 1 ? pos : b - 1;
-            float *s = scores + (size_t)r * c->n_kv_max - a;
+            float *s = scores + (size_t)r * c->n_kv_max; /* s[j - a]: score of key j */
             float mx = -INFINITY, sum = 0.0f;
             for (int j = lo; j <= hi; j++) {
-                s[j] *= m->attn_scale;
-                if (s[j] > mx) mx = s[j];
+                s[j - a] *= m->attn_scale;
+                if (s[j - a] > mx) mx = s[j - a];
             }
             for (int j = a; j < b; j++) {
-                const float e = j >= lo && j <= hi ? fast_expf(s[j] - mx) : 0.0f;
-                s[j] = e;
+                const float e = j >= lo && j <= hi ? fast_expf(s[j - a] - mx) : 0.0f;
+                s[j - a] = e;
                 sum += e;
             }
             part[(size_t)r * (dv + 2) + dv] = mx;
@@ -179,7 +179,7 @@ static void attn_merge_task(void *vctx, int ith, int nth) {
     }
 }
 
-/* key ranges per (tile, kv head): enough items for every thread twice over, at least 128 keys per range */
+/* key ranges per (tile, kv head): enough items for every thread twice over, about 128 keys or more each */
 static int attn_splits(const el_model *m, int n_tokens, int n_kv, int window, int nth) {
     const int items = (n_tokens + Q_TILE - 1) / Q_TILE * m->n_head_kv;
     const int span = window > 0 && window + Q_TILE < n_kv ? window + Q_TILE : n_kv;
