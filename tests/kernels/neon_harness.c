@@ -9,7 +9,8 @@
  * through el_set_isa(EL_ISA_NEON) and el_set_isa(EL_ISA_GENERIC); results must agree within a tolerance
  * relative to sum_i |w_i * y_i| (the kernels differ only in float summation order). Where the generic table
  * has no kernel yet (k-quants), a scalar transcription of ggml's generic kernel in this file stands in.
- * Activation quantizers (Q8_0, Q8_1) must match byte for byte. Last line: "N passed, M failed"; exit status
+ * Activation quantizers (Q8_0, Q8_1) must match byte for byte. Attention's dot_rows and mix over F32 / F16
+ * cache rows are checked against the generic dot and mix. Last line: "N passed, M failed"; exit status
  * 1 on any failure, 77 when the NEON path is not compiled in (not an AArch64 build). */
 #include <math.h>
 #include <stdarg.h>
@@ -268,6 +269,33 @@ static void test_matmul(enum el_type type, int n_rows, int n_cols, int n_tokens)
     el_pool_free(pool);
 }
 
+/* attention kernels over F32 / F16 cache rows: NEON against generic (dot_rows: one generic dot per row) */
+static void test_attention_rows(const el_type_traits *generic_tab, enum el_type type, int n, int m, int nr) {
+    const size_t elem = type == EL_F16 ? 2 : 4, bx = (size_t)n * elem + 8;
+    char *x = calloc((size_t)m, bx);
+    float *y = malloc(sizeof(float) * (size_t)nr * n), *p = malloc(sizeof(float) * (size_t)nr * m);
+    float *a = malloc(sizeof(float) * (size_t)nr * (n > m ? n : m)), *b = malloc(sizeof(float) * (size_t)nr * (n > m ? n : m));
+    for (int j = 0; j < m; j++)
+        for (int d = 0; d < n; d++) {
+            const float v = rnd_normal();
+            if (type == EL_F16) ((el_fp16_t *)(x + (size_t)j * bx))[d] = el_fp32_to_fp16(v);
+            else ((float *)(x + (size_t)j * bx))[d] = v;
+        }
+    for (int i = 0; i < nr * n; i++) y[i] = rnd_normal();
+    for (int i = 0; i < nr * m; i++) p[i] = rnd_uniform(0.0f, 1.0f);
+    el_traits[type].dot_rows(n, m, a, (size_t)m, y, sizeof(float) * (size_t)n, nr, x, bx);
+    for (int j = 0; j < m; j++) generic_tab[type].dot(n, b + j, (size_t)m, x + (size_t)j * bx, y, sizeof(float) * (size_t)n, nr);
+    for (int i = 0; i < nr * m; i++)
+        check(fabsf(a[i] - b[i]) <= 1e-4f * (1.0f + fabsf(b[i])) * sqrtf((float)n), "dot_rows %s n=%d m=%d nr=%d: %d neon %.7g generic %.7g",
+              el_traits[type].name, n, m, nr, i, a[i], b[i]);
+    el_traits[type].mix(n, m, a, (size_t)n, p, (size_t)m, nr, x, bx);
+    generic_tab[type].mix(n, m, b, (size_t)n, p, (size_t)m, nr, x, bx);
+    for (int i = 0; i < nr * n; i++)
+        check(fabsf(a[i] - b[i]) <= 1e-4f * (1.0f + fabsf(b[i])) * sqrtf((float)m), "mix %s n=%d m=%d nr=%d: %d neon %.7g generic %.7g",
+              el_traits[type].name, n, m, nr, i, a[i], b[i]);
+    free(x), free(y), free(p), free(a), free(b);
+}
+
 int main(void) {
     el_init();
     if (el_set_isa(EL_ISA_NEON) != 0) {
@@ -306,6 +334,16 @@ int main(void) {
     test_matmul(EL_Q4_0, 37, 32 * 9, 5);
     test_matmul(EL_Q8_0, 20, 32 * 4, 1);
     test_matmul(EL_Q4_1, 17, 32 * 5, 6);
+    const enum el_type cache_types[] = {EL_F32, EL_F16};
+    const int dims[] = {8, 20, 64, 72, 256}, keys[] = {1, 5, 17}, rows[] = {1, 3, 5};
+    for (int ti = 0; ti < 2; ti++) {
+        check(el_traits[cache_types[ti]].mix != generic_tab[cache_types[ti]].mix, "%s: NEON path did not register mix",
+              el_traits[cache_types[ti]].name);
+        for (int di = 0; di < 5; di++)
+            for (int ki = 0; ki < 3; ki++)
+                for (int ri = 0; ri < 3; ri++) test_attention_rows(generic_tab, cache_types[ti], dims[di], keys[ki], rows[ri]);
+        printf("%-5s neon dot_rows and mix against generic\n", el_traits[cache_types[ti]].name);
+    }
 
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;

@@ -1,5 +1,5 @@
-/* NEON kernels (AArch64): activation quantizers Q8_0/Q8_1 and dot products Q4_0, Q4_1, Q5_0, Q8_0 (vs Q8_0/Q8_1),
- * Q4_K and Q6_K (vs Q8_K). The math is ggml's (ggml-cpu/arch/arm/quants.c); products of 16 int8 pairs go through
+/* NEON kernels (AArch64): activation quantizers Q8_0/Q8_1, dot products Q4_0, Q4_1, Q5_0, Q8_0 (vs Q8_0/Q8_1),
+ * Q4_K and Q6_K (vs Q8_K), and attention's scores and P V over F32 / F16 cache rows. The math is ggml's (ggml-cpu/arch/arm/quants.c); products of 16 int8 pairs go through
  * vdotq_s32 when the compiler targets +dotprod, else vmull_s8 + vpadalq_s16 (baseline armv8-a).
  *
  * Every dot unpacks a weight block once into int8 vectors and reuses it for up to 4 activation rows (the
@@ -333,6 +333,92 @@ static void dot_q6_K_neon(int n, float *s, size_t bs, const void *w, const void 
     }
 }
 
+/* ---- attention over F32 / F16 cache rows ---- */
+
+/* four floats of a cache row (F16 rows are converted) */
+static inline float32x4_t load4(const char *row, int d, int half) {
+    return half ? vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)row + d)))
+                : vld1q_f32((const float *)row + d);
+}
+
+static inline float elem(const char *row, int d, int half) {
+    return half ? el_fp16_to_fp32(((const el_fp16_t *)row)[d]) : ((const float *)row)[d];
+}
+
+/* scores: s[r * bs + j] = x_j . y_r, each key row loaded once for all nr query rows (up to 4 at a time) */
+static void dot_rows_x4(int n, int m, float *s, size_t bs, const void *y, size_t by, int nr, const void *x,
+                        size_t bx, int half) {
+    const int n4 = n & ~3;
+    for (int j = 0; j < m; j++) {
+        const char *row = (const char *)x + (size_t)j * bx;
+        for (int r0 = 0; r0 < nr; r0 += NC_TILE) {
+            const int rn = nr - r0 < NC_TILE ? nr - r0 : NC_TILE;
+            float32x4_t acc[NC_TILE];
+            for (int r = 0; r < NC_TILE; r++) acc[r] = vdupq_n_f32(0.0f);
+            for (int d = 0; d < n4; d += 4) {
+                const float32x4_t k = load4(row, d, half);
+                for (int r = 0; r < rn; r++)
+                    acc[r] = vfmaq_f32(acc[r], k, vld1q_f32((const float *)((const char *)y + (size_t)(r0 + r) * by) + d));
+            }
+            for (int r = 0; r < rn; r++) {
+                const float *q = (const float *)((const char *)y + (size_t)(r0 + r) * by);
+                float sum = vaddvq_f32(acc[r]);
+                for (int d = n4; d < n; d++) sum += elem(row, d, half) * q[d];
+                s[(size_t)(r0 + r) * bs + j] = sum;
+            }
+        }
+    }
+}
+
+/* P V: s[r * bs + d] = sum_j p[r * bp + j] x_j[d], columns in chunks of 16, each row chunk loaded once */
+static void mix_x4(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x, size_t bx,
+                   int half) {
+    const int n4 = n & ~3;
+    for (int d0 = 0; d0 < n4; d0 += 16) {
+        const int nv = (n4 - d0 < 16 ? n4 - d0 : 16) / 4;
+        for (int r0 = 0; r0 < nr; r0 += NC_TILE) {
+            const int rn = nr - r0 < NC_TILE ? nr - r0 : NC_TILE;
+            float32x4_t acc[NC_TILE][4];
+            for (int r = 0; r < NC_TILE; r++)
+                for (int v = 0; v < 4; v++) acc[r][v] = vdupq_n_f32(0.0f);
+            for (int j = 0; j < m; j++) {
+                const char *row = (const char *)x + (size_t)j * bx;
+                float32x4_t xv[4];
+                for (int v = 0; v < nv; v++) xv[v] = load4(row, d0 + 4 * v, half);
+                for (int r = 0; r < rn; r++) {
+                    const float pj = p[(size_t)(r0 + r) * bp + j];
+                    for (int v = 0; v < nv; v++) acc[r][v] = vfmaq_n_f32(acc[r][v], xv[v], pj);
+                }
+            }
+            for (int r = 0; r < rn; r++)
+                for (int v = 0; v < nv; v++) vst1q_f32(s + (size_t)(r0 + r) * bs + d0 + 4 * v, acc[r][v]);
+        }
+    }
+    for (int d = n4; d < n; d++)
+        for (int r = 0; r < nr; r++) {
+            float sum = 0.0f;
+            for (int j = 0; j < m; j++) sum += p[(size_t)r * bp + j] * elem((const char *)x + (size_t)j * bx, d, half);
+            s[(size_t)r * bs + d] = sum;
+        }
+}
+
+static void dot_rows_f32_neon(int n, int m, float *s, size_t bs, const void *y, size_t by, int nr, const void *x,
+                              size_t bx) {
+    dot_rows_x4(n, m, s, bs, y, by, nr, x, bx, 0);
+}
+static void dot_rows_f16_neon(int n, int m, float *s, size_t bs, const void *y, size_t by, int nr, const void *x,
+                              size_t bx) {
+    dot_rows_x4(n, m, s, bs, y, by, nr, x, bx, 1);
+}
+static void mix_f32_neon(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x,
+                         size_t bx) {
+    mix_x4(n, m, s, bs, p, bp, nr, x, bx, 0);
+}
+static void mix_f16_neon(int n, int m, float *s, size_t bs, const float *p, size_t bp, int nr, const void *x,
+                         size_t bx) {
+    mix_x4(n, m, s, bs, p, bp, nr, x, bx, 1);
+}
+
 void el_register_neon(el_type_traits *t) {
     t[EL_Q8_0].from_float = quantize_row_q8_0_neon;
     t[EL_Q8_1].from_float = quantize_row_q8_1_neon;
@@ -345,6 +431,10 @@ void el_register_neon(el_type_traits *t) {
     t[EL_Q3_NL].dot = dot_q3_nl_neon;
     t[EL_Q2_NL].dot = dot_q2_nl_neon;
     t[EL_Q6_K].dot = dot_q6_K_neon;
+    t[EL_F32].dot_rows = dot_rows_f32_neon;
+    t[EL_F16].dot_rows = dot_rows_f16_neon;
+    t[EL_F32].mix = mix_f32_neon;
+    t[EL_F16].mix = mix_f16_neon;
 }
 #else
 void el_register_neon(el_type_traits *t) { (void)t; }
