@@ -69,7 +69,7 @@ static void rope(float *x, int n_heads, int head_dim, int n_rot, const float *cs
  * One task item per (query tile, kv head, key range): the kv head's whole query group (Q_TILE tokens x the
  * heads sharing it) is scored against its keys by one dot_rows call and mixed with each value row in one pass
  * (mix), so every cache row is read once per item. A long cache is split into key ranges when there are
- * fewer items than threads (decode); each range leaves an unnormalised output with its running max and sum,
+ * few items (decode), so that threads share it; each range leaves an unnormalised output with its running max and sum,
  * and attn_merge_task combines them (as flash decoding does). */
 typedef struct {
     const el_model *m;
@@ -179,12 +179,14 @@ static void attn_merge_task(void *vctx, int ith, int nth) {
     }
 }
 
-/* key ranges per (tile, kv head): enough items for every thread twice over, about 128 keys or more each */
-static int attn_splits(const el_model *m, int n_tokens, int n_kv, int window, int nth) {
+/* key ranges per (tile, kv head): enough items to keep up to 8 threads busy, about 128 keys or more each.
+ * It does not depend on the thread count, so every thread count gives the same result. */
+#define ATTN_MIN_ITEMS 16
+static int attn_splits(const el_model *m, int n_tokens, int n_kv, int window) {
     const int items = (n_tokens + Q_TILE - 1) / Q_TILE * m->n_head_kv;
     const int span = window > 0 && window + Q_TILE < n_kv ? window + Q_TILE : n_kv;
-    if (nth == 1 || items >= 2 * nth || span < 256) return 1;
-    const int want = (2 * nth + items - 1) / items, cap = span / 128;
+    if (items >= ATTN_MIN_ITEMS || span < 256) return 1;
+    const int want = (ATTN_MIN_ITEMS + items - 1) / items, cap = span / 128;
     return want < cap ? want : cap;
 }
 
@@ -328,7 +330,7 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
     const size_t T = (size_t)n_tokens;
     const int n_kv = n_past + n_tokens;
     const int R = attn_rows(m), n_tiles = (n_tokens + Q_TILE - 1) / Q_TILE;
-    const int max_split = attn_splits(m, n_tokens, n_kv, 0, nth);
+    const int max_split = attn_splits(m, n_tokens, n_kv, 0);
     const size_t attn_scratch = (size_t)R * (n_ctx + m->head_dim); /* per thread */
     const size_t attn_part = (size_t)n_tiles * m->n_head_kv * max_split * R * (m->head_dim_v + 2);
     const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + nth * attn_scratch + attn_part + 4 * T * half;
@@ -379,7 +381,7 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
         if (q8) el_traits[EL_Q8_0].from_float(q, q8, (int64_t)T * QD);
         const int window = swa ? m->sliding_window : 0;
         attn_ctx ac = {m, q, q8, kc, vc, att, part, scores, n_tokens, n_past, window, n_ctx, kv_type,
-                       attn_splits(m, n_tokens, n_kv, window, nth)};
+                       attn_splits(m, n_tokens, n_kv, window)};
         el_pool_run(pool, attn_task, &ac);
         el_pool_run(n_tokens > 1 || ac.n_split > 1 ? pool : NULL, attn_merge_task, &ac);
         rc |= linear(&r, &L->wo, att, n_tokens, o);
