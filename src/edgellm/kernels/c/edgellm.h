@@ -116,15 +116,17 @@ typedef struct {
     el_dot_rows_fn dot_rows; /* optional, for KV cache types (else one dot call per row) */
 } el_type_traits;
 
-/* Attention scores of m cache rows against nr query rows: the type's dot_rows kernel where a path has one,
- * else one dot call per cache row. */
+/* Attention scores of m cache rows against nr query rows as one dot call per cache row. */
+static inline void el_dot_rows_each(el_dot_fn dot, int n, int m, float *s, size_t bs, const void *y, size_t by,
+                                    int nr, const void *x, size_t bx) {
+    for (int j = 0; j < m; j++) dot(n, s + j, bs, (const char *)x + (size_t)j * bx, y, by, nr);
+}
+
+/* The same through the type's dot_rows kernel where a path has one. */
 static inline void el_dot_rows(const el_type_traits *t, int n, int m, float *s, size_t bs, const void *y, size_t by,
                                int nr, const void *x, size_t bx) {
-    if (t->dot_rows) {
-        t->dot_rows(n, m, s, bs, y, by, nr, x, bx);
-        return;
-    }
-    for (int j = 0; j < m; j++) t->dot(n, s + j, bs, (const char *)x + (size_t)j * bx, y, by, nr);
+    if (t->dot_rows) t->dot_rows(n, m, s, bs, y, by, nr, x, bx);
+    else el_dot_rows_each(t->dot, n, m, s, bs, y, by, nr, x, bx);
 }
 
 /* ISA paths, in order of preference. */

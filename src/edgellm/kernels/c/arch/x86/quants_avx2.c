@@ -637,7 +637,7 @@ static inline __attribute__((always_inline)) void dot_rows_x8(int n, int m, floa
 static void dot_rows_f32(int n, int m, float *s, size_t bs, const void *y, size_t by, int nr, const void *x,
                          size_t bx) {
     if (n % 8 || (size_t)n * 4 > ROWS_MAX_BYTES) {
-        for (int j = 0; j < m; j++) el_traits[EL_F32].dot(n, s + j, bs, (const char *)x + (size_t)j * bx, y, by, nr);
+        el_dot_rows_each(el_traits[EL_F32].dot, n, m, s, bs, y, by, nr, x, bx);
         return;
     }
     dot_rows_x8(n, m, s, bs, y, by, nr, x, bx, 0);
@@ -646,7 +646,7 @@ static void dot_rows_f32(int n, int m, float *s, size_t bs, const void *y, size_
 static void dot_rows_f16(int n, int m, float *s, size_t bs, const void *y, size_t by, int nr, const void *x,
                          size_t bx) {
     if (n % 8 || (size_t)n * 2 > ROWS_MAX_BYTES) {
-        for (int j = 0; j < m; j++) el_traits[EL_F16].dot(n, s + j, bs, (const char *)x + (size_t)j * bx, y, by, nr);
+        el_dot_rows_each(el_traits[EL_F16].dot, n, m, s, bs, y, by, nr, x, bx);
         return;
     }
     dot_rows_x8(n, m, s, bs, y, by, nr, x, bx, 1);
