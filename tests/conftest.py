@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import pytest
 
 from fixtures.tiny import build_tiny_gguf
+
+
+def pytest_sessionstart(session):
+    """The kernels are the product: where they are required (CI sets EDGELLM_REQUIRE_KERNELS=1), a failed C
+    build stops the run instead of letting every kernel test skip."""
+    from edgellm import kernels
+
+    if os.environ.get("EDGELLM_REQUIRE_KERNELS") == "1" and kernels._C is None:
+        pytest.exit("the C extension edgellm.kernels._C did not build (EDGELLM_REQUIRE_KERNELS=1)", returncode=1)
 
 
 @pytest.fixture(scope="session")
