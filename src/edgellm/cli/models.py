@@ -46,7 +46,7 @@ def add_show_arguments(parser: argparse.ArgumentParser) -> None:
 def describe(path) -> dict:
     """What a user wants to know about a model file before running it."""
     from ..formats.gguf import GGUFFile
-    from ..model.registry import read_config
+    from ..model.registry import gguf_config
 
     with GGUFFile(path) as gguf:
         meta = gguf.metadata
@@ -54,8 +54,7 @@ def describe(path) -> dict:
         n_weights = sum(t.n_elements for t in tensors)
         n_bytes = sum(t.n_bytes for t in tensors)
         types = Counter(t.type.name for t in tensors)
-        embd = gguf.tensors.get("token_embd.weight")
-        config = read_config(meta, n_vocab=embd.shape[0] if embd else 0, source=str(path))
+        config = gguf_config(gguf)
         return {
             "path": str(path),
             "name": meta.get("general.name"),

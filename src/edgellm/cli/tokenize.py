@@ -19,9 +19,11 @@ def add_tokenize_arguments(parser: argparse.ArgumentParser) -> None:
 def run_tokenize(args: argparse.Namespace) -> int:
     from ..formats.gguf import GGUFFile
     from ..hub import resolve
+    from ..model.registry import gguf_config
     from ..tokenizer import Tokenizer
 
     with GGUFFile(resolve(args.model)) as gguf:
+        gguf_config(gguf)  # a file whose model cannot run is refused here too
         tok = Tokenizer.from_metadata(gguf.metadata)
     ids = tok.encode(args.text, add_special=not args.no_bos, parse_special=not args.no_special)
     if args.json:

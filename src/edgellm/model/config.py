@@ -1,18 +1,31 @@
-"""Model hyper-parameters read from GGUF metadata into one frozen dataclass.
+"""Model hyper-parameters read from GGUF metadata into one frozen dataclass, validated on the way in.
 
 Architecture modules (`model/arch/*.py`) state only how they differ; `read_config` dispatches on
-`general.architecture` through `model.registry`.
+`general.architecture` through `model.registry`. Every value is checked here for type and range before
+anything is sized from it, and `check_config` checks the values against each other: a corrupt or hostile
+file gets an error naming the key, the value found and what was expected, never a crash in C.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
 from gguf import Keys
 
 from ..errors import FormatError, UnsupportedError
+from ..formats import names
+
+# Ceilings far above any released model, so that a corrupt count fails before anything is sized from it.
+MAX_LAYERS = 1024
+MAX_WIDTH = 1 << 20  # embedding, feed-forward and head widths
+MAX_HEADS = 4096
+MAX_CONTEXT = 1 << 24
+MAX_EXPERTS = 4096
+_REQUIRED = object()
 
 
 @dataclass(frozen=True)
@@ -52,7 +65,7 @@ class ModelConfig:
 
 
 class Meta:
-    """Typed, error-reporting access to `{arch}.*` keys of one file."""
+    """Typed, range-checked access to the `{arch}.*` keys of one file."""
 
     def __init__(self, metadata: Mapping[str, Any], arch: str, source: str = "model"):
         self.metadata, self.arch, self.source = metadata, arch, source
@@ -69,39 +82,150 @@ class Meta:
             raise FormatError(f"{self.source}: metadata key '{key}' is missing (needed for {self.arch})")
         return self.metadata[key]
 
+    def fail(self, template: str, value: Any, expected: str) -> FormatError:
+        shown = value if not hasattr(value, "__len__") or isinstance(value, str) else f"an array of {len(value)}"
+        return FormatError(f"{self.source}: metadata key '{self.key(template)}' is {shown!r}; expected {expected}")
+
+    def _value(self, template: str, default: Any) -> Any:
+        return self.require(template) if default is _REQUIRED else self.get(template, default)
+
+    def count(self, template: str, default: Any = _REQUIRED, low: int = 1, high: int = MAX_WIDTH) -> int:
+        """An integer in [low, high]; a per-layer array must hold one value (the uniform case)."""
+        value = self._value(template, default)
+        expected = f"an integer in {low}..{high}"
+        if hasattr(value, "__len__") and not isinstance(value, str):
+            values = {v for v in (_as_int(v) for v in value)}
+            if None in values or not values:
+                raise self.fail(template, value, expected)
+            if len(values) != 1:
+                raise UnsupportedError(
+                    f"{self.source}: per-layer values {sorted(values)} of '{self.key(template)}' are not supported"
+                )
+            value = values.pop()
+        number = _as_int(value)
+        if number is None or not low <= number <= high:
+            raise self.fail(template, value, expected)
+        return number
+
+    def real(self, template: str, default: Any = _REQUIRED, *, positive: bool = True) -> float:
+        """A finite number, > 0 when `positive` (else >= 0)."""
+        value = self._value(template, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < 0 or (positive and value == 0):
+            raise self.fail(template, value, "a finite number " + ("> 0" if positive else ">= 0"))
+        return float(value)
+
+    def text(self, template: str, default: Any = None) -> str | None:
+        value = self.get(template, default)
+        if value is not None and not isinstance(value, str):
+            raise self.fail(template, value, "a string")
+        return value
+
     def common(self, n_vocab: int) -> dict[str, Any]:
         """Fields every transformer here reads the same way."""
-        n_embd = int(self.require(Keys.LLM.EMBEDDING_LENGTH))
-        n_head = _per_layer_uniform(self.require(Keys.Attention.HEAD_COUNT), self.key(Keys.Attention.HEAD_COUNT))
-        n_head_kv = _per_layer_uniform(self.get(Keys.Attention.HEAD_COUNT_KV, n_head), "head_count_kv")
-        head_dim = int(self.get(Keys.Attention.KEY_LENGTH, n_embd // n_head))
+        n_embd = self.count(Keys.LLM.EMBEDDING_LENGTH)
+        n_head = self.count(Keys.Attention.HEAD_COUNT, high=MAX_HEADS)
+        n_head_kv = self.count(Keys.Attention.HEAD_COUNT_KV, n_head, high=MAX_HEADS)
+        head_dim = self.count(Keys.Attention.KEY_LENGTH, max(1, n_embd // n_head))
         rope_scale = 1.0
-        if self.get(Keys.Rope.SCALING_TYPE) == "linear":
-            rope_scale = 1.0 / float(self.get(Keys.Rope.SCALING_FACTOR, 1.0))
+        scaling = self.text(Keys.Rope.SCALING_TYPE)
+        if scaling not in (None, "none", "linear"):
+            raise UnsupportedError(f"{self.source}: RoPE scaling '{scaling}' is not supported")
+        if scaling == "linear":
+            rope_scale = 1.0 / self.real(Keys.Rope.SCALING_FACTOR, 1.0)
         return dict(
             architecture=self.arch,
-            n_layers=int(self.require(Keys.LLM.BLOCK_COUNT)),
+            n_layers=self.count(Keys.LLM.BLOCK_COUNT, high=MAX_LAYERS),
             n_embd=n_embd,
-            n_ff=_per_layer_uniform(self.require(Keys.LLM.FEED_FORWARD_LENGTH), "feed_forward_length"),
+            n_ff=self.count(Keys.LLM.FEED_FORWARD_LENGTH),
             n_head=n_head,
             n_head_kv=n_head_kv,
             head_dim=head_dim,
-            head_dim_v=int(self.get(Keys.Attention.VALUE_LENGTH, head_dim)),
+            head_dim_v=self.count(Keys.Attention.VALUE_LENGTH, head_dim),
             n_vocab=n_vocab,
-            n_ctx_train=int(self.get(Keys.LLM.CONTEXT_LENGTH, 2048)),
-            norm_eps=float(self.require(Keys.Attention.LAYERNORM_RMS_EPS)),
-            rope_base=float(self.get(Keys.Rope.FREQ_BASE, 10000.0)),
-            rope_dim=int(self.get(Keys.Rope.DIMENSION_COUNT, head_dim)),
+            n_ctx_train=self.count(Keys.LLM.CONTEXT_LENGTH, 2048, high=MAX_CONTEXT),
+            norm_eps=self.real(Keys.Attention.LAYERNORM_RMS_EPS),
+            rope_base=self.real(Keys.Rope.FREQ_BASE, 10000.0),
+            rope_dim=self.count(Keys.Rope.DIMENSION_COUNT, head_dim),
             rope_neox=False,
             rope_scale=rope_scale,
         )
 
 
-def _per_layer_uniform(value: Any, what: str) -> int:
-    """Some files store per-layer arrays; we support the uniform case."""
-    if hasattr(value, "__len__"):
-        values = set(int(v) for v in value)
-        if len(values) != 1:
-            raise UnsupportedError(f"per-layer {what} values {sorted(values)} are not supported yet")
-        return values.pop()
-    return int(value)
+def _as_int(value: Any) -> int | None:
+    """An integer stored as an integer (a float32 block count is a corrupt file, not 3.0 layers)."""
+    if isinstance(value, np.integer):
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_config(config: ModelConfig, source: str = "model") -> None:
+    """The hyper-parameters against each other (each one alone was range-checked by `Meta`)."""
+    c = config
+    arch = c.architecture
+
+    def fail(what: str) -> FormatError:
+        return FormatError(f"{source}: {arch} metadata is inconsistent: {what}")
+
+    if c.n_head % c.n_head_kv:
+        raise fail(f"head_count {c.n_head} is not a multiple of head_count_kv {c.n_head_kv}")
+    if c.rope_dim > c.head_dim or c.rope_dim % 2:
+        raise fail(f"rope.dimension_count {c.rope_dim} must be even and at most the head width {c.head_dim}")
+    if c.n_head * c.head_dim > MAX_WIDTH or c.n_head * c.head_dim_v > MAX_WIDTH:
+        raise fail(f"{c.n_head} heads of width {c.head_dim} exceed {MAX_WIDTH}")
+    if not 1 <= c.n_vocab <= 1 << 24:
+        raise fail(f"vocabulary of {c.n_vocab} tokens")
+    if c.sliding_window < 0:
+        raise fail(f"sliding window {c.sliding_window}")
+
+
+def expected_shapes(config: ModelConfig, tied: bool) -> dict[str, tuple[int, ...]]:
+    """Every tensor the model reads, with its NumPy shape; `tied`: the output head is the token embedding."""
+    c = config
+    q_dim, kv_dim, v_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v
+    shapes = {names.TOKEN_EMBD: (c.n_vocab, c.n_embd), names.OUTPUT_NORM: (c.n_embd,)}
+    if not tied:
+        shapes[names.OUTPUT] = (c.n_vocab, c.n_embd)
+    per_layer = {
+        names.ATTN_NORM: (c.n_embd,),
+        names.ATTN_Q: (q_dim, c.n_embd),
+        names.ATTN_K: (kv_dim, c.n_embd),
+        names.ATTN_V: (v_dim, c.n_embd),
+        names.ATTN_OUT: (c.n_embd, c.n_head * c.head_dim_v),
+        names.FFN_NORM: (c.n_embd,),
+        names.FFN_GATE: (c.n_ff, c.n_embd),
+        names.FFN_UP: (c.n_ff, c.n_embd),
+        names.FFN_DOWN: (c.n_embd, c.n_ff),
+    }
+    if c.qkv_bias:
+        per_layer |= {names.ATTN_Q_BIAS: (q_dim,), names.ATTN_K_BIAS: (kv_dim,), names.ATTN_V_BIAS: (v_dim,)}
+    if c.qk_norm:
+        per_layer |= {names.ATTN_Q_NORM: (c.head_dim,), names.ATTN_K_NORM: (c.head_dim,)}
+    if c.post_norms:
+        per_layer |= {names.ATTN_POST_NORM: (c.n_embd,), names.FFN_POST_NORM: (c.n_embd,)}
+    for i in range(c.n_layers):
+        shapes |= {template.format(i=i): shape for template, shape in per_layer.items()}
+    return shapes
+
+
+def check_tensors(config: ModelConfig, shapes: Mapping[str, tuple[int, ...]], source: str = "model") -> None:
+    """The tensors present against the metadata: every expected one with its shape, and no more blocks than
+    `block_count` says."""
+    tied = names.OUTPUT not in shapes
+    for name, shape in expected_shapes(config, tied).items():
+        if name not in shapes:
+            raise FormatError(f"{source}: tensor '{name}' is missing")
+        if tuple(shapes[name]) != shape:
+            raise FormatError(
+                f"{source}: tensor '{name}' has shape {tuple(shapes[name])}, expected {shape} "
+                f"from the {config.architecture} metadata"
+            )
+    blocks = {int(m.group(1)) for m in map(_BLOCK.match, shapes) if m}
+    if blocks and max(blocks) >= config.n_layers:
+        raise FormatError(
+            f"{source}: metadata key '{config.architecture}.block_count' is {config.n_layers} but the file "
+            f"holds {max(blocks) + 1} blocks"
+        )
+
+
+_BLOCK = re.compile(r"blk\.(\d+)\.")

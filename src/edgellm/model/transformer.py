@@ -13,8 +13,8 @@ from .. import kernels
 from ..errors import FormatError
 from ..formats import names
 from . import layers
-from .config import ModelConfig
-from .registry import read_config
+from .config import ModelConfig, expected_shapes
+from .registry import model_config
 
 
 class Transformer:
@@ -30,36 +30,11 @@ class Transformer:
 
     @classmethod
     def from_store(cls, metadata: Mapping[str, Any], store) -> "Transformer":
-        embd = store.info(names.TOKEN_EMBD)
-        return cls(read_config(metadata, n_vocab=embd.shape[0], source=store.source), store)
+        shapes = {name: store.info(name).shape for name in store.names()}
+        return cls(model_config(metadata, shapes, source=store.source), store)
 
-    # -- checks --------------------------------------------------------------------------------------
     def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        c = self.config
-        q_dim, kv_dim, v_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v
-        shapes = {names.TOKEN_EMBD: (c.n_vocab, c.n_embd), names.OUTPUT_NORM: (c.n_embd,)}
-        if self.output_name == names.OUTPUT:
-            shapes[names.OUTPUT] = (c.n_vocab, c.n_embd)
-        per_layer = {
-            names.ATTN_NORM: (c.n_embd,),
-            names.ATTN_Q: (q_dim, c.n_embd),
-            names.ATTN_K: (kv_dim, c.n_embd),
-            names.ATTN_V: (v_dim, c.n_embd),
-            names.ATTN_OUT: (c.n_embd, c.n_head * c.head_dim_v),
-            names.FFN_NORM: (c.n_embd,),
-            names.FFN_GATE: (c.n_ff, c.n_embd),
-            names.FFN_UP: (c.n_ff, c.n_embd),
-            names.FFN_DOWN: (c.n_embd, c.n_ff),
-        }
-        if c.qkv_bias:
-            per_layer |= {names.ATTN_Q_BIAS: (q_dim,), names.ATTN_K_BIAS: (kv_dim,), names.ATTN_V_BIAS: (v_dim,)}
-        if c.qk_norm:
-            per_layer |= {names.ATTN_Q_NORM: (c.head_dim,), names.ATTN_K_NORM: (c.head_dim,)}
-        if c.post_norms:
-            per_layer |= {names.ATTN_POST_NORM: (c.n_embd,), names.FFN_POST_NORM: (c.n_embd,)}
-        for i in range(c.n_layers):
-            shapes |= {template.format(i=i): shape for template, shape in per_layer.items()}
-        return shapes
+        return expected_shapes(self.config, tied=self.output_name == names.TOKEN_EMBD)
 
     def _check_tensors(self) -> None:
         for name, shape in self._expected_shapes().items():

@@ -34,6 +34,9 @@ class OverlayStore:
     def has(self, name: str) -> bool:
         return self.base.has(name)
 
+    def names(self) -> list[str]:
+        return self.base.names()
+
     def info(self, name: str) -> TensorInfo:
         info = self.base.info(name)
         if name in self.replaced:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError, FormatError
 from ..formats.gguf import GGUFFile, GGUFValueType
+from ..model.registry import gguf_config
 from .formats import GGMLType, dequantize
 
 
@@ -36,9 +37,8 @@ class GGUFSource:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.file = GGUFFile(self.path)
-        arch = self.file.architecture
-        self.n_head = int(self.file.metadata.get(f"{arch}.attention.head_count", 1))
-        self.n_head_kv = int(self.file.metadata.get(f"{arch}.attention.head_count_kv", self.n_head))
+        config = gguf_config(self.file)
+        self.n_head, self.n_head_kv = config.n_head, config.n_head_kv
 
     def metadata(self):
         return dict(self.file.metadata), dict(self.file.metadata_types)

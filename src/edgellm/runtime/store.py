@@ -23,6 +23,9 @@ class MappedStore:
     def has(self, name: str) -> bool:
         return name in self.gguf.tensors
 
+    def names(self) -> list[str]:
+        return list(self.gguf.tensors)
+
     def info(self, name: str) -> TensorInfo:
         try:
             return self.gguf.tensors[name]

@@ -364,6 +364,10 @@ static PyObject *py_model_create(PyObject *self, PyObject *args) {
          !get_float(params, "rope_scale", &m->rope_scale) && !get_float(params, "embed_scale", &m->embed_scale) &&
          !get_float(params, "attn_scale", &m->attn_scale) &&
          !get_float(params, "final_softcap", &m->final_softcap);
+    if (ok && (m->n_layers < 1 || m->n_layers > 65536)) {
+        PyErr_SetString(PyExc_ValueError, "model_create: n_layers out of range");
+        ok = 0;
+    }
     if (ok && PyList_GET_SIZE(weights) != 3 + (Py_ssize_t)m->n_layers * LAYER_FIELDS) {
         PyErr_SetString(PyExc_ValueError, "weights list does not match n_layers");
         ok = 0;
@@ -389,6 +393,11 @@ static PyObject *py_model_create(PyObject *self, PyObject *args) {
         }
     }
     PyBuffer_Release(&swa);
+    const char *problem = ok ? el_model_check(m) : NULL;
+    if (problem) {
+        PyErr_Format(PyExc_ValueError, "model_create: %s", problem);
+        ok = 0;
+    }
     if (!ok) {
         if (m) { free(m->layers); free(m->swa); free(m); }
         return NULL;

@@ -205,6 +205,9 @@ typedef struct {
     el_layer *layers;
 } el_model;
 
+/* NULL when the plan can run, else what is wrong with it (the engine never trusts its caller's shapes). */
+const char *el_model_check(const el_model *m);
+
 /* Runs n_tokens new tokens at positions n_past.. through the model.
  * k_cache: n_layers x n_ctx x (n_head_kv * head_dim) elements of kv_type (EL_F32 or EL_F16); v_cache
  * likewise with head_dim_v.

@@ -315,6 +315,44 @@ static void gate_task(void *vctx, int ith, int nth) {
     }
 }
 
+/* a matrix of n_rows x n_cols whose rows are whole blocks, with a matrix product in its type */
+static int matrix_ok(const el_weight *w, int n_rows, int n_cols) {
+    if (!w->data || w->type < 0 || w->type >= EL_TYPE_COUNT || !el_traits[w->type].dot) return 0;
+    return w->n_rows == n_rows && w->n_cols == n_cols && n_cols % el_traits[w->type].block_size == 0;
+}
+
+static int vector_ok(const el_weight *w, int n) { return !w->data || (w->type == EL_F32 && w->n_cols == n); }
+
+const char *el_model_check(const el_model *m) {
+    if (m->n_layers < 1 || m->n_embd < 1 || m->n_ff < 1 || m->n_vocab < 1) return "layers, widths and vocabulary must be >= 1";
+    if (m->n_head < 1 || m->n_head_kv < 1 || m->n_head % m->n_head_kv) return "head counts must be >= 1 and divide";
+    if (m->head_dim < 1 || m->head_dim_v < 1) return "head widths must be >= 1";
+    if (m->rope_dim < 0 || m->rope_dim > m->head_dim || m->rope_dim % 2) return "rope dimension must be even and <= head width";
+    if (!(m->norm_eps > 0) || !isfinite(m->norm_eps) || !(m->rope_base > 0) || !isfinite(m->rope_base))
+        return "norm epsilon and rope base must be finite and > 0";
+    if (!isfinite(m->rope_scale) || !isfinite(m->attn_scale) || !isfinite(m->embed_scale) || m->sliding_window < 0)
+        return "scales must be finite and the sliding window >= 0";
+    const int E = m->n_embd, QD = m->n_head * m->head_dim, KD = m->n_head_kv * m->head_dim;
+    const int VD = m->n_head_kv * m->head_dim_v, OD = m->n_head * m->head_dim_v;
+    if (!m->tok_embd.data || m->tok_embd.n_rows != m->n_vocab || m->tok_embd.n_cols != E ||
+        !el_traits[m->tok_embd.type].to_float || !matrix_ok(&m->output, m->n_vocab, E) || !m->output_norm.data ||
+        !vector_ok(&m->output_norm, E))
+        return "embedding, output norm or output head do not match the model's widths";
+    for (int l = 0; l < m->n_layers; l++) {
+        const el_layer *L = &m->layers[l];
+        if (!matrix_ok(&L->wq, QD, E) || !matrix_ok(&L->wk, KD, E) || !matrix_ok(&L->wv, VD, E) ||
+            !matrix_ok(&L->wo, E, OD) || !matrix_ok(&L->gate, m->n_ff, E) || !matrix_ok(&L->up, m->n_ff, E) ||
+            !matrix_ok(&L->down, E, m->n_ff))
+            return "a layer's matrix does not match the model's widths";
+        if (!L->attn_norm.data || !L->ffn_norm.data || !vector_ok(&L->attn_norm, E) || !vector_ok(&L->ffn_norm, E) ||
+            !vector_ok(&L->bq, QD) || !vector_ok(&L->bk, KD) || !vector_ok(&L->bv, VD) ||
+            !vector_ok(&L->q_norm, m->head_dim) || !vector_ok(&L->k_norm, m->head_dim) ||
+            !vector_ok(&L->attn_post_norm, E) || !vector_ok(&L->ffn_post_norm, E))
+            return "a layer's norm or bias does not match the model's widths";
+    }
+    return NULL;
+}
+
 int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, void *k_cache,
                void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows, float *logits) {
     if (n_tokens <= 0 || n_past < 0 || n_past + n_tokens > n_ctx || out_row0 < 0 ||

@@ -8,7 +8,7 @@ every norm weight, so norms are plain RMSNorm here.
 
 import math
 
-from ..config import Meta, ModelConfig
+from ..config import MAX_CONTEXT, MAX_LAYERS, Meta, ModelConfig
 
 SWA_PATTERN = 6  # every 6th layer is global
 SWA_ROPE_BASE = 10000.0
@@ -17,8 +17,8 @@ SWA_ROPE_BASE = 10000.0
 def read_config(meta: Meta, n_vocab: int) -> ModelConfig:
     common = meta.common(n_vocab)
     n_layers = common["n_layers"]
-    window = int(meta.get("{arch}.attention.sliding_window", 0) or 0)
-    pattern = int(meta.get("{arch}.attention.sliding_window_pattern", SWA_PATTERN))
+    window = meta.count("{arch}.attention.sliding_window", 0, low=0, high=MAX_CONTEXT)
+    pattern = meta.count("{arch}.attention.sliding_window_pattern", SWA_PATTERN, high=MAX_LAYERS)
     swa_layers = tuple(window > 0 and (i % pattern) < pattern - 1 for i in range(n_layers))
     width = common["n_embd"] // common["n_head"] if n_layers == 62 else common["head_dim"]
     return ModelConfig(
@@ -33,6 +33,6 @@ def read_config(meta: Meta, n_vocab: int) -> ModelConfig:
             qk_norm=True,
             post_norms=True,
             attn_scale=1.0 / math.sqrt(width),
-            final_logit_softcap=float(meta.get("{arch}.final_logit_softcapping", 0.0) or 0.0),
+            final_logit_softcap=meta.real("{arch}.final_logit_softcapping", 0.0, positive=False),
         )
     )
