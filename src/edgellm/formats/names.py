@@ -8,6 +8,7 @@ ATTN_NORM = "blk.{i}.attn_norm.weight"
 ATTN_Q = "blk.{i}.attn_q.weight"
 ATTN_K = "blk.{i}.attn_k.weight"
 ATTN_V = "blk.{i}.attn_v.weight"
+ATTN_QKV = "blk.{i}.attn_qkv.weight"  # Q, K and V rows in one matrix (Phi-3)
 ATTN_Q_BIAS = "blk.{i}.attn_q.bias"
 ATTN_K_BIAS = "blk.{i}.attn_k.bias"
 ATTN_V_BIAS = "blk.{i}.attn_v.bias"
@@ -20,3 +21,9 @@ FFN_GATE = "blk.{i}.ffn_gate.weight"
 FFN_UP = "blk.{i}.ffn_up.weight"
 FFN_DOWN = "blk.{i}.ffn_down.weight"
 FFN_POST_NORM = "blk.{i}.post_ffw_norm.weight"
+
+# RoPE frequency divisors, one per rotated pair, shared by all layers
+ROPE_FREQS = "rope_freqs.weight"  # Llama 3.1+
+ROPE_FACTORS_LONG = "rope_factors_long.weight"  # LongRoPE (Phi-3/4): context above the original one
+ROPE_FACTORS_SHORT = "rope_factors_short.weight"
+ROPE_FACTOR_NAMES = (ROPE_FREQS, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT)

@@ -19,6 +19,7 @@ LAYER_FIELDS = [
     names.FFN_NORM, names.FFN_GATE, names.FFN_UP, names.FFN_DOWN, names.FFN_POST_NORM,
 ]  # fmt: skip
 _ABSENT = (0, 0, 0, 0)
+LAYER_SWA, LAYER_NO_ROPE = 1, 2  # EL_LAYER_* in edgellm.h
 
 
 def engine_supports(store, tensor_names) -> bool:
@@ -37,6 +38,11 @@ class CompiledModel:
         self._keep: list[np.ndarray] = []
         weights = [self._matrix(store, names.TOKEN_EMBD), self._vector(vector(names.OUTPUT_NORM)),
                    self._matrix(store, output_name)]  # fmt: skip
+        # RoPE factors (short, long): Llama 3's rope_freqs serve as both; the engine picks by context size
+        short = names.ROPE_FREQS if store.has(names.ROPE_FREQS) else names.ROPE_FACTORS_SHORT
+        long = names.ROPE_FREQS if store.has(names.ROPE_FREQS) else names.ROPE_FACTORS_LONG
+        for name in (short, long):
+            weights.append(self._vector(vector(name)) if config.rope_factors and store.has(name) else _ABSENT)
         for i in range(config.n_layers):
             for template in LAYER_FIELDS:
                 name = template.format(i=i)
@@ -53,11 +59,14 @@ class CompiledModel:
             gelu=int(config.ffn_act == "gelu"), sliding_window=config.sliding_window, norm_eps=config.norm_eps,
             rope_base=config.rope_base, rope_base_swa=config.rope_base_swa or 0.0, rope_scale=config.rope_scale,
             embed_scale=config.embed_scale, attn_scale=config.softmax_scale(),
-            final_softcap=config.final_logit_softcap,
+            final_softcap=config.final_logit_softcap, rope_ext_factor=config.rope_ext_factor,
+            rope_yarn_low=config.rope_yarn_dims[0], rope_yarn_high=config.rope_yarn_dims[1],
+            rope_mscale=config.rope_mscale, n_ctx_orig=config.n_ctx_orig,
         )  # fmt: skip
-        swa = bytes(int(config.is_swa(i)) for i in range(config.n_layers))
+        flags = bytes(LAYER_SWA * config.is_swa(i) | LAYER_NO_ROPE * (not config.uses_rope(i))
+                      for i in range(config.n_layers))  # fmt: skip
         self.config = config
-        self._plan = _C.model_create(params, swa, weights)
+        self._plan = _C.model_create(params, flags, weights)
 
     def _matrix(self, store, name: str) -> tuple[int, int, int, int]:
         info = store.info(name)

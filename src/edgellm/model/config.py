@@ -26,6 +26,8 @@ MAX_HEADS = 4096
 MAX_CONTEXT = 1 << 24
 MAX_EXPERTS = 4096
 _REQUIRED = object()
+# YaRN's ramp bounds in rotations over the original context (llama.cpp's defaults; its generic models read no key)
+YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ class ModelConfig:
     rope_dim: int  # leading dims of each head that RoPE rotates
     rope_neox: bool  # rotate the two halves of a head (NEOX) rather than adjacent pairs (GPT-J / llama)
     rope_scale: float = 1.0  # position multiplier (1 / linear scaling factor)
+    rope_ext_factor: float = 0.0  # YaRN: 1 blends interpolated and original angles per dimension (ramp below)
+    rope_yarn_dims: tuple[float, float] = (0.0, 0.0)  # YaRN's ramp from extrapolated to interpolated pairs
+    rope_mscale: float = 1.0  # multiplies cos and sin (YaRN's and LongRoPE's attention factor)
+    rope_factors: bool = False  # divides angles per pair by rope_freqs (Llama 3) or LongRoPE's long/short factors
+    n_ctx_orig: int = 0  # context the model was trained at before scaling (LongRoPE picks factors by it)
+    no_rope_layers: tuple[bool, ...] = ()  # per layer: RoPE skipped (SmolLM3's every fourth layer)
     rope_base_swa: float | None = None  # sliding-window layers use their own base (Gemma 3)
     sliding_window: int = 0  # 0: every layer attends to the whole context
     swa_layers: tuple[bool, ...] = ()  # per layer: uses the sliding window
@@ -54,6 +62,8 @@ class ModelConfig:
     post_norms: bool = False  # RMSNorm on the attention and FFN outputs before the residual add
     attn_scale: float = 0.0  # softmax scale; 0 means 1/sqrt(head_dim)
     qkv_bias: bool = False
+    fused_qkv: bool = False  # one attn_qkv matrix: Q rows, then K, then V (Phi-3)
+    fused_gate_up: bool = False  # ffn_up holds the gate rows, then the up rows (Phi-3)
     final_logit_softcap: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -62,6 +72,9 @@ class ModelConfig:
 
     def is_swa(self, layer: int) -> bool:
         return bool(self.swa_layers) and self.swa_layers[layer]
+
+    def uses_rope(self, layer: int) -> bool:
+        return not (self.no_rope_layers and self.no_rope_layers[layer])
 
 
 class Meta:
@@ -127,13 +140,11 @@ class Meta:
         n_head = self.count(Keys.Attention.HEAD_COUNT, high=MAX_HEADS)
         n_head_kv = self.count(Keys.Attention.HEAD_COUNT_KV, n_head, high=MAX_HEADS)
         head_dim = self.count(Keys.Attention.KEY_LENGTH, max(1, n_embd // n_head))
-        rope_scale = 1.0
-        scaling = self.text(Keys.Rope.SCALING_TYPE)
-        if scaling not in (None, "none", "linear"):
-            raise UnsupportedError(f"{self.source}: RoPE scaling '{scaling}' is not supported")
-        if scaling == "linear":
-            rope_scale = 1.0 / self.real(Keys.Rope.SCALING_FACTOR, 1.0)
+        n_ctx_train = self.count(Keys.LLM.CONTEXT_LENGTH, 2048, high=MAX_CONTEXT)
+        rope_base = self.real(Keys.Rope.FREQ_BASE, 10000.0)
+        rope_dim = self.count(Keys.Rope.DIMENSION_COUNT, head_dim)
         return dict(
+            **self._rope_scaling(rope_base, rope_dim, n_ctx_train),
             architecture=self.arch,
             n_layers=self.count(Keys.LLM.BLOCK_COUNT, high=MAX_LAYERS),
             n_embd=n_embd,
@@ -143,13 +154,36 @@ class Meta:
             head_dim=head_dim,
             head_dim_v=self.count(Keys.Attention.VALUE_LENGTH, head_dim),
             n_vocab=n_vocab,
-            n_ctx_train=self.count(Keys.LLM.CONTEXT_LENGTH, 2048, high=MAX_CONTEXT),
+            n_ctx_train=n_ctx_train,
             norm_eps=self.real(Keys.Attention.LAYERNORM_RMS_EPS),
-            rope_base=self.real(Keys.Rope.FREQ_BASE, 10000.0),
-            rope_dim=self.count(Keys.Rope.DIMENSION_COUNT, head_dim),
+            rope_base=rope_base,
+            rope_dim=rope_dim,
             rope_neox=False,
-            rope_scale=rope_scale,
         )
+
+    def _rope_scaling(self, base: float, n_rot: int, n_ctx_train: int) -> dict[str, Any]:
+        """RoPE scaling as llama.cpp sets it up from the file (llama_context): no key means linear with factor 1;
+        YaRN blends per pair between the original and the interpolated angle over a ramp of pairs and scales
+        cos/sin by 1 + 0.1 ln(factor), times the file's attention factor in every case."""
+        scaling = self.text(Keys.Rope.SCALING_TYPE) or "linear"
+        if scaling not in ("none", "linear", "yarn", "longrope"):
+            raise UnsupportedError(f"{self.source}: RoPE scaling '{scaling}' is not supported")
+        key = Keys.Rope.SCALING_FACTOR if self.key(Keys.Rope.SCALING_FACTOR) in self.metadata else "{arch}.rope.scale_linear"
+        factor = self.real(key, 0.0, positive=False)  # 0: none
+        scale = 1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor
+        n_ctx_orig = self.count(Keys.Rope.SCALING_ORIG_CTX_LEN, n_ctx_train, high=MAX_CONTEXT)
+        mscale = self.real(Keys.Rope.SCALING_ATTN_FACTOR, 1.0)
+        out = dict(rope_scale=scale, rope_mscale=mscale, n_ctx_orig=n_ctx_orig)
+        if scaling == "yarn":
+
+            def corr_dim(beta: float) -> float:
+                return n_rot * math.log(n_ctx_orig / (beta * 2 * math.pi)) / (2 * math.log(base))
+
+            low = max(0.0, math.floor(corr_dim(YARN_BETA_FAST)))
+            high = min(n_rot - 1.0, math.ceil(corr_dim(YARN_BETA_SLOW)))
+            gain = 1.0 + 0.1 * math.log(1.0 / scale) if scale < 1.0 else 1.0
+            out |= dict(rope_ext_factor=1.0, rope_yarn_dims=(low, high), rope_mscale=mscale * gain)
+        return out
 
 
 def _as_int(value: Any) -> int | None:
@@ -179,8 +213,24 @@ def check_config(config: ModelConfig, source: str = "model") -> None:
         raise fail(f"sliding window {c.sliding_window}")
 
 
-def expected_shapes(config: ModelConfig, tied: bool) -> dict[str, tuple[int, ...]]:
-    """Every tensor the model reads, with its NumPy shape; `tied`: the output head is the token embedding."""
+def fused_views(config: ModelConfig, layer: int) -> dict[str, tuple[str, int, int]]:
+    """The matrices a layer reads as row ranges of the fused tensors its file stores (name -> source, rows)."""
+    c, n = config, lambda template: template.format(i=layer)  # noqa: E731
+    q_dim, kv_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+    views = {}
+    if c.fused_qkv:
+        qkv = n(names.ATTN_QKV)
+        views |= {n(names.ATTN_Q): (qkv, 0, q_dim), n(names.ATTN_K): (qkv, q_dim, q_dim + kv_dim),
+                  n(names.ATTN_V): (qkv, q_dim + kv_dim, q_dim + kv_dim + c.n_head_kv * c.head_dim_v)}  # fmt: skip
+    if c.fused_gate_up:
+        # the gate takes the first n_ff rows of ffn_up; "up" keeps its name for the second half
+        views |= {n(names.FFN_GATE): (n(names.FFN_UP), 0, c.n_ff), n(names.FFN_UP): (n(names.FFN_UP), c.n_ff, 2 * c.n_ff)}
+    return views
+
+
+def expected_shapes(config: ModelConfig, tied: bool, stored: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor the model reads, with its NumPy shape; `tied`: the output head is the token embedding.
+    `stored`: fused matrices as the file holds them, else as the separate matrices the model uses."""
     c = config
     q_dim, kv_dim, v_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v
     shapes = {names.TOKEN_EMBD: (c.n_vocab, c.n_embd), names.OUTPUT_NORM: (c.n_embd,)}
@@ -203,6 +253,13 @@ def expected_shapes(config: ModelConfig, tied: bool) -> dict[str, tuple[int, ...
         per_layer |= {names.ATTN_Q_NORM: (c.head_dim,), names.ATTN_K_NORM: (c.head_dim,)}
     if c.post_norms:
         per_layer |= {names.ATTN_POST_NORM: (c.n_embd,), names.FFN_POST_NORM: (c.n_embd,)}
+    if stored and c.fused_qkv:
+        for template in (names.ATTN_Q, names.ATTN_K, names.ATTN_V):
+            del per_layer[template]
+        per_layer[names.ATTN_QKV] = (q_dim + kv_dim + v_dim, c.n_embd)
+    if stored and c.fused_gate_up:
+        del per_layer[names.FFN_GATE]
+        per_layer[names.FFN_UP] = (2 * c.n_ff, c.n_embd)
     for i in range(c.n_layers):
         shapes |= {template.format(i=i): shape for template, shape in per_layer.items()}
     return shapes
@@ -212,7 +269,7 @@ def check_tensors(config: ModelConfig, shapes: Mapping[str, tuple[int, ...]], so
     """The tensors present against the metadata: every expected one with its shape, and no more blocks than
     `block_count` says."""
     tied = names.OUTPUT not in shapes
-    for name, shape in expected_shapes(config, tied).items():
+    for name, shape in expected_shapes(config, tied, stored=True).items():
         if name not in shapes:
             raise FormatError(f"{source}: tensor '{name}' is missing")
         if tuple(shapes[name]) != shape:
@@ -220,6 +277,10 @@ def check_tensors(config: ModelConfig, shapes: Mapping[str, tuple[int, ...]], so
                 f"{source}: tensor '{name}' has shape {tuple(shapes[name])}, expected {shape} "
                 f"from the {config.architecture} metadata"
             )
+    for name in names.ROPE_FACTOR_NAMES:
+        if name in shapes and tuple(shapes[name]) != (config.rope_dim // 2,):
+            raise FormatError(f"{source}: tensor '{name}' has shape {tuple(shapes[name])}, expected "
+                              f"({config.rope_dim // 2},): one factor per rotated pair")  # fmt: skip
     blocks = {int(m.group(1)) for m in map(_BLOCK.match, shapes) if m}
     if blocks and max(blocks) >= config.n_layers:
         raise FormatError(

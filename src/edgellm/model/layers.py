@@ -83,17 +83,40 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
 ACTIVATIONS = {"silu": silu, "gelu": gelu_tanh}
 
 
-def rope(x: np.ndarray, positions: np.ndarray, base: float, n_rot: int, neox: bool, scale: float = 1.0):
-    """Rotary position embedding of the first `n_rot` dims of each head.
+def rope(
+    x: np.ndarray,
+    positions: np.ndarray,
+    base: float,
+    n_rot: int,
+    neox: bool,
+    scale: float = 1.0,
+    *,
+    factors: np.ndarray | None = None,
+    ext_factor: float = 0.0,
+    yarn_dims: tuple[float, float] = (0.0, 0.0),
+    mscale: float = 1.0,
+):
+    """Rotary position embedding of the first `n_rot` dims of each head, as ggml_rope_ext computes it.
 
     x: (n_tokens, n_heads, head_dim). `neox` rotates pairs (i, i + n_rot/2); otherwise adjacent pairs
-    (2i, 2i+1), which is what llama.cpp's converter arranges for Llama-family weights.
+    (2i, 2i+1), which is what llama.cpp's converter arranges for Llama-family weights. Pair i turns by
+    position * base^(-2i/n_rot) / factors[i], times `scale` (linear interpolation); with YaRN (`ext_factor`)
+    pairs below the ramp `yarn_dims` keep the original angle and pairs above it take the interpolated one.
+    cos and sin are multiplied by `mscale`.
     """
     half = n_rot // 2
-    inv_freq = base ** (-np.arange(0, half, dtype=np.float64) * 2.0 / n_rot)  # (half,)
-    theta = (positions.astype(np.float64) * scale)[:, None] * inv_freq[None, :]  # (n_tokens, half)
-    cos = np.cos(theta).astype(np.float32)[:, None, :]  # (n_tokens, 1, half)
-    sin = np.sin(theta).astype(np.float32)[:, None, :]
+    pair = np.arange(half, dtype=np.float64)
+    angle = positions.astype(np.float64)[:, None] * (base ** (-2.0 * pair / n_rot))[None, :]  # (n_tokens, half)
+    if factors is not None:
+        angle /= np.asarray(factors, dtype=np.float64)[None, :half]
+    theta = angle * scale
+    if ext_factor:
+        low, high = yarn_dims
+        ramp = 1.0 - np.clip((pair - low) / max(0.001, high - low), 0.0, 1.0)
+        mix = ramp * ext_factor
+        theta = theta * (1.0 - mix) + angle * mix
+    cos = (np.cos(theta) * mscale).astype(np.float32)[:, None, :]  # (n_tokens, 1, half)
+    sin = (np.sin(theta) * mscale).astype(np.float32)[:, None, :]
     out = x.copy()
     if neox:
         a, b = x[..., :half], x[..., half:n_rot]

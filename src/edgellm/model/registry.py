@@ -6,7 +6,7 @@ from typing import Any, Callable, Mapping
 
 from ..errors import FormatError, UnsupportedError
 from ..formats import names
-from .arch import gemma3, llama, qwen
+from .arch import gemma3, llama, phi3, qwen, smollm3
 from .config import Meta, ModelConfig, check_config, check_tensors
 
 ARCHITECTURES: dict[str, Callable[[Meta, int], ModelConfig]] = {
@@ -14,6 +14,8 @@ ARCHITECTURES: dict[str, Callable[[Meta, int], ModelConfig]] = {
     "qwen2": qwen.read_qwen2_config,
     "qwen3": qwen.read_qwen3_config,
     "gemma3": gemma3.read_config,
+    "phi3": phi3.read_config,
+    "smollm3": smollm3.read_config,
 }
 
 

@@ -13,14 +13,20 @@ from .. import kernels
 from ..errors import FormatError
 from ..formats import names
 from . import layers
-from .config import ModelConfig, expected_shapes
+from ..runtime.store import RowViews
+from .config import ModelConfig, expected_shapes, fused_views
 from .registry import model_config
+
+
+# llama.cpp rounds the context up to a multiple of this before comparing it with the original context
+ROPE_CTX_PAD = 256
 
 
 class Transformer:
     def __init__(self, config: ModelConfig, store):
         self.config = config
-        self.store = store
+        views = {name: view for i in range(config.n_layers) for name, view in fused_views(config, i).items()}
+        self.store = RowViews(store, views) if views else store
         self.output_name = names.OUTPUT if store.has(names.OUTPUT) else names.TOKEN_EMBD
         self._check_tensors()
         # Norm weights and biases are tiny: keep them as floats (a few hundred KB in all).
@@ -44,6 +50,17 @@ class Transformer:
                     f"{self.store.source}: tensor '{name}' has shape {info.shape}, expected {shape} "
                     f"from the {self.config.architecture} metadata"
                 )
+
+    def rope_factors(self, n_ctx: int) -> np.ndarray | None:
+        """Per-pair divisors of the RoPE angles, as llama.cpp's get_rope_factors picks them: Llama 3's
+        rope_freqs, else LongRoPE's long factors when the context (padded to 256) exceeds the original one."""
+        if not self.config.rope_factors:
+            return None
+        if self.store.has(names.ROPE_FREQS):
+            return self._vec(names.ROPE_FREQS)
+        padded = -(-n_ctx // ROPE_CTX_PAD) * ROPE_CTX_PAD
+        name = names.ROPE_FACTORS_LONG if padded > self.config.n_ctx_orig else names.ROPE_FACTORS_SHORT
+        return self._vec(name) if self.store.has(name) else None
 
     # -- forward -------------------------------------------------------------------------------------
     def _vec(self, name: str) -> np.ndarray:
@@ -133,10 +150,12 @@ class Transformer:
             q = layers.rms_norm(q, self._vec(n(names.ATTN_Q_NORM)), c.norm_eps)
             k = layers.rms_norm(k, self._vec(n(names.ATTN_K_NORM)), c.norm_eps)
         swa = c.is_swa(i)
-        base = c.rope_base_swa if swa and c.rope_base_swa else c.rope_base
-        scale = 1.0 if swa else c.rope_scale
-        q = layers.rope(q, positions, base, c.rope_dim, c.rope_neox, scale)
-        k = layers.rope(k, positions, base, c.rope_dim, c.rope_neox, scale)
+        if c.uses_rope(i):
+            base = c.rope_base_swa if swa and c.rope_base_swa else c.rope_base
+            rope = dict(scale=1.0 if swa else c.rope_scale, factors=self.rope_factors(cache.n_ctx),
+                        ext_factor=c.rope_ext_factor, yarn_dims=c.rope_yarn_dims, mscale=c.rope_mscale)  # fmt: skip
+            q = layers.rope(q, positions, base, c.rope_dim, c.rope_neox, **rope)
+            k = layers.rope(k, positions, base, c.rope_dim, c.rope_neox, **rope)
         keys, values = cache.store(i, k, v)
         out = layers.attention(q, keys, values, positions, c.softmax_scale(), c.sliding_window if swa else 0)
         return layers.linear(out, self.store, n(names.ATTN_OUT))

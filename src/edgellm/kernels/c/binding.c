@@ -311,12 +311,13 @@ done:
 /* ---- whole-model plans ---- */
 
 #define LAYER_FIELDS 16 /* el_layer is 16 el_weight fields, in declaration order */
+#define N_GLOBALS 5     /* tok_embd, output_norm, output, rope_factors_short, rope_factors_long */
 
 static void model_destroy(PyObject *capsule) {
     el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
     if (!m) return;
     free(m->layers);
-    free(m->swa);
+    free(m->flags);
     free(m);
 }
 
@@ -345,12 +346,12 @@ static int get_float(PyObject *d, const char *key, float *out) {
     return PyErr_Occurred() ? -1 : 0;
 }
 
-/* model_create(params: dict, swa: bytes, weights: list[(type, address, n_rows, n_cols)]).
+/* model_create(params: dict, flags: bytes (EL_LAYER_* per layer), weights: list[(type, address, n_rows, n_cols)]).
  * The caller keeps every weight buffer alive as long as the model. */
 static PyObject *py_model_create(PyObject *self, PyObject *args) {
     PyObject *params, *weights;
-    Py_buffer swa;
-    if (!PyArg_ParseTuple(args, "O!y*O!", &PyDict_Type, &params, &swa, &PyList_Type, &weights)) return NULL;
+    Py_buffer flags;
+    if (!PyArg_ParseTuple(args, "O!y*O!", &PyDict_Type, &params, &flags, &PyList_Type, &weights)) return NULL;
     el_model *m = calloc(1, sizeof(el_model));
     int ok = m != NULL;
     ok = ok && !get_int(params, "n_layers", &m->n_layers) && !get_int(params, "n_embd", &m->n_embd) &&
@@ -363,43 +364,48 @@ static PyObject *py_model_create(PyObject *self, PyObject *args) {
          !get_float(params, "rope_base_swa", &m->rope_base_swa) &&
          !get_float(params, "rope_scale", &m->rope_scale) && !get_float(params, "embed_scale", &m->embed_scale) &&
          !get_float(params, "attn_scale", &m->attn_scale) &&
-         !get_float(params, "final_softcap", &m->final_softcap);
+         !get_float(params, "final_softcap", &m->final_softcap) &&
+         !get_float(params, "rope_ext_factor", &m->rope_ext_factor) &&
+         !get_float(params, "rope_yarn_low", &m->rope_yarn_low) &&
+         !get_float(params, "rope_yarn_high", &m->rope_yarn_high) &&
+         !get_float(params, "rope_mscale", &m->rope_mscale) && !get_int(params, "n_ctx_orig", &m->n_ctx_orig);
     if (ok && (m->n_layers < 1 || m->n_layers > 65536)) {
         PyErr_SetString(PyExc_ValueError, "model_create: n_layers out of range");
         ok = 0;
     }
-    if (ok && PyList_GET_SIZE(weights) != 3 + (Py_ssize_t)m->n_layers * LAYER_FIELDS) {
+    if (ok && PyList_GET_SIZE(weights) != N_GLOBALS + (Py_ssize_t)m->n_layers * LAYER_FIELDS) {
         PyErr_SetString(PyExc_ValueError, "weights list does not match n_layers");
         ok = 0;
     }
-    if (ok && swa.len != m->n_layers) {
-        PyErr_SetString(PyExc_ValueError, "swa must have one byte per layer");
+    if (ok && flags.len != m->n_layers) {
+        PyErr_SetString(PyExc_ValueError, "flags must have one byte per layer");
         ok = 0;
     }
     if (ok) {
         m->layers = calloc((size_t)m->n_layers, sizeof(el_layer));
-        m->swa = malloc((size_t)m->n_layers);
-        ok = m->layers && m->swa;
+        m->flags = malloc((size_t)m->n_layers);
+        ok = m->layers && m->flags;
         if (!ok) PyErr_NoMemory();
     }
     if (ok) {
-        memcpy(m->swa, swa.buf, (size_t)m->n_layers);
-        el_weight *globals[3] = {&m->tok_embd, &m->output_norm, &m->output};
-        for (int i = 0; i < 3 && ok; i++) ok = !parse_weight(PyList_GET_ITEM(weights, i), globals[i]);
+        memcpy(m->flags, flags.buf, (size_t)m->n_layers);
+        el_weight *globals[N_GLOBALS] = {&m->tok_embd, &m->output_norm, &m->output, &m->rope_factors_short,
+                                         &m->rope_factors_long};
+        for (int i = 0; i < N_GLOBALS && ok; i++) ok = !parse_weight(PyList_GET_ITEM(weights, i), globals[i]);
         for (int l = 0; l < m->n_layers && ok; l++) {
             el_weight *fields = (el_weight *)&m->layers[l];
             for (int f = 0; f < LAYER_FIELDS && ok; f++)
-                ok = !parse_weight(PyList_GET_ITEM(weights, 3 + l * LAYER_FIELDS + f), &fields[f]);
+                ok = !parse_weight(PyList_GET_ITEM(weights, N_GLOBALS + l * LAYER_FIELDS + f), &fields[f]);
         }
     }
-    PyBuffer_Release(&swa);
+    PyBuffer_Release(&flags);
     const char *problem = ok ? el_model_check(m) : NULL;
     if (problem) {
         PyErr_Format(PyExc_ValueError, "model_create: %s", problem);
         ok = 0;
     }
     if (!ok) {
-        if (m) { free(m->layers); free(m->swa); free(m); }
+        if (m) { free(m->layers); free(m->flags); free(m); }
         return NULL;
     }
     return PyCapsule_New(m, "edgellm.model", model_destroy);

@@ -196,12 +196,18 @@ typedef struct {
     el_weight ffn_norm, gate, up, down, ffn_post_norm;
 } el_layer;
 
+/* per-layer flags */
+enum { EL_LAYER_SWA = 1, EL_LAYER_NO_ROPE = 2 };
+
 typedef struct {
     int n_layers, n_embd, n_ff, n_head, n_head_kv, head_dim, head_dim_v, n_vocab, rope_dim;
     float norm_eps, rope_base, rope_base_swa, rope_scale, embed_scale, attn_scale, final_softcap;
-    int rope_neox, gelu, sliding_window;
-    uint8_t *swa; /* per layer: 1 if the layer attends through the sliding window */
-    el_weight tok_embd, output_norm, output;
+    /* RoPE as ggml_rope_ext: YaRN blend over pairs [yarn_low, yarn_high], cos/sin times mscale, angles divided
+     * per pair by rope_factors (short, or long when the padded context exceeds n_ctx_orig) */
+    float rope_ext_factor, rope_yarn_low, rope_yarn_high, rope_mscale;
+    int rope_neox, gelu, sliding_window, n_ctx_orig;
+    uint8_t *flags; /* per layer: EL_LAYER_* bits */
+    el_weight tok_embd, output_norm, output, rope_factors_short, rope_factors_long;
     el_layer *layers;
 } el_model;
 

@@ -38,15 +38,23 @@ static inline float fast_expf(float x) {
     return p * scale;
 }
 
-/* cos/sin of every (position, frequency) of this batch: T x n_rot/2 each */
-static void rope_table(float *cs, float *sn, int n_tokens, int n_past, int n_rot, float base, float scale) {
-    const int half = n_rot / 2;
+/* cos/sin of every (position, pair) of this batch, T x n_rot/2 each, as ggml_rope_ext: pair i turns by
+ * position * base^(-2i/n_rot) / factors[i], times scale; with YaRN (ext_factor) the angle blends from the original
+ * one (pairs below yarn_low) to the interpolated one (above yarn_high); cos and sin are multiplied by mscale. */
+static void rope_table(float *cs, float *sn, int n_tokens, int n_past, const el_model *m, float base, float scale,
+                       const float *factors) {
+    const int n_rot = m->rope_dim, half = n_rot / 2;
+    const double span = m->rope_yarn_high - m->rope_yarn_low > 0.001 ? m->rope_yarn_high - m->rope_yarn_low : 0.001;
     for (int i = 0; i < half; i++) {
-        const double freq = scale * pow(base, -2.0 * i / n_rot);
+        const double freq = pow(base, -2.0 * i / n_rot) / (factors ? factors[i] : 1.0);
+        double ramp = 1.0 - (i - m->rope_yarn_low) / span;
+        ramp = ramp < 0.0 ? 0.0 : (ramp > 1.0 ? 1.0 : ramp);
+        const double mix = m->rope_ext_factor * ramp; /* weight of the original angle */
+        const double f = freq * (scale * (1.0 - mix) + mix);
         for (int t = 0; t < n_tokens; t++) {
-            const double theta = (n_past + t) * freq;
-            cs[(size_t)t * half + i] = (float)cos(theta);
-            sn[(size_t)t * half + i] = (float)sin(theta);
+            const double theta = (n_past + t) * f;
+            cs[(size_t)t * half + i] = (float)(cos(theta) * m->rope_mscale);
+            sn[(size_t)t * half + i] = (float)(sin(theta) * m->rope_mscale);
         }
     }
 }
@@ -273,8 +281,11 @@ static void qkv_task(void *vctx, int ith, int nth) {
         add_bias(vt, &L->bv, 1, VD);
         if (L->q_norm.data) norm_rows(qt, qt, &L->q_norm, m->n_head, m->head_dim, m->norm_eps);
         if (L->k_norm.data) norm_rows(kt, kt, &L->k_norm, m->n_head_kv, m->head_dim, m->norm_eps);
-        rope(qt, m->n_head, m->head_dim, m->rope_dim, c->cs + (size_t)t * half, c->sn + (size_t)t * half, m->rope_neox);
-        rope(kt, m->n_head_kv, m->head_dim, m->rope_dim, c->cs + (size_t)t * half, c->sn + (size_t)t * half, m->rope_neox);
+        if (c->cs) {
+            rope(qt, m->n_head, m->head_dim, m->rope_dim, c->cs + (size_t)t * half, c->sn + (size_t)t * half, m->rope_neox);
+            rope(kt, m->n_head_kv, m->head_dim, m->rope_dim, c->cs + (size_t)t * half, c->sn + (size_t)t * half,
+                 m->rope_neox);
+        }
         store_kv(c->kc + (size_t)(c->n_past + t) * k_row, kt, KD, c->kv_type);
         store_kv(c->vc + (size_t)(c->n_past + t) * v_row, vt, VD, c->kv_type);
     }
@@ -323,6 +334,8 @@ static int matrix_ok(const el_weight *w, int n_rows, int n_cols) {
 
 static int vector_ok(const el_weight *w, int n) { return !w->data || (w->type == EL_F32 && w->n_cols == n); }
 
+#define ROPE_CTX_PAD 256
+
 const char *el_model_check(const el_model *m) {
     if (m->n_layers < 1 || m->n_embd < 1 || m->n_ff < 1 || m->n_vocab < 1) return "layers, widths and vocabulary must be >= 1";
     if (m->n_head < 1 || m->n_head_kv < 1 || m->n_head % m->n_head_kv) return "head counts must be >= 1 and divide";
@@ -330,8 +343,13 @@ const char *el_model_check(const el_model *m) {
     if (m->rope_dim < 0 || m->rope_dim > m->head_dim || m->rope_dim % 2) return "rope dimension must be even and <= head width";
     if (!(m->norm_eps > 0) || !isfinite(m->norm_eps) || !(m->rope_base > 0) || !isfinite(m->rope_base))
         return "norm epsilon and rope base must be finite and > 0";
-    if (!isfinite(m->rope_scale) || !isfinite(m->attn_scale) || !isfinite(m->embed_scale) || m->sliding_window < 0)
+    if (!isfinite(m->rope_scale) || !isfinite(m->attn_scale) || !isfinite(m->embed_scale) || m->sliding_window < 0 ||
+        !isfinite(m->rope_mscale) || !isfinite(m->rope_ext_factor) || !isfinite(m->rope_yarn_low) ||
+        !isfinite(m->rope_yarn_high))
         return "scales must be finite and the sliding window >= 0";
+    if (!vector_ok(&m->rope_factors_short, m->rope_dim / 2) || !vector_ok(&m->rope_factors_long, m->rope_dim / 2))
+        return "rope factors must hold one float per rotated pair";
+    if (!m->flags) return "per-layer flags missing";
     const int E = m->n_embd, QD = m->n_head * m->head_dim, KD = m->n_head_kv * m->head_dim;
     const int VD = m->n_head_kv * m->head_dim_v, OD = m->n_head * m->head_dim_v;
     if (!m->tok_embd.data || m->tok_embd.n_rows != m->n_vocab || m->tok_embd.n_cols != E ||
@@ -389,8 +407,13 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
     run_ctx r = {pool, qscratch};
     int rc = 0;
 
-    rope_table(cs, sn, n_tokens, n_past, m->rope_dim, m->rope_base, m->rope_scale);
-    if (m->rope_base_swa > 0) rope_table(cs_swa, sn_swa, n_tokens, n_past, m->rope_dim, m->rope_base_swa, 1.0f);
+    /* LongRoPE's factors: long ones when the context, padded as llama.cpp pads it, exceeds the original one */
+    const int padded_ctx = (n_ctx + ROPE_CTX_PAD - 1) / ROPE_CTX_PAD * ROPE_CTX_PAD;
+    const el_weight *fw = m->rope_factors_long.data && padded_ctx > m->n_ctx_orig ? &m->rope_factors_long
+                                                                                 : &m->rope_factors_short;
+    const float *factors = fw->data;
+    rope_table(cs, sn, n_tokens, n_past, m, m->rope_base, m->rope_scale, factors);
+    if (m->rope_base_swa > 0) rope_table(cs_swa, sn_swa, n_tokens, n_past, m, m->rope_base_swa, 1.0f, factors);
 
     /* embeddings */
     const el_type_traits *et = &el_traits[m->tok_embd.type];
@@ -404,12 +427,12 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
 
     for (int l = 0; l < m->n_layers && rc == 0; l++) {
         const el_layer *L = &m->layers[l];
-        const int swa = m->swa && m->swa[l];
+        const int swa = m->flags[l] & EL_LAYER_SWA, no_rope = m->flags[l] & EL_LAYER_NO_ROPE;
         const int own_base = swa && m->rope_base_swa > 0;
         char *kc = (char *)k_cache + (size_t)l * n_ctx * kv_bytes(kv_type, (size_t)KD);
         char *vc = (char *)v_cache + (size_t)l * n_ctx * kv_bytes(kv_type, (size_t)VD);
         stage_ctx sc = {m, L, n_tokens, n_past, kv_type, x, h, q, k, v, o, g, u, kc, vc,
-                        own_base ? cs_swa : cs, own_base ? sn_swa : sn, NULL};
+                        no_rope ? NULL : own_base ? cs_swa : cs, no_rope ? NULL : own_base ? sn_swa : sn, NULL};
 
         /* attention block: h holds norm(x) */
         rc |= linear(&r, &L->wq, h, n_tokens, q);
