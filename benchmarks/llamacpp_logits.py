@@ -28,9 +28,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "llamacpp_logits"
 REAL_PROMPTS = [
-    "The capital of France is Paris, and the capital of Germany is",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
-    "In 1905, Einstein published four papers that changed physics. The first explained",
+    "The capital of France is Paris, and the capital of Germany is Berlin. Both cities are known for their museums, "
+    "their long history and the rivers that run through them, the Seine and the Spree.",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\n"
+    "for i in range(10):\n    print(i, fibonacci(i))\n",
+    "In 1905, Einstein published four papers that changed physics. The first explained the photoelectric effect, "
+    "the second Brownian motion, the third special relativity, and the fourth the equivalence of mass and energy.",
 ]
 REAL_POSITIONS = 32
 TOP = 20
@@ -61,8 +64,34 @@ def worker(jobs: list[dict]) -> dict:
         variants = {"2 threads": run(*args, threads=2), "token by token": run(*args, threads=1, one_by_one=True),
                     "F16 cache": run(*args, threads=1, f32_cache=False)}  # fmt: skip
         np.save(job["out"], ref)
-        results[job["name"]] = {k: float(np.abs(v - ref).max()) for k, v in variants.items()}
+        for i, v in enumerate(variants.values()):
+            np.save(f"{job['out']}.{i}.npy", v)
+        results[job["name"]] = list(variants)
     return results
+
+
+def top_and_lse(logits: np.ndarray, top: np.ndarray | None = None):
+    """Per position: the logits at `top` (default: the 20 largest) and the log-sum-exp."""
+    logits = logits.astype(np.float64)
+    top = np.argsort(-logits, axis=1)[:, :TOP] if top is None else top
+    mx = logits.max(axis=1, keepdims=True)
+    return top, np.take_along_axis(logits, top, axis=1), mx[:, 0] + np.log(np.exp(logits - mx).sum(axis=1))
+
+
+def spread_of(job: dict, names: list[str], top_only: bool) -> dict[str, float]:
+    """Largest difference of llama.cpp's other runs from its reference: over all logits, or (`top_only`) over
+    the reference's top 20 per position and the log-sum-exp."""
+    ref = np.load(job["out"])
+    out = {}
+    for i, name in enumerate(names):
+        other = np.load(f"{job['out']}.{i}.npy")
+        if top_only:
+            top, ref_top, ref_lse = top_and_lse(ref)
+            _, other_top, other_lse = top_and_lse(other, top)
+            out[name] = float(max(np.abs(other_top - ref_top).max(), np.abs(other_lse - ref_lse).max()))
+        else:
+            out[name] = float(np.abs(other - ref).max())
+    return out
 
 
 def tokenize_real(paths: dict[str, str]) -> dict:
@@ -101,11 +130,11 @@ def tiny_cases(python: str, names: list[str], work: Path) -> None:
         n_vocab = GGUFFile(path).tensors["token_embd.weight"].shape[0]
         jobs.append(dict(name=name, path=str(path), tokens=oracle_cases.prompt(name, n_vocab), n_ctx=oracle_cases.N_CTX,
                          out=str(work / f"{name}.npy")))  # fmt: skip
-    spreads = call_worker(python, "worker", jobs)
+    variants = call_worker(python, "worker", jobs)
     OUT.mkdir(parents=True, exist_ok=True)
     for job in jobs:
         logits = np.load(job["out"])
-        spread = spreads[job["name"]]
+        spread = spread_of(job, variants[job["name"]], top_only=False)
         np.savez_compressed(OUT / f"{job['name']}.npz", sha256=sha256(Path(job["path"])), tokens=np.array(job["tokens"]),
                             logits=logits, spread=max(spread.values()), spread_by=json.dumps(spread))  # fmt: skip
         print(f"{job['name']:<16} spread {max(spread.values()):.2e}  ({', '.join(f'{k} {v:.1e}' for k, v in spread.items())})")
@@ -118,18 +147,17 @@ def real_cases(python: str, work: Path) -> None:
     prompts = call_worker(python, "tokenize_real", paths)
     jobs = [dict(name=f"{name}-{i}", path=path, tokens=ids[: REAL_POSITIONS], n_ctx=64, out=str(work / f"{name}-{i}.npy"))
             for name, path in paths.items() for i, ids in enumerate(prompts[name])]  # fmt: skip
-    spreads = call_worker(python, "worker", jobs)
+    variants = call_worker(python, "worker", jobs)
+    spreads = {job["name"]: spread_of(job, variants[job["name"]], top_only=True) for job in jobs}
     for name, path in paths.items():
         rows = {"tokens": [], "top_ids": [], "top_logits": [], "lse": [], "spread": []}
         for i in range(len(REAL_PROMPTS)):
             job = f"{name}-{i}"
-            logits = np.load(work / f"{job}.npy").astype(np.float64)
-            top = np.argsort(-logits, axis=1)[:, :TOP]
-            mx = logits.max(axis=1, keepdims=True)
+            top, top_logits, lse = top_and_lse(np.load(work / f"{job}.npy"))
             rows["tokens"].append(prompts[name][i][:REAL_POSITIONS])
             rows["top_ids"].append(top)
-            rows["top_logits"].append(np.take_along_axis(logits, top, axis=1).astype(np.float32))
-            rows["lse"].append((mx[:, 0] + np.log(np.exp(logits - mx).sum(axis=1))).astype(np.float32))
+            rows["top_logits"].append(top_logits.astype(np.float32))
+            rows["lse"].append(lse.astype(np.float32))
             rows["spread"].append(spreads[job])
             print(f"{job:<16} spread " + ", ".join(f"{k} {v:.2e}" for k, v in spreads[job].items()))
         np.savez_compressed(OUT / f"{name}.npz", sha256=sha256(Path(path)), tokens=np.array(rows["tokens"]),

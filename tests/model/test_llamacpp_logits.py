@@ -85,3 +85,25 @@ def test_the_check_fails_on_a_wrong_model(built, name, wrong):
     broken = Transformer(dataclasses.replace(model.config, **wrong), MappedStore(gguf))
     got = _logits(broken, fixture["tokens"], "auto")
     assert np.abs(got - fixture["logits"]).max() > float(fixture["spread"])
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_real_model_top20_logits_match_llama_cpp(real_model_path, name):
+    """3 prompts x 32 positions: at llama.cpp's 20 most likely next tokens, edgellm's logits, and the log-sum-exp
+    over the whole vocabulary, within llama.cpp's own spread on the same prompts (its F16-cache run against
+    its F32-cache reference). Every C path, one prefill batch as llama.cpp ran it."""
+    fixture = np.load(FIXTURES / f"{name}.npz")
+    path = real_model_path(name)
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == str(fixture["sha256"])
+    g = GGUFFile(path)
+    model = Transformer.from_store(g.metadata, MappedStore(g))
+    spread = float(fixture["spread"])
+    for kernel_path in kernels.capabilities()["supported"]:
+        for tokens, top_ids, top_logits, lse in zip(fixture["tokens"], fixture["top_ids"], fixture["top_logits"], fixture["lse"]):
+            got = _logits(model, tokens, kernel_path).astype(np.float64)
+            ours_top = np.take_along_axis(got, top_ids, axis=1)
+            mx = got.max(axis=1, keepdims=True)
+            ours_lse = mx[:, 0] + np.log(np.exp(got - mx).sum(axis=1))
+            assert np.abs(ours_top - top_logits).max() <= spread, (name, kernel_path)
+            assert np.abs(ours_lse - lse).max() <= spread, (name, kernel_path)
