@@ -9,13 +9,17 @@ MemoryError, both failures here.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
 
-import numpy as np
+from dataclasses import replace
+
 import pytest
 
 from edgellm.formats.gguf import GGUFFile, TensorData, write_gguf
@@ -125,14 +129,9 @@ def test_mutation_errors_name_the_key_and_value(tmp_path):
         ("llama.block_count", 1): r"'llama.block_count' is 1 but the file holds 2 blocks",
         ("llama.attention.head_count_kv", 3): r"head_count 4 is not a multiple of head_count_kv 3",
     }
-    import re
-
     for i, ((key, value), pattern) in enumerate(expect.items()):
         path = tmp_path / f"m{i}.gguf"
         _mutate(base, path, key, value)
-        import contextlib
-        import io
-
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             assert main(["show", str(path)]) == 1
@@ -142,7 +141,6 @@ def test_mutation_errors_name_the_key_and_value(tmp_path):
 def test_c_engine_refuses_an_impossible_plan(tiny_llama):
     """Below the Python checks, the C engine still refuses a plan that would read out of bounds."""
     from edgellm import kernels
-    from edgellm.formats.gguf import GGUFFile
     from edgellm.kernels.plan import CompiledModel
     from edgellm.model.transformer import Transformer
     from edgellm.runtime.store import MappedStore
@@ -151,8 +149,6 @@ def test_c_engine_refuses_an_impossible_plan(tiny_llama):
         pytest.skip("C extension not built")
     g = GGUFFile(tiny_llama)
     model = Transformer.from_store(g.metadata, MappedStore(g))
-    from dataclasses import replace
-
     for bad in (dict(n_head_kv=3), dict(n_layers=0), dict(rope_dim=6 * 1024), dict(norm_eps=math.nan), dict(n_ff=97)):
         with pytest.raises(ValueError, match="model_create"):
             CompiledModel(replace(model.config, **bad), model.store, model.output_name, model._vec)
