@@ -78,6 +78,7 @@ def test_logits_match_llama_cpp(built, name, path):
         ("phi3", dict(rope_mscale=1.0)),  # LongRoPE's attention factor ignored
         ("gemma3", dict(rope_base_swa=None)),  # sliding layers on the global base
         ("qwen3", dict(rope_neox=False)),  # adjacent pairs instead of halves
+        ("qwen3moe", dict(n_expert_used=1)),  # one expert per token instead of two
     ],
 )
 def test_the_check_fails_on_a_wrong_model(built, name, wrong):

@@ -32,7 +32,8 @@ HUGE = 2**32 - 1
 def mutations(arch: str) -> list[tuple[str, object]]:
     """(key, value) pairs that must each be refused; value MISSING deletes the key."""
     k = lambda name: f"{arch}.{name}"  # noqa: E731
-    counts = ["block_count", "embedding_length", "feed_forward_length", "attention.head_count"]
+    ffn = "expert_feed_forward_length" if arch == "qwen3moe" else "feed_forward_length"
+    counts = ["block_count", "embedding_length", ffn, "attention.head_count"]
     out: list[tuple[str, object]] = []
     for name in counts:
         out += [(k(name), v) for v in (0, -1, HUGE, 2**40, 2.0, "two", math.nan, MISSING)]
@@ -43,6 +44,9 @@ def mutations(arch: str) -> list[tuple[str, object]]:
     out += [(k("context_length"), v) for v in (0, -1, 2**40, "long")]
     out += [(k("block_count"), v) for v in (1, 3)]  # fewer or more blocks than the file holds
     out += [("general.architecture", v) for v in ("mamba", 7, MISSING)]
+    if arch == "qwen3moe":
+        out += [(k("expert_count"), v) for v in (0, -1, 1, HUGE, 4.0, "many", MISSING)]
+        out += [(k("expert_used_count"), v) for v in (0, -1, 5, HUGE, math.nan, MISSING)]
     if arch == "gemma3":
         out += [(k("attention.key_length"), v) for v in (0, 31, HUGE)]
         out += [(k("attention.sliding_window"), v) for v in (-1, math.nan, 2**40)]
@@ -88,7 +92,7 @@ CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "phi3", "smollm3"])
 def test_every_mutation_is_a_one_line_error(arch, tmp_path):
     base = build_tiny_gguf(tmp_path / "base.gguf", arch=arch)
     cases = mutations(arch)

@@ -27,3 +27,9 @@ ROPE_FREQS = "rope_freqs.weight"  # Llama 3.1+
 ROPE_FACTORS_LONG = "rope_factors_long.weight"  # LongRoPE (Phi-3/4): context above the original one
 ROPE_FACTORS_SHORT = "rope_factors_short.weight"
 ROPE_FACTOR_NAMES = (ROPE_FREQS, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT)
+
+# Mixture of experts (Qwen3-MoE): a router and every expert's matrices stacked in one 3-D tensor each
+FFN_GATE_INP = "blk.{i}.ffn_gate_inp.weight"  # (n_expert, n_embd)
+FFN_GATE_EXPS = "blk.{i}.ffn_gate_exps.weight"  # (n_expert, n_ff_exp, n_embd)
+FFN_UP_EXPS = "blk.{i}.ffn_up_exps.weight"  # (n_expert, n_ff_exp, n_embd)
+FFN_DOWN_EXPS = "blk.{i}.ffn_down_exps.weight"  # (n_expert, n_embd, n_ff_exp)

@@ -16,7 +16,8 @@ from ..quant.formats import GGMLType
 LAYER_FIELDS = [
     names.ATTN_NORM, names.ATTN_Q, names.ATTN_K, names.ATTN_V, names.ATTN_OUT, names.ATTN_Q_BIAS,
     names.ATTN_K_BIAS, names.ATTN_V_BIAS, names.ATTN_Q_NORM, names.ATTN_K_NORM, names.ATTN_POST_NORM,
-    names.FFN_NORM, names.FFN_GATE, names.FFN_UP, names.FFN_DOWN, names.FFN_POST_NORM,
+    names.FFN_NORM, names.FFN_GATE, names.FFN_UP, names.FFN_DOWN, names.FFN_POST_NORM, names.FFN_GATE_INP,
+    names.FFN_GATE_EXPS, names.FFN_UP_EXPS, names.FFN_DOWN_EXPS,
 ]  # fmt: skip
 _ABSENT = (0, 0, 0, 0)
 LAYER_SWA, LAYER_NO_ROPE = 1, 2  # EL_LAYER_* in edgellm.h
@@ -28,7 +29,7 @@ def engine_supports(store, tensor_names) -> bool:
         return False
     for name in tensor_names:
         info = store.info(name)
-        if len(info.shape) == 2 and not has_matmul(info.type):
+        if len(info.shape) >= 2 and not has_matmul(info.type):
             return False
     return _C.type_info(int(store.info(names.TOKEN_EMBD).type))["has_to_float"]
 
@@ -61,7 +62,8 @@ class CompiledModel:
             embed_scale=config.embed_scale, attn_scale=config.softmax_scale(),
             final_softcap=config.final_logit_softcap, rope_ext_factor=config.rope_ext_factor,
             rope_yarn_low=config.rope_yarn_dims[0], rope_yarn_high=config.rope_yarn_dims[1],
-            rope_mscale=config.rope_mscale, n_ctx_orig=config.n_ctx_orig,
+            rope_mscale=config.rope_mscale, n_ctx_orig=config.n_ctx_orig, n_expert=config.n_expert,
+            n_expert_used=config.n_expert_used,
         )  # fmt: skip
         flags = bytes(LAYER_SWA * config.is_swa(i) | LAYER_NO_ROPE * (not config.uses_rope(i))
                       for i in range(config.n_layers))  # fmt: skip
@@ -72,7 +74,8 @@ class CompiledModel:
         info = store.info(name)
         raw = store.raw(name)
         self._keep.append(raw)
-        return int(info.type), raw.ctypes.data, info.shape[0], info.shape[1]
+        n_rows = int(np.prod(info.shape[:-1]))  # stacked experts: every expert's rows
+        return int(info.type), raw.ctypes.data, n_rows, info.shape[-1]
 
     def _vector(self, values: np.ndarray) -> tuple[int, int, int, int]:
         values = np.ascontiguousarray(values, dtype=np.float32)

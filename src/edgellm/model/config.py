@@ -64,6 +64,9 @@ class ModelConfig:
     qkv_bias: bool = False
     fused_qkv: bool = False  # one attn_qkv matrix: Q rows, then K, then V (Phi-3)
     fused_gate_up: bool = False  # ffn_up holds the gate rows, then the up rows (Phi-3)
+    n_expert: int = 0  # > 0: every layer's FFN is a mixture of this many experts (Qwen3-MoE)
+    n_expert_used: int = 0  # experts each token is routed to
+    n_ff_exp: int = 0  # feed-forward width of one expert
     final_logit_softcap: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -134,8 +137,8 @@ class Meta:
             raise self.fail(template, value, "a string")
         return value
 
-    def common(self, n_vocab: int) -> dict[str, Any]:
-        """Fields every transformer here reads the same way."""
+    def common(self, n_vocab: int, dense_ffn: bool = True) -> dict[str, Any]:
+        """Fields every transformer here reads the same way (`dense_ffn` False: n_ff is set by the caller)."""
         n_embd = self.count(Keys.LLM.EMBEDDING_LENGTH)
         n_head = self.count(Keys.Attention.HEAD_COUNT, high=MAX_HEADS)
         n_head_kv = self.count(Keys.Attention.HEAD_COUNT_KV, n_head, high=MAX_HEADS)
@@ -148,7 +151,7 @@ class Meta:
             architecture=self.arch,
             n_layers=self.count(Keys.LLM.BLOCK_COUNT, high=MAX_LAYERS),
             n_embd=n_embd,
-            n_ff=self.count(Keys.LLM.FEED_FORWARD_LENGTH),
+            n_ff=self.count(Keys.LLM.FEED_FORWARD_LENGTH) if dense_ffn else 0,
             n_head=n_head,
             n_head_kv=n_head_kv,
             head_dim=head_dim,
@@ -211,6 +214,8 @@ def check_config(config: ModelConfig, source: str = "model") -> None:
         raise fail(f"vocabulary of {c.n_vocab} tokens")
     if c.sliding_window < 0:
         raise fail(f"sliding window {c.sliding_window}")
+    if c.n_expert and not 1 <= c.n_expert_used <= c.n_expert:
+        raise fail(f"expert_used_count {c.n_expert_used} must be in 1..expert_count {c.n_expert}")
 
 
 def fused_views(config: ModelConfig, layer: int) -> dict[str, tuple[str, int, int]]:
@@ -247,6 +252,15 @@ def expected_shapes(config: ModelConfig, tied: bool, stored: bool = False) -> di
         names.FFN_UP: (c.n_ff, c.n_embd),
         names.FFN_DOWN: (c.n_embd, c.n_ff),
     }
+    if c.n_expert:
+        for template in (names.FFN_GATE, names.FFN_UP, names.FFN_DOWN):
+            del per_layer[template]
+        per_layer |= {
+            names.FFN_GATE_INP: (c.n_expert, c.n_embd),
+            names.FFN_GATE_EXPS: (c.n_expert, c.n_ff_exp, c.n_embd),
+            names.FFN_UP_EXPS: (c.n_expert, c.n_ff_exp, c.n_embd),
+            names.FFN_DOWN_EXPS: (c.n_expert, c.n_embd, c.n_ff_exp),
+        }
     if c.qkv_bias:
         per_layer |= {names.ATTN_Q_BIAS: (q_dim,), names.ATTN_K_BIAS: (kv_dim,), names.ATTN_V_BIAS: (v_dim,)}
     if c.qk_norm:

@@ -46,20 +46,23 @@ def linear(x: np.ndarray, store, name: str) -> np.ndarray:
     if _observer is not None:
         _observer(name, x)
     info = store.info(name)
-    n_out, n_in = info.shape
-    raw = store.raw(name)
-    if kernels.has_matmul(info.type):
-        return kernels.matmul(x, raw, info.type, n_out, n_in)
+    return linear_packed(x, store.raw(name), info.type, *info.shape)
+
+
+def linear_packed(x: np.ndarray, raw: np.ndarray, type_id: int, n_out: int, n_in: int) -> np.ndarray:
+    """x @ W.T for W given as packed rows (n_out, row_bytes): a whole matrix or one expert's slab of one."""
+    if kernels.has_matmul(type_id):
+        return kernels.matmul(x, raw, type_id, n_out, n_in)
     correction = None
     if kernels.emulates_activation_rounding():
-        if info.type in (GGMLType.Q4_1, GGMLType.Q5_1):
-            correction = q8_1_sum_correction(x, raw, info.type, n_out, n_in)
-        x = quantize_activations(x, info.type)
+        if type_id in (GGMLType.Q4_1, GGMLType.Q5_1):
+            correction = q8_1_sum_correction(x, raw, type_id, n_out, n_in)
+        x = quantize_activations(x, type_id)
     tile = max(1, DEQUANT_TILE_BYTES // (4 * n_in))
     out = np.empty((x.shape[0], n_out), dtype=np.float32)
     for r0 in range(0, n_out, tile):
         r1 = min(n_out, r0 + tile)
-        out[:, r0:r1] = x @ dequantize_rows(raw, info.type, n_in, slice(r0, r1)).T  # (n_tokens, r1 - r0)
+        out[:, r0:r1] = x @ dequantize_rows(raw, type_id, n_in, slice(r0, r1)).T  # (n_tokens, r1 - r0)
     if correction is not None:
         out += correction
     return out
@@ -81,6 +84,12 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
 
 
 ACTIVATIONS = {"silu": silu, "gelu": gelu_tanh}
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float32."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def rope(

@@ -13,6 +13,7 @@ ARCHITECTURES: dict[str, Callable[[Meta, int], ModelConfig]] = {
     "llama": llama.read_config,
     "qwen2": qwen.read_qwen2_config,
     "qwen3": qwen.read_qwen3_config,
+    "qwen3moe": qwen.read_qwen3moe_config,
     "gemma3": gemma3.read_config,
     "phi3": phi3.read_config,
     "smollm3": smollm3.read_config,

@@ -22,6 +22,18 @@ from .registry import model_config
 ROPE_CTX_PAD = 256
 
 
+# llama.cpp's floor under the sum of the chosen experts' weights before it renormalises them
+MIN_EXPERT_WEIGHT_SUM = 6.103515625e-5
+
+
+def route(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most probable experts per token (most probable first) and their weights, renormalised to sum
+    to one. probs: (n_tokens, n_expert) -> (n_tokens, k) ids, (n_tokens, k) weights."""
+    chosen = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    weights = np.take_along_axis(probs, chosen, axis=1)
+    return chosen, weights / np.maximum(weights.sum(axis=1, keepdims=True), np.float32(MIN_EXPERT_WEIGHT_SUM))
+
+
 class Transformer:
     def __init__(self, config: ModelConfig, store):
         self.config = config
@@ -126,11 +138,32 @@ class Transformer:
             attn = layers.rms_norm(attn, self._vec(n(names.ATTN_POST_NORM)), c.norm_eps)
         x = x + attn
         h = layers.rms_norm(x, self._vec(n(names.FFN_NORM)), c.norm_eps)
-        gate = layers.ACTIVATIONS[c.ffn_act](layers.linear(h, self.store, n(names.FFN_GATE)))  # (n_tokens, n_ff)
-        ffn = layers.linear(gate * layers.linear(h, self.store, n(names.FFN_UP)), self.store, n(names.FFN_DOWN))
+        if c.n_expert:
+            ffn = self._experts(i, h)
+        else:
+            gate = layers.ACTIVATIONS[c.ffn_act](layers.linear(h, self.store, n(names.FFN_GATE)))  # (n_tokens, n_ff)
+            ffn = layers.linear(gate * layers.linear(h, self.store, n(names.FFN_UP)), self.store, n(names.FFN_DOWN))
         if c.post_norms:
             ffn = layers.rms_norm(ffn, self._vec(n(names.FFN_POST_NORM)), c.norm_eps)
         return x + ffn
+
+    def _experts(self, i: int, h: np.ndarray) -> np.ndarray:
+        """Mixture of experts: each token's FFN output is the weighted sum of its top-k experts' gated FFNs.
+        Only the slabs of experts some token was routed to are read."""
+        c = self.config
+        n = lambda template: template.format(i=i)  # noqa: E731
+        probs = layers.softmax(layers.linear(h, self.store, n(names.FFN_GATE_INP)))  # (n_tokens, n_expert)
+        chosen, weights = route(probs, c.n_expert_used)  # (n_tokens, k) each
+        gate, up, down = (self.store.info(n(t)) for t in (names.FFN_GATE_EXPS, names.FFN_UP_EXPS, names.FFN_DOWN_EXPS))
+        raw = [self.store.raw(t.name) for t in (gate, up, down)]
+        out = np.zeros_like(h)
+        for e in np.unique(chosen):
+            rows, slot = np.nonzero(chosen == e)
+            xe = h[rows]
+            act = layers.ACTIVATIONS[c.ffn_act](layers.linear_packed(xe, raw[0][e], gate.type, c.n_ff_exp, c.n_embd))
+            act *= layers.linear_packed(xe, raw[1][e], up.type, c.n_ff_exp, c.n_embd)
+            out[rows] += weights[rows, slot, None] * layers.linear_packed(act, raw[2][e], down.type, c.n_embd, c.n_ff_exp)
+        return out
 
     def _attention(self, i: int, h: np.ndarray, positions: np.ndarray, cache) -> np.ndarray:
         c = self.config

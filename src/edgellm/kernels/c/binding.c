@@ -310,7 +310,7 @@ done:
 
 /* ---- whole-model plans ---- */
 
-#define LAYER_FIELDS 16 /* el_layer is 16 el_weight fields, in declaration order */
+#define LAYER_FIELDS 20 /* el_layer is 20 el_weight fields, in declaration order */
 #define N_GLOBALS 5     /* tok_embd, output_norm, output, rope_factors_short, rope_factors_long */
 
 static void model_destroy(PyObject *capsule) {
@@ -368,7 +368,8 @@ static PyObject *py_model_create(PyObject *self, PyObject *args) {
          !get_float(params, "rope_ext_factor", &m->rope_ext_factor) &&
          !get_float(params, "rope_yarn_low", &m->rope_yarn_low) &&
          !get_float(params, "rope_yarn_high", &m->rope_yarn_high) &&
-         !get_float(params, "rope_mscale", &m->rope_mscale) && !get_int(params, "n_ctx_orig", &m->n_ctx_orig);
+         !get_float(params, "rope_mscale", &m->rope_mscale) && !get_int(params, "n_ctx_orig", &m->n_ctx_orig) &&
+         !get_int(params, "n_expert", &m->n_expert) && !get_int(params, "n_expert_used", &m->n_expert_used);
     if (ok && (m->n_layers < 1 || m->n_layers > 65536)) {
         PyErr_SetString(PyExc_ValueError, "model_create: n_layers out of range");
         ok = 0;

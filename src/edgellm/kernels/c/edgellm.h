@@ -194,6 +194,9 @@ typedef struct {
 typedef struct {
     el_weight attn_norm, wq, wk, wv, wo, bq, bk, bv, q_norm, k_norm, attn_post_norm;
     el_weight ffn_norm, gate, up, down, ffn_post_norm;
+    /* mixture of experts (n_expert > 0) instead of gate/up/down: the router (n_expert x n_embd) and every
+     * expert's matrices stacked, n_rows = n_expert x rows of one expert */
+    el_weight gate_inp, gate_exps, up_exps, down_exps;
 } el_layer;
 
 /* per-layer flags */
@@ -206,6 +209,7 @@ typedef struct {
      * per pair by rope_factors (short, or long when the padded context exceeds n_ctx_orig) */
     float rope_ext_factor, rope_yarn_low, rope_yarn_high, rope_mscale;
     int rope_neox, gelu, sliding_window, n_ctx_orig;
+    int n_expert, n_expert_used; /* experts per layer and per token (0: dense FFN); n_ff is one expert's width */
     uint8_t *flags; /* per layer: EL_LAYER_* bits */
     el_weight tok_embd, output_norm, output, rope_factors_short, rope_factors_long;
     el_layer *layers;

@@ -239,8 +239,9 @@ static size_t max_scratch(const el_model *m, int n_tokens) {
     size_t best = el_matmul_scratch_bytes((enum el_type)m->output.type, m->output.n_cols, n_tokens);
     for (int l = 0; l < m->n_layers; l++) {
         const el_layer *L = &m->layers[l];
-        const el_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
-        for (int i = 0; i < 7; i++) {
+        const el_weight *ws[] = {&L->wq,   &L->wk,       &L->wv,      &L->wo,     &L->gate,     &L->up,
+                                 &L->down, &L->gate_inp, &L->gate_exps, &L->up_exps, &L->down_exps};
+        for (int i = 0; i < 11; i++) {
             const size_t s = el_matmul_scratch_bytes((enum el_type)ws[i]->type, ws[i]->n_cols, n_tokens);
             if (s > best) best = s;
         }
@@ -335,11 +336,14 @@ static int matrix_ok(const el_weight *w, int n_rows, int n_cols) {
 static int vector_ok(const el_weight *w, int n) { return !w->data || (w->type == EL_F32 && w->n_cols == n); }
 
 #define ROPE_CTX_PAD 256
+#define MIN_EXPERT_WEIGHT_SUM 6.103515625e-5f /* llama.cpp's floor under the chosen experts' weight sum */
 
 const char *el_model_check(const el_model *m) {
     if (m->n_layers < 1 || m->n_embd < 1 || m->n_ff < 1 || m->n_vocab < 1) return "layers, widths and vocabulary must be >= 1";
     if (m->n_head < 1 || m->n_head_kv < 1 || m->n_head % m->n_head_kv) return "head counts must be >= 1 and divide";
     if (m->head_dim < 1 || m->head_dim_v < 1) return "head widths must be >= 1";
+    if (m->n_expert < 0 || m->n_expert > 4096 || (m->n_expert && (m->n_expert_used < 1 || m->n_expert_used > m->n_expert)))
+        return "expert counts must satisfy 1 <= used <= experts <= 4096";
     if (m->rope_dim < 0 || m->rope_dim > m->head_dim || m->rope_dim % 2) return "rope dimension must be even and <= head width";
     if (!(m->norm_eps > 0) || !isfinite(m->norm_eps) || !(m->rope_base > 0) || !isfinite(m->rope_base))
         return "norm epsilon and rope base must be finite and > 0";
@@ -359,9 +363,13 @@ const char *el_model_check(const el_model *m) {
     for (int l = 0; l < m->n_layers; l++) {
         const el_layer *L = &m->layers[l];
         if (!matrix_ok(&L->wq, QD, E) || !matrix_ok(&L->wk, KD, E) || !matrix_ok(&L->wv, VD, E) ||
-            !matrix_ok(&L->wo, E, OD) || !matrix_ok(&L->gate, m->n_ff, E) || !matrix_ok(&L->up, m->n_ff, E) ||
-            !matrix_ok(&L->down, E, m->n_ff))
-            return "a layer's matrix does not match the model's widths";
+            !matrix_ok(&L->wo, E, OD))
+            return "a layer's attention matrix does not match the model's widths";
+        const int X = m->n_expert;
+        if (X ? !matrix_ok(&L->gate_inp, X, E) || !matrix_ok(&L->gate_exps, X * m->n_ff, E) ||
+                    !matrix_ok(&L->up_exps, X * m->n_ff, E) || !matrix_ok(&L->down_exps, X * E, m->n_ff)
+              : !matrix_ok(&L->gate, m->n_ff, E) || !matrix_ok(&L->up, m->n_ff, E) || !matrix_ok(&L->down, E, m->n_ff))
+            return "a layer's feed-forward matrix does not match the model's widths";
         if (!L->attn_norm.data || !L->ffn_norm.data || !vector_ok(&L->attn_norm, E) || !vector_ok(&L->ffn_norm, E) ||
             !vector_ok(&L->bq, QD) || !vector_ok(&L->bk, KD) || !vector_ok(&L->bv, VD) ||
             !vector_ok(&L->q_norm, m->head_dim) || !vector_ok(&L->k_norm, m->head_dim) ||
@@ -369,6 +377,73 @@ const char *el_model_check(const el_model *m) {
             return "a layer's norm or bias does not match the model's widths";
     }
     return NULL;
+}
+
+/* floats of scratch a mixture-of-experts layer needs for n tokens (see moe_ffn) */
+static size_t moe_floats(const el_model *m, size_t n) {
+    return m->n_expert ? n * (m->n_expert + 2 * (size_t)m->n_embd + 2 * (size_t)m->n_expert_used + 2) : 0;
+}
+
+/* Mixture of experts into c->o: softmax router over all experts, the top n_expert_used per token with their
+ * weights renormalised (as llama.cpp), and each chosen expert's gated FFN run once on the tokens routed to it.
+ * Experts that no token chose are never read. */
+static int moe_ffn(run_ctx *r, const stage_ctx *c, float *scratch) {
+    const el_model *m = c->m;
+    const el_layer *L = c->L;
+    const int T = c->n_tokens, E = m->n_embd, F = m->n_ff, X = m->n_expert, K = m->n_expert_used;
+    float *probs = scratch, *xe = probs + (size_t)T * X, *de = xe + (size_t)T * E, *wt = de + (size_t)T * E;
+    float *rw = wt + (size_t)T * K;
+    int *chosen = (int *)(rw + T), *rows = chosen + (size_t)T * K;
+    int rc = linear(r, &L->gate_inp, c->h, T, probs);
+    for (int t = 0; t < T && rc == 0; t++) {
+        float *p = probs + (size_t)t * X, mx = -INFINITY;
+        for (int e = 0; e < X; e++) mx = p[e] > mx ? p[e] : mx;
+        double sum = 0.0;
+        for (int e = 0; e < X; e++) sum += (p[e] = expf(p[e] - mx));
+        for (int e = 0; e < X; e++) p[e] = (float)(p[e] / sum);
+        float total = 0.0f;
+        for (int j = 0; j < K; j++) { /* the j-th most probable expert not chosen yet */
+            int best = -1;
+            for (int e = 0; e < X; e++) {
+                int taken = 0;
+                for (int i = 0; i < j; i++) taken |= chosen[(size_t)t * K + i] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            }
+            chosen[(size_t)t * K + j] = best;
+            total += wt[(size_t)t * K + j] = p[best];
+        }
+        total = total > MIN_EXPERT_WEIGHT_SUM ? total : MIN_EXPERT_WEIGHT_SUM;
+        for (int j = 0; j < K; j++) wt[(size_t)t * K + j] /= total;
+    }
+    memset(c->o, 0, sizeof(float) * (size_t)T * E);
+    const size_t gb = row_bytes(L->gate_exps.type, E) * F, ub = row_bytes(L->up_exps.type, E) * F;
+    const size_t db = row_bytes(L->down_exps.type, F) * E;
+    for (int e = 0; e < X && rc == 0; e++) {
+        int n = 0;
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < K; j++)
+                if (chosen[(size_t)t * K + j] == e) {
+                    rows[n] = t;
+                    rw[n++] = wt[(size_t)t * K + j];
+                }
+        if (!n) continue;
+        for (int i = 0; i < n; i++) memcpy(xe + (size_t)i * E, c->h + (size_t)rows[i] * E, sizeof(float) * E);
+        rc |= el_matmul(r->pool, L->gate_exps.type, (const char *)L->gate_exps.data + e * gb, F, E, xe, n, c->g, F,
+                        r->qscratch);
+        rc |= el_matmul(r->pool, L->up_exps.type, (const char *)L->up_exps.data + e * ub, F, E, xe, n, c->u, F,
+                        r->qscratch);
+        stage_ctx ec = *c;
+        ec.n_tokens = n;
+        el_pool_run(n > 1 ? r->pool : NULL, gate_task, &ec);
+        rc |= el_matmul(r->pool, L->down_exps.type, (const char *)L->down_exps.data + e * db, E, F, c->g, n, de, E,
+                        r->qscratch);
+        for (int i = 0; i < n; i++) {
+            float *o = c->o + (size_t)rows[i] * E;
+            const float *d = de + (size_t)i * E;
+            for (int k = 0; k < E; k++) o[k] += rw[i] * d[k];
+        }
+    }
+    return rc;
 }
 
 int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, void *k_cache,
@@ -389,7 +464,8 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
     const int max_split = attn_splits(m, n_tokens, n_kv, 0);
     const size_t attn_scratch = (size_t)R * (n_ctx + m->head_dim); /* per thread */
     const size_t attn_part = (size_t)n_tiles * m->n_head_kv * max_split * R * (m->head_dim_v + 2);
-    const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + nth * attn_scratch + attn_part + 4 * T * half;
+    const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + nth * attn_scratch + attn_part + 4 * T * half +
+                          moe_floats(m, T);
     float *arena = malloc(floats * sizeof(float));
     void *qscratch = malloc(max_scratch(m, n_tokens) + 64);
     /* a Q8_0 cache is read by the Q8_0 dot kernel, so the queries are quantized to Q8_0 too (as llama.cpp) */
@@ -403,7 +479,7 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
     float *x = arena, *h = x + T * E, *q = h + T * E, *k = q + T * QD, *v = k + T * KD, *att = v + T * VD;
     float *g = att + T * OD, *u = g + T * F, *o = u + T * F, *scores = o + T * E;
     float *part = scores + nth * attn_scratch, *cs = part + attn_part, *sn = cs + T * half;
-    float *cs_swa = sn + T * half, *sn_swa = cs_swa + T * half;
+    float *cs_swa = sn + T * half, *sn_swa = cs_swa + T * half, *moe = sn_swa + T * half;
     run_ctx r = {pool, qscratch};
     int rc = 0;
 
@@ -454,10 +530,14 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
         el_pool_run(n_tokens > 1 ? pool : NULL, residual_norm_task, &sc);
 
         /* feed-forward block: h holds norm(x) */
-        rc |= linear(&r, &L->gate, h, n_tokens, g);
-        rc |= linear(&r, &L->up, h, n_tokens, u);
-        el_pool_run(n_tokens > 1 ? pool : NULL, gate_task, &sc);
-        rc |= linear(&r, &L->down, g, n_tokens, o);
+        if (m->n_expert) {
+            rc |= moe_ffn(&r, &sc, moe);
+        } else {
+            rc |= linear(&r, &L->gate, h, n_tokens, g);
+            rc |= linear(&r, &L->up, h, n_tokens, u);
+            el_pool_run(n_tokens > 1 ? pool : NULL, gate_task, &sc);
+            rc |= linear(&r, &L->down, g, n_tokens, o);
+        }
         if (L->ffn_post_norm.data) {
             sc.norm = &L->ffn_post_norm;
             el_pool_run(n_tokens > 1 ? pool : NULL, post_norm_task, &sc);
