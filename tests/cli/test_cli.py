@@ -97,7 +97,7 @@ def _with_iq_tensor(dst):
     ("missing_path", "no-such-dir/model.gguf"),
     ("not_gguf", "not a GGUF file (starts with b'just'"),
     ("truncated", "truncated download? re-fetch it and check its sha256"),
-    ("unsupported_arch", "architecture 'rwkv6' is not supported; supported: gemma3, llama, qwen2, qwen3"),
+    ("unsupported_arch", "architecture 'rwkv6' is not supported; supported: gemma3, llama, phi3, qwen2, qwen3, qwen3moe, smollm3"),
     ("unsupported_type", "tensor type 19 (IQ1_S) is not supported; supported: F32, F16"),
 ])  # fmt: skip
 def test_bad_model_gives_one_line_error(capsys, tmp_path, tiny_llama, case, message):

@@ -10,7 +10,7 @@ from gguf import GGUFReader, GGUFValueType
 
 from edgellm.errors import FormatError, UnsupportedError
 from edgellm.formats.gguf import GGUFFile, TensorData, write_gguf
-from edgellm.quant.formats import FORMATS, GGMLType
+from edgellm.formats.quants import FORMATS, GGMLType
 
 
 def _s(text: str) -> bytes:

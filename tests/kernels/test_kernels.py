@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgellm import kernels
-from edgellm.quant.formats import FORMATS, GGMLType
+from edgellm.formats.quants import FORMATS, GGMLType
 
 pytestmark = pytest.mark.skipif(kernels._C is None, reason="C extension not built")
 

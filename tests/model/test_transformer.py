@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fixtures.tiny import build_tiny_gguf
 
 from edgellm.errors import FormatError, UnsupportedError
-from edgellm.formats.gguf import GGUFFile, write_gguf, TensorData
+from edgellm.formats.gguf import GGUFFile, TensorData, write_gguf
 from edgellm.model import layers
 from edgellm.model.registry import read_config
 from edgellm.model.transformer import Transformer
 from edgellm.runtime.kv_cache import KVCache
 from edgellm.runtime.store import MappedStore
-from fixtures.tiny import build_tiny_gguf
 
 
 def load(path) -> Transformer:
@@ -227,7 +227,7 @@ def test_f16_kv_cache_stays_close_to_f32(fixture, request):
 def test_q8_0_kv_cache_stays_close_to_f32_on_every_path(tiny_gemma3):
     """Q8_0 keys/values (and Q8_0 queries, as llama.cpp reads such a cache) on the C engine and the NumPy path."""
     from edgellm import kernels
-    from edgellm.quant.formats import GGMLType
+    from edgellm.formats.quants import GGMLType
 
     model = load(tiny_gemma3)
     tokens = np.random.default_rng(8).integers(0, model.config.n_vocab, size=12)

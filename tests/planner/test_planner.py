@@ -9,10 +9,16 @@ import yaml
 
 from edgellm.cli.main import main
 from edgellm.errors import ConfigError
+from edgellm.formats.quants import GGMLType, get_format
 from edgellm.planner.device import device_names, load_device
-from edgellm.planner.estimate import KV_BYTES, Scenario, decode_ops, estimate, prefill_ops
+from edgellm.planner.estimate import (
+    KV_BYTES,
+    Scenario,
+    decode_ops,
+    estimate,
+    prefill_ops,
+)
 from edgellm.planner.model import CATALOG, load_model, typed
-from edgellm.quant.formats import GGMLType, get_format
 
 SURVEY = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "edge-devices.md"
 
@@ -284,8 +290,8 @@ def test_sweep_writes_plots(tmp_path, capsys):
 
 def test_calibration_pieces(tmp_path):
     from edgellm import kernels
+    from edgellm.formats.quants import dequantize
     from edgellm.planner.calibrate import packed_matrix, storage_read_gbps
-    from edgellm.quant.formats import dequantize
 
     if kernels._C is None:
         pytest.skip("needs the C kernels")

@@ -6,8 +6,14 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from edgellm.errors import FormatError, UnsupportedError
-from edgellm.quant import formats
-from edgellm.quant.formats import FORMATS, GGMLType, dequantize, dequantize_rows, get_format
+from edgellm.formats import quants as formats
+from edgellm.formats.quants import (
+    FORMATS,
+    GGMLType,
+    dequantize,
+    dequantize_rows,
+    get_format,
+)
 
 SUPPORTED = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 # edgellm's own formats, registered after ggml's, with ids no ggml type uses
@@ -202,7 +208,7 @@ def test_quantize_k_quant_raises_unsupported_listing_quantizable_formats(name):
     with pytest.raises(UnsupportedError) as excinfo:
         get_format(GGMLType[name]).quantize(np.zeros(256, np.float32))
     assert str(excinfo.value) == (
-        f"{name} has no reference quantizer in edgellm.quant.formats; "
+        f"{name} has no reference quantizer in edgellm.formats.quants; "
         f"formats with one: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1"
     )
 

@@ -8,7 +8,8 @@ import pytest
 
 from edgellm import kernels
 from edgellm.errors import ConfigError
-from edgellm.quant.formats import FORMATS, GGMLType as T, dequantize
+from edgellm.formats.quants import FORMATS, dequantize
+from edgellm.formats.quants import GGMLType as T
 from edgellm.quant.gptq import output_error, quantize_gptq
 from edgellm.quant.quantize import quantize_tensor
 

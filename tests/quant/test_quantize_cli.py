@@ -14,7 +14,7 @@ from edgellm import kernels
 from edgellm.api import LLM
 from edgellm.cli.main import main
 from edgellm.formats.gguf import GGUFFile
-from edgellm.quant.formats import GGMLType as T
+from edgellm.formats.quants import GGMLType as T
 from edgellm.quant.imatrix import ImportanceMatrix
 from edgellm.quant.mixes import MIXES, choose_types, get_mix
 

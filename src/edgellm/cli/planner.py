@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import bounded, fraction, non_negative_float, positive_float, positive_int, print_json
+from .common import (
+    bounded,
+    fraction,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    print_json,
+)
 
 _efficiency = bounded(float, 0.0, 1.0, low_open=True, what="a fraction in (0, 1]")
 
@@ -90,7 +97,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.out} exists; pass --force to overwrite it")
     threads = _thread_list(args.threads) if args.threads else list(range(1, (os.cpu_count() or 1) + 1))
     formats = tuple(f.strip().upper() for f in args.formats.split(",")) if args.formats else FORMATS
-    from ..quant.formats import GGMLType
+    from ..formats.quants import GGMLType
 
     bad = [f for f in formats if f not in GGMLType.__members__]
     if bad:

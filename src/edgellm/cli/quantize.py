@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model_argument, positive_float, positive_int, print_json, progress_bar, text_tokens
+from .common import (
+    add_model_argument,
+    positive_float,
+    positive_int,
+    print_json,
+    progress_bar,
+    text_tokens,
+)
 
 
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +51,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     source = open_source(src_path)
     fixed = {}
     if args.token_embedding_type:
-        from ..quant.formats import GGMLType
+        from ..formats.quants import GGMLType
 
         try:
             fixed["token_embd.weight"] = GGMLType[args.token_embedding_type.upper()]

@@ -2,7 +2,7 @@
 
 The reader validates the whole header before anything is used (counts against the file size, string and
 array lengths, alignment, dimensions, every tensor inside the data section), then maps the file and hands out
-zero-copy NumPy views of the packed tensor bytes. It never dequantizes: that is `quant.formats`' job.
+zero-copy NumPy views of the packed tensor bytes. It never dequantizes: that is `formats.quants`' job.
 The writer streams a file through a temporary name and an atomic rename.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 from gguf import GGUFValueType
 
 from ..errors import FormatError, UnsupportedError
-from ..quant.formats import GGMLType, get_format
+from .quants import GGMLType, get_format
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)

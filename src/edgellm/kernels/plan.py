@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import NUMPY_PATHS, _C, active_path, has_matmul
 from ..formats import names
-from ..quant.formats import GGMLType
+from ..formats.quants import GGMLType
+from . import _C, NUMPY_PATHS, active_path, has_matmul
 
 # el_layer field order in edgellm.h
 LAYER_FIELDS = [

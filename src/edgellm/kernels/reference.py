@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..quant.formats import GGMLType
+from ..formats.quants import GGMLType
 
 # Weight format -> activation block size of its dot type (None: float activations).
 _ACT_BLOCK = {

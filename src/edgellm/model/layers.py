@@ -11,8 +11,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import kernels
+from ..formats.quants import GGMLType, dequantize_rows
 from ..kernels.reference import q8_1_sum_correction, quantize_activations
-from ..quant.formats import GGMLType, dequantize_rows
 
 # Largest float32 weight tile materialised at once by `linear` (bytes).
 DEQUANT_TILE_BYTES = 16 << 20

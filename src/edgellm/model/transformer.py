@@ -13,10 +13,9 @@ from .. import kernels
 from ..errors import FormatError
 from ..formats import names
 from . import layers
-from ..runtime.store import RowViews
 from .config import ModelConfig, expected_shapes, fused_views
+from .fused import RowViews
 from .registry import model_config
-
 
 # llama.cpp rounds the context up to a multiple of this before comparing it with the original context
 ROPE_CTX_PAD = 256

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import kernels
 from ..errors import ConfigError
-from ..quant.formats import GGMLType, get_format
+from ..formats.quants import GGMLType, get_format
 
 FORMATS = ("F16", "Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K", "Q4_NL", "Q3_NL", "Q2_NL")
 MATVEC_BYTES = 96 << 20  # well past the last-level cache

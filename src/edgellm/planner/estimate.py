@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ConfigError
-from ..quant.formats import GGMLType, get_format
+from ..formats.quants import GGMLType, get_format
 from .device import Device
 from .model import ModelSpec
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..quant.formats import GGMLType, get_format
+from ..formats.quants import GGMLType, get_format
 
 
 @dataclass(frozen=True)

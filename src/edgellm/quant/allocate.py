@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from .formats import GGMLType, dequantize, get_format
+from ..formats.quants import GGMLType, dequantize, get_format
 from .gptq import output_error, quantize_gptq
 from .imatrix import ImportanceMatrix
 from .mixes import is_quantizable

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .formats import NL_SCALE, GGMLType, NLFormat, dequantize, get_format
+from ..formats.quants import NL_SCALE, GGMLType, NLFormat, dequantize, get_format
 
 DAMP = 0.01  # fraction of the mean diagonal added to H, as in the GPTQ reference implementation
 

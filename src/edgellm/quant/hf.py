@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import FormatError, UnsupportedError
 from ..formats.gguf import GGUFValueType
-from .formats import GGMLType
+from ..formats.quants import GGMLType
 from .source import read_json
 
 ARCHS = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3", "gemma3_text": "gemma3"}

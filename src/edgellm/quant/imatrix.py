@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..formats.gguf import GGUFFile, GGUFValueType, TensorData, write_gguf
-from ..quant.formats import GGMLType
+from ..formats.quants import GGMLType
 
 OUTPUT_ROWS = 64  # tokens per window whose logits are computed (vocabularies reach 262k)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .formats import GGMLType, get_format
+from ..formats.quants import GGMLType, get_format
 
 T = GGMLType
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..formats.gguf import GGUFValueType, TensorData, write_gguf
-from .formats import GGMLType, get_format
+from ..formats.quants import GGMLType, get_format
 from .imatrix import ImportanceMatrix
 from .mixes import Mix, choose_types
 from .source import Source

@@ -17,8 +17,8 @@ import numpy as np
 from ..eval.kld import token_stats
 from ..eval.perplexity import scored_logits
 from ..formats.gguf import TensorInfo
+from ..formats.quants import GGMLType, dequantize_rows, get_format
 from ..model.transformer import Transformer
-from .formats import GGMLType, dequantize_rows, get_format
 from .mixes import is_quantizable
 from .quantize import quantize_tensor
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import ConfigError, FormatError
 from ..formats.gguf import GGUFFile, GGUFValueType
+from ..formats.quants import GGMLType, dequantize
 from ..model.registry import gguf_config
-from .formats import GGMLType, dequantize
 
 
 class Source(Protocol):

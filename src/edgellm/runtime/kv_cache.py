@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BudgetError, ConfigError
+from ..formats.quants import GGMLType, dequantize, get_format
 from ..model.config import ModelConfig
-from ..quant.formats import GGMLType, dequantize, get_format
 
 CACHE_TYPES = {"f32": GGMLType.F32, "f16": GGMLType.F16, "q8_0": GGMLType.Q8_0}
 

@@ -1,7 +1,7 @@
 /* edgellm kernel library: block layouts, kernel signatures and the dispatch table.
  *
  * Layouts are ggml's (ggml-common.h) byte for byte, so GGUF tensors are used in place. Every kernel has three
- * tiers sharing one signature: NumPy reference (edgellm.quant.formats), portable C (_generic) and ISA paths
+ * tiers sharing one signature: NumPy reference (edgellm.formats.quants), portable C (_generic) and ISA paths
  * (_avx2, _avx512, _neon). Weights are multiplied against activations quantized once per product to the
  * format's "dot type" (Q8_0, Q8_1 or Q8_K), as llama.cpp does.
  */

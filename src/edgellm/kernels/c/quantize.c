@@ -5,7 +5,7 @@
  * Each block (or k-quant sub-block) gets its scale (and min) from a search over candidate scales, each
  * scored by weighted least squares on the codes it produces. k-quants then quantize the sub-block scales
  * against a super-block scale and re-round every weight against the scale it will really be decoded with.
- * The layouts are those of edgellm.quant.formats, whose dequantizers decode what is written here.
+ * The layouts are those of edgellm.formats.quants, whose dequantizers decode what is written here.
  */
 #include <math.h>
 #include <string.h>
@@ -384,7 +384,7 @@ static void quantize_q3_K(const float *x, void *vy, int n, const float *imp) {
     }
 }
 
-/* Q4_K / Q5_K: 8 sub-blocks of 32, 6-bit scales and mins packed as edgellm.quant.formats._k4_scales_mins */
+/* Q4_K / Q5_K: 8 sub-blocks of 32, 6-bit scales and mins packed as edgellm.formats.quants._k4_scales_mins */
 static void quantize_k4(const float *x, uint8_t *scales_out, el_fp16_t *d_out, el_fp16_t *dmin_out,
                         const float *w, int nmax, uint8_t *L) {
     float scales[8], mins[8];

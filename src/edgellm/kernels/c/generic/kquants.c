@@ -5,7 +5,7 @@
  *     w = d * scale[s] * q - dmin * min[s]        (q: the integer quant of weight w, in sub-block s)
  * Each format has one unpack function that decodes a super-block into that common form (kq_block); the dot
  * product and the dequantizer are shared. Layouts (bit positions) follow ggml-common.h and are documented in
- * edgellm.quant.formats, whose dequantize is the spec: to_float here is bit-exact with it.
+ * edgellm.formats.quants, whose dequantize is the spec: to_float here is bit-exact with it.
  *
  * The dot product is ggml's ggml_vec_dot_qX_K_q8_K_generic math: per super-block an int32 sum of
  * scale[s] * sum(q * q8) over sub-blocks, and for formats with mins an int32 sum(min[s] * bsums) taken from the

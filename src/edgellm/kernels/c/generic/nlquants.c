@@ -7,7 +7,7 @@
 #include "../edgellm.h"
 
 /* Levels (16, 8 and 4), outermost 127, from importance-weighted Lloyd iterations over calibrated LLM weight
- * blocks (quant/formats.py says how): the weights that matter most are often small within their block, so
+ * blocks (formats/quants.py says how): the weights that matter most are often small within their block, so
  * the inner levels sit nearer zero than a Gaussian's Lloyd-Max levels would. */
 const int8_t el_grid_q4_nl[16] = {-127, -101, -77, -59, -44, -29, -16, -4, 4, 16, 29, 44, 59, 77, 101, 127};
 const int8_t el_grid_q3_nl[16] = {-127, -72, -35, -9, 9, 35, 72, 127};

@@ -1,8 +1,9 @@
 """Weight-format registry: one entry per GGML block format, with its byte layout and NumPy reference codecs.
 
-The NumPy code here is the spec that the C kernels are tested against: it is vectorised over blocks and
-bit-exact with gguf-py's `gguf.quants` (itself bit-exact with ggml-quants.c), but makes no attempt to be fast.
-It does no matmuls and no k-quant quantization (that needs a search over scales, not a reference round).
+The NumPy codecs are the spec the C kernels are tested against: for the standard ggml types they are
+gguf-py's `gguf.quants` (bit-exact with ggml-quants.c); edgellm's own NL formats are coded here. They are
+vectorised over blocks but make no attempt to be fast, do no matmuls and no k-quant quantization (that needs
+a search over scales, not a reference round: the C quantizers do it).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class Format:
         if not self.can_quantize:
             quantizable = ", ".join(f.name for f in FORMATS.values() if f.can_quantize)
             raise UnsupportedError(
-                f"{self.name} has no reference quantizer in edgellm.quant.formats; "
+                f"{self.name} has no reference quantizer in edgellm.formats.quants; "
                 f"formats with one: {quantizable}"
             )
         x = np.asarray(x, dtype=np.float32).reshape(-1)
@@ -142,16 +143,6 @@ def _as_bytes(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
 
 
-def _f16(blocks: np.ndarray, offset: int) -> np.ndarray:
-    """The f16 field at byte `offset` of every block, as float32 of shape (n_blocks, 1)."""
-    return blocks[:, offset:offset + 2].view("<f2").astype(np.float32)
-
-
-def _f16_bytes(x: np.ndarray) -> np.ndarray:
-    """float32 (n_blocks, 1) -> its f16 encoding (round to nearest even, as ggml), uint8 (n_blocks, 2)."""
-    return x.astype("<f2").view(np.uint8)
-
-
 def _unpack(packed: np.ndarray, width: int) -> np.ndarray:
     """Split each byte into 8 // width fields of `width` bits, lowest bits first.
 
@@ -162,28 +153,25 @@ def _unpack(packed: np.ndarray, width: int) -> np.ndarray:
     return (packed[..., None, :] >> shifts) & np.uint8((1 << width) - 1)
 
 
-def _round_half_away(v: np.ndarray) -> np.ndarray:
-    """C roundf: nearest integer, ties away from zero (np.rint would round ties to even)."""
-    t = np.trunc(v)
-    return np.where(np.abs(v - t) == 0.5, t + np.sign(v), np.rint(v))
-
-
-def _inverse(d: np.ndarray) -> np.ndarray:
-    """1 / d, and 0 where d == 0 (ggml: `id = d ? 1.0f/d : 0.0f`), in float32."""
-    out = np.zeros_like(d, dtype=np.float32)
-    np.divide(np.float32(1), d, out=out, where=d != 0)
-    return out
-
-
-def _abs_max_signed(x: np.ndarray) -> np.ndarray:
-    """Per block, the value with the largest magnitude, sign kept (first one on ties, as ggml's loop)."""
-    i = np.abs(x).argmax(axis=-1, keepdims=True)
-    return np.take_along_axis(x, i, axis=-1)  # (n_blocks, 1)
-
-
 def _pack_nibbles(q: np.ndarray) -> np.ndarray:
     """(n_blocks, 32) values < 16 -> (n_blocks, 16) bytes: weight j in the low nibble, weight j + 16 in the high."""
     return (q[:, :16] & np.uint8(0x0F)) | (q[:, 16:] << np.uint8(4))
+
+
+class _GGUFDecoded(Format):
+    """A standard ggml type decoded by gguf-py's reference dequantizer."""
+
+    def _dequantize_blocks(self, blocks):
+        out = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType(self.type))
+        return out.astype(np.float32, copy=False).reshape(len(blocks), self.block_size)
+
+
+class _GGUFQuantized(_GGUFDecoded):
+    """A standard ggml type gguf-py also encodes (ggml's quantize_row_*_ref, bit for bit)."""
+
+    def _quantize_blocks(self, x):
+        out = gguf.quants.quantize(np.ascontiguousarray(x), gguf.GGMLQuantizationType(self.type))
+        return np.ascontiguousarray(out).view(np.uint8).reshape(len(x), self.type_size)
 
 
 # --- float formats: a "block" is one weight ---
@@ -235,10 +223,11 @@ class BF16(Format):
         return np.where(is_nan, (u >> 16) | 64, rounded).astype("<u2").view(np.uint8)
 
 
-# --- 32-weight blocks ---
+# --- 32-weight blocks and k-quants: decoded (and, where it has one, encoded) by gguf-py's NumPy reference,
+# which tests/quant/test_formats.py checks against hand-decoded blocks and the C kernels. Layouts as ggml. ---
 
 @_register
-class Q8_0(Format):
+class Q8_0(_GGUFQuantized):
     # Q8_0: 32 weights in 34 bytes, w = d * q
     #   byte 0..1   d       f16
     #   byte 2..33  qs[32]  int8 q of weight j
@@ -246,19 +235,9 @@ class Q8_0(Format):
     block_size = 32
     type_size = 34
 
-    def _dequantize_blocks(self, blocks):
-        q = blocks[:, 2:].view(np.int8).astype(np.float32)
-        return _f16(blocks, 0) * q
-
-    def _quantize_blocks(self, x):
-        # quantize_row_q8_0_ref: d = amax / 127, q = roundf(x / d)
-        d = np.abs(x).max(axis=-1, keepdims=True) / np.float32(127)
-        q = _round_half_away(x * _inverse(d)).astype(np.int8).view(np.uint8)
-        return np.concatenate([_f16_bytes(d), q], axis=-1)
-
 
 @_register
-class Q4_0(Format):
+class Q4_0(_GGUFQuantized):
     # Q4_0: 32 weights in 18 bytes, w = d * (q - 8)
     #   byte 0..1   d       f16
     #   byte 2..17  qs[16]  4-bit q: weight j in the low nibble of qs[j], weight j + 16 in the high nibble
@@ -266,19 +245,9 @@ class Q4_0(Format):
     block_size = 32
     type_size = 18
 
-    def _dequantize_blocks(self, blocks):
-        q = _unpack(blocks[:, 2:], 4).reshape(-1, 32).astype(np.int8) - np.int8(8)
-        return _f16(blocks, 0) * q.astype(np.float32)
-
-    def _quantize_blocks(self, x):
-        # quantize_row_q4_0_ref: the signed abs-max maps to -8 so the full range -8..7 is used.
-        d = _abs_max_signed(x) / np.float32(-8)
-        q = np.clip(np.trunc(x * _inverse(d) + np.float32(8.5)), 0, 15).astype(np.uint8)
-        return np.concatenate([_f16_bytes(d), _pack_nibbles(q)], axis=-1)
-
 
 @_register
-class Q4_1(Format):
+class Q4_1(_GGUFQuantized):
     # Q4_1: 32 weights in 20 bytes, w = d * q + m
     #   byte 0..1   d       f16
     #   byte 2..3   m       f16 block minimum
@@ -287,32 +256,9 @@ class Q4_1(Format):
     block_size = 32
     type_size = 20
 
-    def _dequantize_blocks(self, blocks):
-        q = _unpack(blocks[:, 4:], 4).reshape(-1, 32).astype(np.float32)
-        return _f16(blocks, 0) * q + _f16(blocks, 2)
-
-    def _quantize_blocks(self, x):
-        lo, hi = x.min(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True)
-        d = (hi - lo) / np.float32(15)
-        q = np.clip(np.trunc((x - lo) * _inverse(d) + np.float32(0.5)), 0, 15).astype(np.uint8)
-        return np.concatenate([_f16_bytes(d), _f16_bytes(lo), _pack_nibbles(q)], axis=-1)
-
-
-def _q5_quants(blocks: np.ndarray, qh_offset: int) -> np.ndarray:
-    """5-bit q of Q5_0/Q5_1: low 4 bits from qs (after qh), bit 4 of weight j from bit j of the u32 qh."""
-    low = _unpack(blocks[:, qh_offset + 4:], 4).reshape(-1, 32)
-    high = np.unpackbits(blocks[:, qh_offset:qh_offset + 4], axis=-1, bitorder="little")  # (n_blocks, 32)
-    return low | (high << np.uint8(4))
-
-
-def _q5_pack(q: np.ndarray) -> np.ndarray:
-    """(n_blocks, 32) values < 32 -> qh[4] + qs[16] bytes."""
-    qh = np.packbits(q >> np.uint8(4), axis=-1, bitorder="little")  # (n_blocks, 4): bit j = bit 4 of weight j
-    return np.concatenate([qh, _pack_nibbles(q)], axis=-1)
-
 
 @_register
-class Q5_0(Format):
+class Q5_0(_GGUFQuantized):
     # Q5_0: 32 weights in 22 bytes, w = d * (q - 16)
     #   byte 0..1   d       f16
     #   byte 2..5   qh      u32: bit j is bit 4 of weight j
@@ -321,18 +267,9 @@ class Q5_0(Format):
     block_size = 32
     type_size = 22
 
-    def _dequantize_blocks(self, blocks):
-        q = _q5_quants(blocks, 2).astype(np.int8) - np.int8(16)
-        return _f16(blocks, 0) * q.astype(np.float32)
-
-    def _quantize_blocks(self, x):
-        d = _abs_max_signed(x) / np.float32(-16)
-        q = np.clip(np.trunc(x * _inverse(d) + np.float32(16.5)), 0, 31).astype(np.uint8)
-        return np.concatenate([_f16_bytes(d), _q5_pack(q)], axis=-1)
-
 
 @_register
-class Q5_1(Format):
+class Q5_1(_GGUFQuantized):
     # Q5_1: 32 weights in 24 bytes, w = d * q + m
     #   byte 0..1   d       f16
     #   byte 2..3   m       f16 block minimum
@@ -342,21 +279,9 @@ class Q5_1(Format):
     block_size = 32
     type_size = 24
 
-    def _dequantize_blocks(self, blocks):
-        q = _q5_quants(blocks, 4).astype(np.float32)
-        return _f16(blocks, 0) * q + _f16(blocks, 2)
-
-    def _quantize_blocks(self, x):
-        lo, hi = x.min(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True)
-        d = (hi - lo) / np.float32(31)
-        q = np.clip(np.trunc((x - lo) * _inverse(d) + np.float32(0.5)), 0, 31).astype(np.uint8)
-        return np.concatenate([_f16_bytes(d), _f16_bytes(lo), _q5_pack(q)], axis=-1)
-
-
-# --- k-quants: 256-weight super-blocks of 16 or 8 sub-blocks, each with its own quantized scale ---
 
 @_register
-class Q2_K(Format):
+class Q2_K(_GGUFDecoded):
     # Q2_K: 256 weights in 84 bytes, 16 sub-blocks of 16, w = d * (sc & 0xF) * q - dmin * (sc >> 4)
     #   byte  0..15  scales[16]  sub-block s: scale in the low nibble, min in the high nibble
     #   byte 16..79  qs[64]      2-bit q: weight 128h + 32j + l (h < 2, j < 4, l < 32) is bits 2j..2j+1 of qs[32h + l]
@@ -366,89 +291,35 @@ class Q2_K(Format):
     block_size = QK_K
     type_size = 84
 
-    def _dequantize_blocks(self, blocks):
-        n = blocks.shape[0]
-        sc = blocks[:, :16]
-        dl = (_f16(blocks, 80) * (sc & np.uint8(0x0F)).astype(np.float32))[..., None]  # (n, 16, 1)
-        ml = (_f16(blocks, 82) * (sc >> np.uint8(4)).astype(np.float32))[..., None]  # (n, 16, 1)
-        q = _unpack(blocks[:, 16:80].reshape(n, 2, 32), 2).reshape(n, 16, 16).astype(np.float32)
-        return (dl * q - ml).reshape(n, QK_K)
-
-
-def _q3_k_scales(packed: np.ndarray) -> np.ndarray:
-    """12 bytes -> 16 signed 6-bit scales (stored +32).
-
-    Scale s: low 4 bits in nibble s // 8 of byte s % 8, high 2 bits at bit 2 * (s // 4) of byte 8 + s % 4.
-    """
-    n = packed.shape[0]
-    low = _unpack(packed[:, :8], 4).reshape(n, 16)
-    high = _unpack(packed[:, 8:12], 2).reshape(n, 16)
-    return (low | (high << np.uint8(4))).astype(np.int8) - np.int8(32)
-
 
 @_register
-class Q3_K(Format):
+class Q3_K(_GGUFDecoded):
     # Q3_K: 256 weights in 110 bytes, 16 sub-blocks of 16, w = d * scale * (q - 4), q = low | high << 2
     #   byte   0..31   hmask[32]  bit 2 of q: weight 32b + l is bit b of hmask[l]
     #   byte  32..95   qs[64]     bits 0..1 of q, order as Q2_K
-    #   byte  96..107  scales[12] 16 6-bit scales, see _q3_k_scales
+    #   byte  96..107  scales[12] 16 signed 6-bit scales (+32): low 4 bits in nibble s // 8 of byte s % 8,
+    #                             high 2 bits at bit 2 * (s // 4) of byte 8 + s % 4
     #   byte 108..109  d          f16
     # "w = d * scale * (low - 4)" when the hmask bit is clear: ggml subtracts 4 only for a 0 bit.
     type = GGMLType.Q3_K
     block_size = QK_K
     type_size = 110
 
-    def _dequantize_blocks(self, blocks):
-        n = blocks.shape[0]
-        dl = (_f16(blocks, 108) * _q3_k_scales(blocks[:, 96:108]).astype(np.float32))[..., None]  # (n, 16, 1)
-        low = _unpack(blocks[:, 32:96].reshape(n, 2, 32), 2).reshape(n, QK_K)
-        high = _unpack(blocks[:, :32], 1).reshape(n, QK_K)
-        q = (low | (high << np.uint8(2))).astype(np.int8) - np.int8(4)
-        return (dl * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
-
-
-def _k4_scales_mins(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """12 bytes -> 8 6-bit scales and 8 6-bit mins (ggml get_scale_min_k4), each (n_blocks, 8) float32.
-
-    bytes 0..3: scale 0..3 in bits 0..5, bits 4..5 of scale 4..7 in bits 6..7
-    bytes 4..7: min 0..3 in bits 0..5,   bits 4..5 of min 4..7 in bits 6..7
-    bytes 8..11: bits 0..3 of scale 4..7 in the low nibble, of min 4..7 in the high nibble
-    """
-    a, b, c = packed[:, 0:4], packed[:, 4:8], packed[:, 8:12]
-    six = np.uint8(0x3F)
-    scales = np.concatenate([a & six, (c & np.uint8(0x0F)) | ((a >> np.uint8(6)) << np.uint8(4))], axis=-1)
-    mins = np.concatenate([b & six, (c >> np.uint8(4)) | ((b >> np.uint8(6)) << np.uint8(4))], axis=-1)
-    return scales.astype(np.float32), mins.astype(np.float32)
-
-
-def _k4_dequantize(blocks: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Shared tail of Q4_K/Q5_K: w = d * scale * q - dmin * min over 8 sub-blocks of 32; q is (n, 256)."""
-    n = blocks.shape[0]
-    scales, mins = _k4_scales_mins(blocks[:, 4:16])
-    dl = (_f16(blocks, 0) * scales)[..., None]  # (n, 8, 1)
-    ml = (_f16(blocks, 2) * mins)[..., None]  # (n, 8, 1)
-    return (dl * q.reshape(n, 8, 32).astype(np.float32) - ml).reshape(n, QK_K)
-
 
 @_register
-class Q4_K(Format):
+class Q4_K(_GGUFDecoded):
     # Q4_K: 256 weights in 144 bytes, 8 sub-blocks of 32, w = d * scale * q - dmin * min
     #   byte  0..1    d          f16 scale of the sub-block scales
     #   byte  2..3    dmin       f16 scale of the sub-block mins
-    #   byte  4..15   scales[12] 8 6-bit scales + 8 6-bit mins, see _k4_scales_mins
+    #   byte  4..15   scales[12] 8 6-bit scales + 8 6-bit mins (ggml get_scale_min_k4)
     #   byte 16..143  qs[128]    4-bit q: weight 64h + 32k + l (h < 4, k < 2, l < 32) is nibble k of qs[32h + l]
     type = GGMLType.Q4_K
     block_size = QK_K
     type_size = 144
 
-    def _dequantize_blocks(self, blocks):
-        n = blocks.shape[0]
-        q = _unpack(blocks[:, 16:].reshape(n, 4, 32), 4)  # (n, 4, 2, 32)
-        return _k4_dequantize(blocks, q)
-
 
 @_register
-class Q5_K(Format):
+class Q5_K(_GGUFDecoded):
     # Q5_K: 256 weights in 176 bytes, 8 sub-blocks of 32, w = d * scale * q - dmin * min
     #   byte  0..1    d          f16
     #   byte  2..3    dmin       f16
@@ -459,15 +330,9 @@ class Q5_K(Format):
     block_size = QK_K
     type_size = 176
 
-    def _dequantize_blocks(self, blocks):
-        n = blocks.shape[0]
-        low = _unpack(blocks[:, 48:].reshape(n, 4, 32), 4).reshape(n, QK_K)
-        high = _unpack(blocks[:, 16:48], 1).reshape(n, QK_K)
-        return _k4_dequantize(blocks, low | (high << np.uint8(4)))
-
 
 @_register
-class Q6_K(Format):
+class Q6_K(_GGUFDecoded):
     # Q6_K: 256 weights in 210 bytes, 16 sub-blocks of 16, w = d * scale * (q - 32)
     #   byte   0..127  ql[128]    bits 0..3 of q: weight 128h + 64k + m (h, k < 2, m < 64) is nibble k of ql[64h + m]
     #   byte 128..191  qh[64]     bits 4..5 of q: weight 128h + 32j + l (j < 4, l < 32) is bits 2j..2j+1 of qh[32h + l]
@@ -476,14 +341,6 @@ class Q6_K(Format):
     type = GGMLType.Q6_K
     block_size = QK_K
     type_size = 210
-
-    def _dequantize_blocks(self, blocks):
-        n = blocks.shape[0]
-        low = _unpack(blocks[:, :128].reshape(n, 2, 64), 4).reshape(n, QK_K)
-        high = _unpack(blocks[:, 128:192].reshape(n, 2, 32), 2).reshape(n, QK_K)
-        q = (low | (high << np.uint8(4))).astype(np.int8) - np.int8(32)
-        dl = (_f16(blocks, 208) * blocks[:, 192:208].view(np.int8).astype(np.float32))[..., None]  # (n, 16, 1)
-        return (dl * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
 
 
 # --- edgellm's non-linear low-bit formats: 32-weight blocks, so they fit rows k-quants cannot (576, 640, 896) ---
