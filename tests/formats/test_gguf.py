@@ -197,3 +197,34 @@ def test_real_files_match_gguf_py(real_model_path, name):
         assert int(t.data_offset) == info.offset and int(t.n_bytes) == info.n_bytes
     tokens = theirs.fields["tokenizer.ggml.tokens"]
     assert ours.metadata["tokenizer.ggml.tokens"][:50] == [tokens.contents(i) for i in range(50)]
+
+
+def test_writer_streams_one_tensor_at_a_time(tmp_path):
+    """Tensor data given as functions is made only when the writer reaches it, after the header, and each
+    array is released before the next is made: writing a model needs about one tensor of memory."""
+    import weakref
+
+    made: list[weakref.ref] = []
+
+    def make(i):
+        def data():
+            assert all(ref() is None for ref in made), "an earlier tensor is still held"
+            arr = np.full(256, i, dtype=np.float32)
+            made.append(weakref.ref(arr))
+            return arr
+
+        return data
+
+    tensors = [TensorData(f"t{i}", GGMLType.F32, (256,), make(i)) for i in range(5)]
+    path = write_gguf(tmp_path / "s.gguf", {"general.architecture": "llama"}, tensors)
+    g = GGUFFile(path)
+    assert len(made) == 5
+    for i in range(5):
+        np.testing.assert_array_equal(g.raw(f"t{i}").view(np.float32), np.full(256, i, dtype=np.float32))
+
+
+def test_writer_refuses_data_of_the_wrong_size_and_leaves_no_file(tmp_path):
+    tensors = [TensorData("t", GGMLType.F32, (256,), lambda: np.zeros(255, np.float32))]
+    with pytest.raises(FormatError, match="1020 bytes given, F32 \\(256,\\) needs 1024"):
+        write_gguf(tmp_path / "bad.gguf", {"general.architecture": "llama"}, tensors)
+    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
 import numpy as np
 from gguf import GGUFValueType
@@ -310,12 +310,18 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
 
 @dataclass(frozen=True)
 class TensorData:
-    """A tensor to write: `data` holds the packed bytes (uint8) or float values for F32/F16."""
+    """A tensor to write: `data` holds the packed bytes (uint8) or float values for F32/F16, or is a function
+    that returns them when the writer reaches this tensor (so a whole model is never held in memory)."""
 
     name: str
     type: GGMLType
     shape: tuple[int, ...]  # NumPy order, last axis is the row
-    data: np.ndarray
+    data: np.ndarray | Callable[[], np.ndarray]
+
+    @property
+    def n_bytes(self) -> int:
+        n_rows = int(np.prod(self.shape[:-1], dtype=np.int64))
+        return n_rows * get_format(self.type).row_bytes(self.shape[-1])
 
 
 def _infer_type(value: Any) -> GGUFValueType:
@@ -371,17 +377,15 @@ def _pack_value(value: Any, vtype: GGUFValueType, item_type: GGUFValueType | Non
 
 def _tensor_bytes(t: TensorData) -> bytes | memoryview:
     fmt = get_format(t.type)
-    if t.data.dtype != np.uint8:
-        if t.type == GGMLType.F32:
-            return np.ascontiguousarray(t.data, dtype="<f4").data.cast("B")
-        if t.type == GGMLType.F16:
-            return np.ascontiguousarray(t.data, dtype="<f2").data.cast("B")
-        raise TypeError(f"tensor '{t.name}': pass packed uint8 bytes for type {fmt.name}")
-    n_rows = int(np.prod(t.shape[:-1], dtype=np.int64))
-    expected = n_rows * fmt.row_bytes(t.shape[-1])
-    if t.data.size != expected:
-        raise FormatError(f"tensor '{t.name}': {t.data.size} bytes given, {fmt.name} {t.shape} needs {expected}")
-    return np.ascontiguousarray(t.data).data.cast("B")
+    data = np.asarray(t.data() if callable(t.data) else t.data)
+    if data.dtype != np.uint8:
+        if t.type not in (GGMLType.F32, GGMLType.F16):
+            raise TypeError(f"tensor '{t.name}': pass packed uint8 bytes for type {fmt.name}")
+        dtype = "<f4" if t.type == GGMLType.F32 else "<f2"
+        data = np.ascontiguousarray(data, dtype=dtype).reshape(-1).view(np.uint8)
+    if data.size != t.n_bytes:
+        raise FormatError(f"tensor '{t.name}': {data.size} bytes given, {fmt.name} {t.shape} needs {t.n_bytes}")
+    return np.ascontiguousarray(data).data.cast("B")
 
 
 def write_gguf(
@@ -393,7 +397,9 @@ def write_gguf(
     alignment: int = DEFAULT_ALIGNMENT,
     overwrite: bool = False,
 ) -> Path:
-    """Write a GGUF v3 file through a temporary file and an atomic rename.
+    """Write a GGUF v3 file through a temporary file and an atomic rename, streaming: the header is written
+    first from the tensors' names, types and shapes, then each tensor's bytes in turn (a `data` function is
+    called only then), so memory holds one tensor at a time.
 
     Metadata types come from `metadata_types` (as `GGUFFile.metadata_types` gives them) or are inferred.
     An existing file is only replaced with `overwrite=True`.
@@ -415,20 +421,19 @@ def write_gguf(
         vtype = vtype or _infer_type(value)
         header += _pack_string(key) + struct.pack("<I", vtype) + _pack_value(value, vtype, item_type)
     offset = 0
-    payloads = []
+    offsets = []
     for t in tensors:
-        payload = _tensor_bytes(t)
         header += _pack_string(t.name) + struct.pack("<I", len(t.shape))
         header += struct.pack(f"<{len(t.shape)}Q", *reversed(t.shape))
         header += struct.pack("<IQ", t.type, offset)
-        payloads.append((offset, payload))
-        offset = _align(offset + len(payload), alignment)
+        offsets.append(offset)
+        offset = _align(offset + t.n_bytes, alignment)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            _write_body(f, bytes(header), payloads, alignment)
+            _write_body(f, bytes(header), zip(offsets, tensors), alignment)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -438,14 +443,13 @@ def write_gguf(
     return path
 
 
-def _write_body(f: BinaryIO, header: bytes, payloads: list, alignment: int) -> None:
+def _write_body(f: BinaryIO, header: bytes, placed: Iterable[tuple[int, TensorData]], alignment: int) -> None:
     f.write(header)
     data_start = _align(len(header), alignment)
     f.write(b"\0" * (data_start - len(header)))
-    for offset, payload in payloads:
-        pad = data_start + offset - f.tell()
-        f.write(b"\0" * pad)
-        f.write(payload)
+    for offset, t in placed:
+        f.write(b"\0" * (data_start + offset - f.tell()))
+        f.write(_tensor_bytes(t))
 
 
 def _align(n: int, alignment: int) -> int:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -161,18 +162,19 @@ def write_quantized(
         types["quantize.imatrix.entries_count"] = (GGUFValueType.INT32, None)
         types["quantize.imatrix.chunks_count"] = (GGUFValueType.INT32, None)
 
-    def tensors() -> Iterable[TensorData]:
-        for t in plan.tensors:
-            if t.copied and t.type == t.source_type:
-                data = source.raw(t.name)
-            else:
-                w = source.weights(t.name)
-                data = quantize_weights(w.reshape(-1, t.shape[-1]), t.type, t.name, imatrix, threads)
-            if progress is not None:
-                progress(t)
-            yield TensorData(t.name, t.type, t.shape, data)
+    def packed(t: TensorPlan) -> np.ndarray:
+        """One tensor's bytes, made when the streaming writer reaches it."""
+        if t.copied and t.type == t.source_type:
+            data = source.raw(t.name)
+        else:
+            w = source.weights(t.name)
+            data = quantize_weights(w.reshape(-1, t.shape[-1]), t.type, t.name, imatrix, threads)
+        if progress is not None:
+            progress(t)
+        return data
 
-    return write_gguf(output, metadata, tensors(), metadata_types=types, overwrite=overwrite)
+    tensors = [TensorData(t.name, t.type, t.shape, partial(packed, t)) for t in plan.tensors]
+    return write_gguf(output, metadata, tensors, metadata_types=types, overwrite=overwrite)
 
 
 def check_quantizable(plan: Plan) -> None:
