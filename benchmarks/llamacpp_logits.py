@@ -1,7 +1,8 @@
 """llama.cpp as the oracle at logit level: writes the fixtures tests/model/test_llamacpp_logits.py checks.
 
 For every tiny case in tests/fixtures/oracle_cases.py (one per architecture and RoPE variant) this builds the
-GGUF with edgellm's writer, runs llama.cpp on it (llama-cpp-python in a separate environment, never an edgellm
+GGUF with edgellm's writer (and, as `hf-NAME`, the file edgellm converts from the case written back as a
+Hugging Face directory), runs llama.cpp on it (llama-cpp-python in a separate environment, never an edgellm
 dependency) and stores, per prompt position, the full logits (tiny vocabularies). For the packaged real models
 (`--real`) it stores the top-20 logits and the log-sum-exp per position for a few prompts.
 
@@ -37,6 +38,8 @@ REAL_PROMPTS = [
 ]
 REAL_POSITIONS = 32
 TOP = 20
+# tokenized by llama.cpp for every tiny case (the Hugging Face conversions' tokenizers are checked with it)
+TOKENIZER_TEXT = "the fox ate the sandwich in Paris, then\n  sat   on a mat. Über 12 ünïcödé tokens <|im_end|> <eos>"
 
 
 # -- worker: runs under the llama-cpp-python interpreter ---------------------------------------------------
@@ -66,7 +69,9 @@ def worker(jobs: list[dict]) -> dict:
         np.save(job["out"], ref)
         for i, v in enumerate(variants.values()):
             np.save(f"{job['out']}.{i}.npy", v)
-        results[job["name"]] = list(variants)
+        vocab = llama_cpp.Llama(job["path"], vocab_only=True, verbose=False)
+        text_ids = vocab.tokenize(TOKENIZER_TEXT.encode(), add_bos=True, special=True)
+        results[job["name"]] = {"variants": list(variants), "text_ids": text_ids}
     return results
 
 
@@ -126,7 +131,8 @@ def tiny_cases(python: str, names: list[str], work: Path) -> None:
 
     jobs = []
     for name in names:
-        path = oracle_cases.build_case(name, work / f"{name}.gguf")
+        build = oracle_cases.build_hf_case if name.startswith("hf-") else oracle_cases.build_case
+        path = build(name.removeprefix("hf-"), work / f"{name}.gguf")
         n_vocab = GGUFFile(path).tensors["token_embd.weight"].shape[0]
         jobs.append(dict(name=name, path=str(path), tokens=oracle_cases.prompt(name, n_vocab), n_ctx=oracle_cases.N_CTX,
                          out=str(work / f"{name}.npy")))  # fmt: skip
@@ -134,9 +140,10 @@ def tiny_cases(python: str, names: list[str], work: Path) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for job in jobs:
         logits = np.load(job["out"])
-        spread = spread_of(job, variants[job["name"]], top_only=False)
+        spread = spread_of(job, variants[job["name"]]["variants"], top_only=False)
         np.savez_compressed(OUT / f"{job['name']}.npz", sha256=sha256(Path(job["path"])), tokens=np.array(job["tokens"]),
-                            logits=logits, spread=max(spread.values()), spread_by=json.dumps(spread))  # fmt: skip
+                            logits=logits, spread=max(spread.values()), spread_by=json.dumps(spread),
+                            text=TOKENIZER_TEXT, text_ids=np.array(variants[job["name"]]["text_ids"]))  # fmt: skip
         print(f"{job['name']:<16} spread {max(spread.values()):.2e}  ({', '.join(f'{k} {v:.1e}' for k, v in spread.items())})")
 
 
@@ -148,7 +155,7 @@ def real_cases(python: str, work: Path) -> None:
     jobs = [dict(name=f"{name}-{i}", path=path, tokens=ids[: REAL_POSITIONS], n_ctx=64, out=str(work / f"{name}-{i}.npy"))
             for name, path in paths.items() for i, ids in enumerate(prompts[name])]  # fmt: skip
     variants = call_worker(python, "worker", jobs)
-    spreads = {job["name"]: spread_of(job, variants[job["name"]], top_only=True) for job in jobs}
+    spreads = {job["name"]: spread_of(job, variants[job["name"]]["variants"], top_only=True) for job in jobs}
     for name, path in paths.items():
         rows = {"tokens": [], "top_ids": [], "top_logits": [], "lse": [], "spread": []}
         for i in range(len(REAL_PROMPTS)):
@@ -173,9 +180,9 @@ def main() -> None:
     ap.add_argument("--real", action="store_true", help="also the packaged real models (top-20 per position)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
-    from fixtures.oracle_cases import CASES
+    from fixtures.oracle_cases import CASES, HF_CASES
 
-    names = args.cases.split(",") if args.cases else list(CASES)
+    names = args.cases.split(",") if args.cases else [*CASES, *(f"hf-{name}" for name in HF_CASES)]
     with tempfile.TemporaryDirectory() as tmp:
         tiny_cases(args.llama_python, names, Path(tmp))
         if args.real:

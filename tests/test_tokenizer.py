@@ -71,6 +71,22 @@ def test_spm_encode_matches_reference_port_on_random_text(spm):
         assert spm.encode(text, add_special=False, parse_special=False) == expected, text
 
 
+def test_spm_merges_through_characters_that_are_not_tokens():
+    """llama.cpp starts from single characters whether or not they are tokens: with "w" and "o" removed from
+    the vocabulary, "▁w", "or", "orld" and "▁world" are still reachable, and a lone "w" or "o" falls back to
+    bytes."""
+    meta = spm_metadata()
+    tokens = [("<unused-w>" if t == "w" else "<unused-o>" if t == "o" else t) for t in meta["tokenizer.ggml.tokens"]]
+    meta["tokenizer.ggml.tokens"] = tokens
+    tok = Tokenizer.from_metadata(meta)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    rng = random.Random(1)
+    for text in ["hello world", "wow", "o", "world or w", *("".join(rng.choice("helowrd ") for _ in range(20)) for _ in range(100))]:
+        expected = spm_encode_reference(text.replace(" ", SPACE_MARK), vocab, meta["tokenizer.ggml.scores"])
+        assert tok.encode(text, add_special=False, parse_special=False) == expected, text
+    assert tok.encode("hello world", add_special=False) == [vocab["hello"], vocab[SPACE_MARK + "world"]]
+
+
 def test_bos_is_added_only_with_add_special_when_the_vocab_asks(spm):
     assert spm.encode("ab")[0] == spm.bos_id == 2
     assert spm.encode("ab", add_special=False) == ids_of(spm, "a", "b")

@@ -201,7 +201,8 @@ class Tokenizer:
         self._missing_id = self.n_vocab  # BPE: characters outside the vocabulary, dropped (see _build_bpe)
         if spm:
             unk = tokens[self.unk_id] if self.unk_id is not None else None
-            self._hf = _build_spm(tokens, self._token_to_id, scores, unk)
+            self._hf, phantoms = _build_spm(tokens, self._token_to_id, scores, unk)
+            self._phantom_bytes = {i: [self._token_to_id[f"<0x{b:02X}>"] for b in c.encode()] for c, i in phantoms.items()}
         else:
             self._hf = _build_bpe(self._token_to_id, merges, self._pre_tokenizer, missing_id=self.n_vocab)
         self._attrs = attrs.tolist()  # final attributes; a list is faster to index per token
@@ -330,6 +331,8 @@ class Tokenizer:
                 ids = enc.ids
                 if self._missing_id in ids:
                     ids = [i for i in ids if i != self._missing_id]
+                if self.vocab_type == "spm" and max(ids, default=0) > self.n_vocab:  # unmerged phantom characters
+                    ids = [j for i in ids for j in (self._phantom_bytes[i] if i > self.n_vocab else [i])]
                 out[slot:slot + 1] = ids
         if add_special and self.add_eos:
             out.append(self.eos_id)
@@ -553,20 +556,32 @@ def _build_bpe(vocab: dict[str, int], merges: list[str], pre: PreTokenizer, miss
     return hf
 
 
-def _build_spm(tokens: list[str], vocab: dict[str, int], scores: np.ndarray | None, unk: str | None) -> _HFTokenizer:
+def _build_spm(
+    tokens: list[str], vocab: dict[str, int], scores: np.ndarray | None, unk: str | None
+) -> tuple[_HFTokenizer, dict[str, int]]:
     """SentencePiece merging as a BPE: every split of a token into two tokens is a merge, ranked by the
     merged token's score (highest first). llama.cpp merges the best-scoring adjacent pair whose
     concatenation is a token, which is the same loop; see spm_encode_reference for the exact port."""
     if scores is None:
         scores = np.zeros(len(tokens), dtype=np.float32)
+
+    def symbol(text: str) -> bool:  # llama.cpp starts from single characters, tokens or not
+        return text in vocab or len(text) == 1
+
     splits = [(i, k) for i, text in enumerate(tokens) for k in range(1, len(text))
-              if text[:k] in vocab and text[k:] in vocab]  # ~0.5 s for Gemma's 262k tokens
+              if symbol(text[:k]) and symbol(text[k:])]  # ~0.5 s for Gemma's 262k tokens
     merged_ids = np.fromiter((i for i, _ in splits), dtype=np.int64, count=len(splits))
     order = np.argsort(-scores[merged_ids], kind="stable")
     pairs = [(tokens[i][:k], tokens[i][k:]) for i, k in map(splits.__getitem__, order.tolist())]
+    # Characters that only exist as halves of a merge get ids past the vocabulary; left unmerged, encode turns
+    # them into byte tokens, as llama.cpp's byte fallback does.
+    # (returned: character -> id).
+    chars = sorted({half for pair in pairs for half in pair if half not in vocab})
+    phantoms = {c: len(tokens) + 1 + j for j, c in enumerate(chars)}
     # Byte fallback covers every character when the vocabulary has all 256 <0xXX> tokens (llama.cpp fails
     # without them; we emit the unknown token).
-    return _HFTokenizer(_hf_models.BPE(vocab=vocab, merges=pairs, byte_fallback=True, unk_token=unk))
+    model = _hf_models.BPE(vocab=dict(vocab) | phantoms, merges=pairs, byte_fallback=True, unk_token=unk)
+    return _HFTokenizer(model), phantoms
 
 
 def spm_encode_reference(text: str, vocab: Mapping[str, int], scores: Sequence[float]) -> list[int]:

@@ -22,7 +22,7 @@ from edgellm.formats.gguf import GGUFFile
 from edgellm.model.transformer import Transformer
 from edgellm.runtime.kv_cache import KVCache
 from edgellm.runtime.store import MappedStore
-from fixtures.oracle_cases import CASES, N_CTX, build_case
+from fixtures.oracle_cases import CASES, HF_CASES, N_CTX, build_case, build_hf_case
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "llamacpp_logits"
 PATHS = ["ref", *(kernels.capabilities()["supported"])]
@@ -36,7 +36,8 @@ def built(tmp_path_factory):
     def get(name):
         if name not in cache:
             fixture = np.load(FIXTURES / f"{name}.npz")
-            path = build_case(name, tmp / f"{name}.gguf")
+            build = build_hf_case if name.startswith("hf-") else build_case
+            path = build(name.removeprefix("hf-"), tmp / f"{name}.gguf")
             assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fixture["sha256"]), (
                 f"{name}: the rebuilt GGUF differs from the one llama.cpp saw; re-run benchmarks/llamacpp_logits.py"
             )
@@ -57,14 +58,27 @@ def _logits(model: Transformer, tokens: np.ndarray, path: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [*CASES, *(f"hf-{name}" for name in HF_CASES)])
 def test_logits_match_llama_cpp(built, name, path):
+    """`hf-NAME`: the case written back as a Hugging Face directory and converted by edgellm (F32 weights), so
+    llama.cpp loads edgellm's conversion of every architecture's config.json and tokenizer.json."""
     model, fixture, _ = built(name)
     got = _logits(model, fixture["tokens"], path)
     worst = float(np.abs(got - fixture["logits"]).max())
     spread = float(fixture["spread"])
     assert worst <= spread, f"{name} on {path}: max |logit difference| {worst:.3f} > llama.cpp's spread {spread:.3f}"
     assert (got.argmax(axis=1) == fixture["logits"].argmax(axis=1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("name", [*CASES, *(f"hf-{name}" for name in HF_CASES)])
+def test_tokens_match_llama_cpp(built, name):
+    """The file's tokenizer (for `hf-*` the one edgellm converted from tokenizer.json) splits a text with
+    spaces, newlines, accents and special-token text as llama.cpp does."""
+    from edgellm.tokenizer import Tokenizer
+
+    _, fixture, gguf = built(name)
+    tokenizer = Tokenizer.from_metadata(gguf.metadata)
+    assert tokenizer.encode(str(fixture["text"]), add_special=True, parse_special=True) == fixture["text_ids"].tolist()
 
 
 @pytest.mark.parametrize(

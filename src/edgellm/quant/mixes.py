@@ -27,6 +27,7 @@ class Mix:
 MIXES: dict[str, Mix] = {
     m.name: m
     for m in [
+        Mix("F32", T.F32, 0),
         Mix("F16", T.F16, 1),
         Mix("Q8_0", T.Q8_0, 7),
         Mix("Q6_K", T.Q6_K, 18),
@@ -60,8 +61,9 @@ def get_mix(name: str) -> Mix:
 
 
 def is_quantizable(name: str, shape: tuple[int, ...]) -> bool:
-    """2-D weights other than norms (llama.cpp's tensor_allows_quantization for the architectures we run)."""
-    return len(shape) >= 2 and name.endswith("weight") and not name.endswith("_norm.weight")
+    """2-D weights other than norms and MoE routers (llama.cpp's tensor_allows_quantization for the
+    architectures we run)."""
+    return len(shape) >= 2 and name.endswith("weight") and not name.endswith(("_norm.weight", "ffn_gate_inp.weight"))
 
 
 def role(name: str) -> str:
@@ -69,7 +71,7 @@ def role(name: str) -> str:
     if name in ("token_embd.weight", "output.weight"):
         return name.split(".")[0]
     for r in ("attn_v", "attn_k", "attn_q", "attn_output", "attn_qkv", "ffn_down", "ffn_gate", "ffn_up"):
-        if f".{r}.weight" in name:
+        if f".{r}.weight" in name or f".{r}_exps.weight" in name:
             return r
     return ""
 
