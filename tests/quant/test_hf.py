@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 
-from edgellm import kernels
 from edgellm.api import LLM
 from edgellm.formats.gguf import GGUFFile
 from edgellm.runtime.kv_cache import KVCache

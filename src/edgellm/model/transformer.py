@@ -10,10 +10,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import kernels
-from ..errors import FormatError
 from ..formats import names
 from . import layers
-from .config import ModelConfig, expected_shapes, fused_views
+from .config import ModelConfig, check_tensors, expected_shapes, fused_views
 from .fused import RowViews
 from .registry import model_config
 
@@ -39,7 +38,7 @@ class Transformer:
         views = {name: view for i in range(config.n_layers) for name, view in fused_views(config, i).items()}
         self.store = RowViews(store, views) if views else store
         self.output_name = names.OUTPUT if store.has(names.OUTPUT) else names.TOKEN_EMBD
-        self._check_tensors()
+        check_tensors(config, {name: store.info(name).shape for name in store.names()}, store.source)
         # Norm weights and biases are tiny: keep them as floats (a few hundred KB in all).
         self._small: dict[str, np.ndarray] = {}
         self._compiled = None
@@ -52,15 +51,6 @@ class Transformer:
 
     def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
         return expected_shapes(self.config, tied=self.output_name == names.TOKEN_EMBD)
-
-    def _check_tensors(self) -> None:
-        for name, shape in self._expected_shapes().items():
-            info = self.store.info(name)
-            if tuple(info.shape) != shape:
-                raise FormatError(
-                    f"{self.store.source}: tensor '{name}' has shape {info.shape}, expected {shape} "
-                    f"from the {self.config.architecture} metadata"
-                )
 
     def rope_factors(self, n_ctx: int) -> np.ndarray | None:
         """Per-pair divisors of the RoPE angles, as llama.cpp's get_rope_factors picks them: Llama 3's
