@@ -162,44 +162,33 @@ def _magic(path: Path) -> bytes:
 
 
 def _from_gguf(path: Path) -> tuple[Shape, dict[str, GGMLType]]:
+    """The shape the engine would run (metadata validated as for `run`) and each tensor's stored type; the
+    matrices a fused tensor holds (Phi-3's attn_qkv, ffn_up) take its type."""
     from ..formats.gguf import GGUFFile
+    from ..model.config import fused_views
+    from ..model.registry import gguf_config
 
     g = GGUFFile(path)
-    md = g.metadata
-    arch = md.get("general.architecture")
-
-    def key(k: str, default=None):
-        v = md.get(f"{arch}.{k}", default)
-        if v is None:
-            raise ConfigError(f"{path}: GGUF metadata has no '{arch}.{k}'")
-        return v
-
-    names = g.tensors
-    n_head = int(key("attention.head_count"))
-    d_model = int(key("embedding_length"))
-    head_dim = int(md.get(f"{arch}.attention.key_length", d_model // n_head))
-    emb = names.get("token_embd.weight")
-    vocab = int(emb.shape[0] if emb is not None and len(emb.shape) == 2 else len(md.get("tokenizer.ggml.tokens", [])))
-    n_expert = int(md.get(f"{arch}.expert_count", 0) or 0)
+    c = gguf_config(g)
+    first_global = next((i for i, swa in enumerate(c.swa_layers) if not swa), None)  # None: every layer local
     shape = Shape(
-        name=str(md.get("general.name") or path.stem),
-        n_layer=int(key("block_count")),
-        d_model=d_model,
-        n_head=n_head,
-        n_head_kv=int(md.get(f"{arch}.attention.head_count_kv", n_head)),
-        head_dim=head_dim,
-        d_ff=int(md.get(f"{arch}.expert_feed_forward_length") or key("feed_forward_length")),
-        vocab=vocab,
-        tied="output.weight" not in names,
-        n_expert=n_expert,
-        n_expert_used=int(md.get(f"{arch}.expert_used_count", 0) or 0),
-        window=int(md.get(f"{arch}.attention.sliding_window", 0) or 0),
-        window_pattern=int(md.get(f"{arch}.attention.sliding_window_pattern", 6 if arch == "gemma3" else 0) or 0),
+        name=str(g.metadata.get("general.name") or path.stem),
+        n_layer=c.n_layers,
+        d_model=c.n_embd,
+        n_head=c.n_head,
+        n_head_kv=c.n_head_kv,
+        head_dim=c.head_dim,
+        d_ff=c.n_ff,  # one expert's width for a mixture of experts
+        vocab=c.n_vocab,
+        tied="output.weight" not in g.tensors,
+        n_expert=c.n_expert,
+        n_expert_used=c.n_expert_used,
+        window=c.sliding_window if any(c.swa_layers) else 0,
+        window_pattern=first_global + 1 if any(c.swa_layers) and first_global is not None else 0,
     )
-    types = {n: GGMLType(int(t.type)) for n, t in names.items()}
-    missing = [n for n, _, _ in shape.weight_tensors() if n not in types]
-    if missing:
-        raise ConfigError(f"{path}: expected tensor '{missing[0]}' is not in the file (unsupported layout?)")
+    types = {n: GGMLType(int(t.type)) for n, t in g.tensors.items()}
+    for i in range(c.n_layers):
+        types |= {name: types[source] for name, (source, _, _) in fused_views(c, i).items()}
     return shape, types
 
 
