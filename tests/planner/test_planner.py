@@ -134,6 +134,22 @@ def test_a_gguf_model_keeps_its_own_types(tiny_llama, tiny_gemma3):
     assert gemma.window == 4 and all(gemma.attended(i, 100) == 4 for i in range(gemma.n_layer))  # layers 0..4: local
 
 
+@pytest.mark.parametrize("arch, kw", [("phi3", dict(head_dim=16)), ("qwen3moe", dict(n_ff=32, n_expert=8, n_expert_used=2))])
+def test_fused_and_expert_models_are_planned_from_their_files(tmp_path, arch, kw):
+    """Phi-3's fused matrices count once, at their stored type; a MoE model reads its routed experts only."""
+    from edgellm.formats.gguf import GGUFFile
+    from fixtures.tiny import build_tiny_gguf
+
+    path = build_tiny_gguf(tmp_path / "m.gguf", arch=arch, **kw)
+    spec = load_model(str(path))
+    g = GGUFFile(path)
+    matrices = sum(t.n_bytes for n, t in g.tensors.items() if len(t.shape) >= 2 and "gate_inp" not in n)
+    assert spec.weight_bytes == matrices
+    if arch == "qwen3moe":
+        assert (spec.shape.n_expert, spec.shape.n_expert_used, spec.shape.d_ff) == (8, 2, 32)
+        assert spec.shape.active_fraction("blk.0.ffn_up_exps.weight") == 0.25  # per token: 2 of 8 experts
+
+
 def test_gemma_attends_a_window_on_five_layers_of_six():
     shape = CATALOG["gemma-3-270m"]
     assert [shape.attended(i, 2000) for i in range(12)] == [512] * 5 + [2000] + [512] * 5 + [2000]
