@@ -15,7 +15,7 @@ LAYERS = [
     {"kernels"},
     {"model"},
     {"runtime"},
-    {"eval", "quant"},
+    {"eval", "quant", "sparse"},
     {"planner"},
     {"api", "cli", "__init__"},
 ]

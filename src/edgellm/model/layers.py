@@ -34,8 +34,25 @@ def observe_linear_inputs(observer):
         _observer = previous
 
 
+# weight name -> magnitude threshold: inputs below it are zeroed before the product (activation sparsity)
+_thresholds: dict[str, float] = {}
+
+
+@contextmanager
+def sparsify_linear_inputs(thresholds: dict[str, float]):
+    """Within the block, each `linear` whose weight has a threshold sees its inputs with every entry of
+    smaller magnitude set to zero (TEAL's training-free activation sparsity, on the NumPy path)."""
+    global _thresholds
+    previous, _thresholds = _thresholds, dict(thresholds)
+    try:
+        yield
+    finally:
+        _thresholds = previous
+
+
 def observing() -> bool:
-    return _observer is not None
+    """Whether a hook (observer or thresholds) is active: the C engine then steps aside."""
+    return _observer is not None or bool(_thresholds)
 
 
 def linear(x: np.ndarray, store, name: str) -> np.ndarray:
@@ -43,6 +60,8 @@ def linear(x: np.ndarray, store, name: str) -> np.ndarray:
 
     Runs the C kernel on the packed blocks when one is active, else the NumPy reference.
     """
+    if name in _thresholds:
+        x = np.where(np.abs(x) < np.float32(_thresholds[name]), np.float32(0), x)
     if _observer is not None:
         _observer(name, x)
     info = store.info(name)
