@@ -80,3 +80,32 @@ def test_thresholds_round_trip_and_refuse_other_files(model, tmp_path, tiny_llam
         Thresholds.load(path, n_layers=3)
     with pytest.raises(FormatError, match="not an edgellm sparsity file"):
         Thresholds.load(tiny_llama)
+
+
+def test_c_engine_applies_the_same_thresholds(model):
+    """The C forward pass zeroes the same inputs as the NumPy path (within 8-bit activation noise, as the
+    dense C-vs-NumPy check), and with thresholds 0 is bit for bit the dense C result."""
+    from edgellm import kernels
+
+    if kernels._C is None:
+        pytest.skip("C extension not built")
+    tokens = _tokens(model, 24)
+    t = calibrate(model, _tokens(model, 512), 0.5, n_ctx=64, n_chunks=4)
+    zero = Thresholds(np.zeros_like(t.thresholds), np.zeros_like(t.sparsity), 0.0)
+    before = kernels.active_path()
+    try:
+        results = {}
+        for path in ["ref", *kernels.capabilities()["supported"]]:
+            kernels.use(path)
+            for label, th in (("dense", None), ("zero", zero), ("sparse", t)):
+                model.set_sparsity(th)
+                results[path, label] = model.forward(tokens, KVCache(model.config, 32), slice(None))
+            assert path == "ref" or model.compiled() is not None
+    finally:
+        model.set_sparsity(None)
+        kernels.use(before)
+    ref = results["ref", "sparse"]
+    assert np.abs(results["ref", "sparse"] - results["ref", "dense"]).max() > 0.1 * ref.std()  # sparsity matters
+    for path in kernels.capabilities()["supported"]:
+        np.testing.assert_array_equal(results[path, "zero"], results[path, "dense"])
+        assert np.abs(results[path, "sparse"] - ref).max() < 0.08 * ref.std(), path

@@ -35,7 +35,7 @@ def engine_supports(store, tensor_names) -> bool:
 
 
 class CompiledModel:
-    def __init__(self, config, store, output_name: str, vector):
+    def __init__(self, config, store, output_name: str, vector, thresholds: np.ndarray | None = None):
         self._keep: list[np.ndarray] = []
         weights = [self._matrix(store, names.TOKEN_EMBD), self._vector(vector(names.OUTPUT_NORM)),
                    self._matrix(store, output_name)]  # fmt: skip
@@ -68,7 +68,8 @@ class CompiledModel:
         flags = bytes(LAYER_SWA * config.is_swa(i) | LAYER_NO_ROPE * (not config.uses_rope(i))
                       for i in range(config.n_layers))  # fmt: skip
         self.config = config
-        self._plan = _C.model_create(params, flags, weights)
+        extra = () if thresholds is None else (np.ascontiguousarray(thresholds, dtype=np.float32).tobytes(),)
+        self._plan = _C.model_create(params, flags, weights, *extra)
 
     def _matrix(self, store, name: str) -> tuple[int, int, int, int]:
         info = store.info(name)

@@ -5,11 +5,13 @@ Forward works on a batch of new tokens (prefill) or one (decode) after whatever 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Mapping
 
 import numpy as np
 
 from .. import kernels
+from ..errors import FormatError
 from ..formats import names
 from . import layers
 from .config import ModelConfig, check_tensors, expected_shapes, fused_views
@@ -43,6 +45,7 @@ class Transformer:
         self._small: dict[str, np.ndarray] = {}
         self._compiled = None
         self._compiled_path = None
+        self.sparsity = None  # model.sparsity.Thresholds: activation sparsity on both paths, or None (dense)
 
     @classmethod
     def from_store(cls, metadata: Mapping[str, Any], store) -> "Transformer":
@@ -75,6 +78,14 @@ class Transformer:
             x *= np.float32(self.config.embed_scale)
         return x
 
+    def set_sparsity(self, thresholds) -> None:
+        """Run with these activation-sparsity thresholds (model.sparsity.Thresholds), or dense with None."""
+        if thresholds is not None and thresholds.thresholds.shape[0] != self.config.n_layers:
+            raise FormatError(f"sparsity thresholds are for {thresholds.thresholds.shape[0]} layers, "
+                              f"the model has {self.config.n_layers}")  # fmt: skip
+        self.sparsity = thresholds
+        self._compiled_path = None  # the C plan carries the thresholds: rebuild it
+
     def compiled(self):
         """The C engine's plan for this model, or None when the NumPy reference path runs."""
         path = kernels.active_path()
@@ -82,7 +93,8 @@ class Transformer:
             from ..kernels.plan import CompiledModel, engine_supports
 
             usable = engine_supports(self.store, self._expected_shapes())
-            self._compiled = CompiledModel(self.config, self.store, self.output_name, self._vec) if usable else None
+            thresholds = None if self.sparsity is None else self.sparsity.thresholds
+            self._compiled = CompiledModel(self.config, self.store, self.output_name, self._vec, thresholds) if usable else None
             self._compiled_path = path
         return self._compiled
 
@@ -99,8 +111,10 @@ class Transformer:
             return self._forward_compiled(compiled, tokens, cache, logits_rows)
         positions = np.arange(cache.n_past, cache.n_past + len(tokens))
         x = self.embed(tokens)  # (n_tokens, n_embd)
-        for i in range(c.n_layers):
-            x = self._block(i, x, positions, cache)
+        sparse = layers.sparsify_linear_inputs(self.sparsity.by_weight()) if self.sparsity is not None else nullcontext()
+        with sparse:
+            for i in range(c.n_layers):
+                x = self._block(i, x, positions, cache)
         cache.advance(len(tokens))
         if logits_rows is None:
             return np.empty((0, c.n_vocab), dtype=np.float32)

@@ -318,6 +318,7 @@ static void model_destroy(PyObject *capsule) {
     if (!m) return;
     free(m->layers);
     free(m->flags);
+    free(m->thresholds);
     free(m);
 }
 
@@ -350,8 +351,9 @@ static int get_float(PyObject *d, const char *key, float *out) {
  * The caller keeps every weight buffer alive as long as the model. */
 static PyObject *py_model_create(PyObject *self, PyObject *args) {
     PyObject *params, *weights;
-    Py_buffer flags;
-    if (!PyArg_ParseTuple(args, "O!y*O!", &PyDict_Type, &params, &flags, &PyList_Type, &weights)) return NULL;
+    Py_buffer flags, thresholds = {0};
+    if (!PyArg_ParseTuple(args, "O!y*O!|y*", &PyDict_Type, &params, &flags, &PyList_Type, &weights, &thresholds))
+        return NULL;
     el_model *m = calloc(1, sizeof(el_model));
     int ok = m != NULL;
     ok = ok && !get_int(params, "n_layers", &m->n_layers) && !get_int(params, "n_embd", &m->n_embd) &&
@@ -390,6 +392,16 @@ static PyObject *py_model_create(PyObject *self, PyObject *args) {
     }
     if (ok) {
         memcpy(m->flags, flags.buf, (size_t)m->n_layers);
+        if (thresholds.buf) {
+            const size_t n = (size_t)m->n_layers * EL_SPARSE_GROUPS * sizeof(float);
+            m->thresholds = (size_t)thresholds.len == n ? malloc(n) : NULL;
+            if (!m->thresholds) {
+                PyErr_SetString(PyExc_ValueError, "model_create: thresholds must be n_layers x 4 float32");
+                ok = 0;
+            } else {
+                memcpy(m->thresholds, thresholds.buf, n);
+            }
+        }
         el_weight *globals[N_GLOBALS] = {&m->tok_embd, &m->output_norm, &m->output, &m->rope_factors_short,
                                          &m->rope_factors_long};
         for (int i = 0; i < N_GLOBALS && ok; i++) ok = !parse_weight(PyList_GET_ITEM(weights, i), globals[i]);
@@ -400,13 +412,14 @@ static PyObject *py_model_create(PyObject *self, PyObject *args) {
         }
     }
     PyBuffer_Release(&flags);
+    if (thresholds.buf) PyBuffer_Release(&thresholds);
     const char *problem = ok ? el_model_check(m) : NULL;
     if (problem) {
         PyErr_Format(PyExc_ValueError, "model_create: %s", problem);
         ok = 0;
     }
     if (!ok) {
-        if (m) { free(m->layers); free(m->flags); free(m); }
+        if (m) { free(m->layers); free(m->flags); free(m->thresholds); free(m); }
         return NULL;
     }
     return PyCapsule_New(m, "edgellm.model", model_destroy);

@@ -199,6 +199,8 @@ typedef struct {
     el_weight gate_inp, gate_exps, up_exps, down_exps;
 } el_layer;
 
+#define EL_SPARSE_GROUPS 4
+
 /* per-layer flags */
 enum { EL_LAYER_SWA = 1, EL_LAYER_NO_ROPE = 2 };
 
@@ -210,6 +212,9 @@ typedef struct {
     float rope_ext_factor, rope_yarn_low, rope_yarn_high, rope_mscale;
     int rope_neox, gelu, sliding_window, n_ctx_orig;
     int n_expert, n_expert_used; /* experts per layer and per token (0: dense FFN); n_ff is one expert's width */
+    /* activation sparsity: per layer, EL_SPARSE_GROUPS magnitude thresholds below which the inputs of the
+     * attention input, attention output, FFN input and down products are zeroed (NULL: dense) */
+    float *thresholds;
     uint8_t *flags; /* per layer: EL_LAYER_* bits */
     el_weight tok_embd, output_norm, output, rope_factors_short, rope_factors_long;
     el_layer *layers;

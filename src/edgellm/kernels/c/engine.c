@@ -354,6 +354,9 @@ const char *el_model_check(const el_model *m) {
     if (!vector_ok(&m->rope_factors_short, m->rope_dim / 2) || !vector_ok(&m->rope_factors_long, m->rope_dim / 2))
         return "rope factors must hold one float per rotated pair";
     if (!m->flags) return "per-layer flags missing";
+    for (int i = 0; m->thresholds && i < m->n_layers * EL_SPARSE_GROUPS; i++)
+        if (!(m->thresholds[i] >= 0.0f) || !isfinite(m->thresholds[i])) return "sparsity thresholds must be finite and >= 0";
+    if (m->thresholds && m->n_expert) return "activation sparsity is not supported for mixture-of-experts layers";
     const int E = m->n_embd, QD = m->n_head * m->head_dim, KD = m->n_head_kv * m->head_dim;
     const int VD = m->n_head_kv * m->head_dim_v, OD = m->n_head * m->head_dim_v;
     if (!m->tok_embd.data || m->tok_embd.n_rows != m->n_vocab || m->tok_embd.n_cols != E ||
@@ -377,6 +380,13 @@ const char *el_model_check(const el_model *m) {
             return "a layer's norm or bias does not match the model's widths";
     }
     return NULL;
+}
+
+/* activation sparsity: entries of x (n values) smaller in magnitude than t become zero */
+static void sparsify(float *x, size_t n, float t) {
+    if (t <= 0.0f) return;
+    for (size_t i = 0; i < n; i++)
+        if (fabsf(x[i]) < t) x[i] = 0.0f;
 }
 
 /* floats of scratch a mixture-of-experts layer needs for n tokens (see moe_ffn) */
@@ -510,7 +520,9 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
         stage_ctx sc = {m, L, n_tokens, n_past, kv_type, x, h, q, k, v, o, g, u, kc, vc,
                         no_rope ? NULL : own_base ? cs_swa : cs, no_rope ? NULL : own_base ? sn_swa : sn, NULL};
 
+        const float *th = m->thresholds ? m->thresholds + (size_t)l * EL_SPARSE_GROUPS : NULL;
         /* attention block: h holds norm(x) */
+        if (th) sparsify(h, T * E, th[0]);
         rc |= linear(&r, &L->wq, h, n_tokens, q);
         rc |= linear(&r, &L->wk, h, n_tokens, k);
         rc |= linear(&r, &L->wv, h, n_tokens, v);
@@ -521,6 +533,7 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
                        attn_splits(m, n_tokens, n_kv, window)};
         el_pool_run(pool, attn_task, &ac);
         el_pool_run(n_tokens > 1 || ac.n_split > 1 ? pool : NULL, attn_merge_task, &ac);
+        if (th) sparsify(att, T * OD, th[1]);
         rc |= linear(&r, &L->wo, att, n_tokens, o);
         if (L->attn_post_norm.data) {
             sc.norm = &L->attn_post_norm;
@@ -533,9 +546,11 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
         if (m->n_expert) {
             rc |= moe_ffn(&r, &sc, moe);
         } else {
+            if (th) sparsify(h, T * E, th[2]);
             rc |= linear(&r, &L->gate, h, n_tokens, g);
             rc |= linear(&r, &L->up, h, n_tokens, u);
             el_pool_run(n_tokens > 1 ? pool : NULL, gate_task, &sc);
+            if (th) sparsify(g, T * F, th[3]);
             rc |= linear(&r, &L->down, g, n_tokens, o);
         }
         if (L->ffn_post_norm.data) {
