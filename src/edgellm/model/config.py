@@ -110,7 +110,7 @@ class Meta:
         value = self._value(template, default)
         expected = f"an integer in {low}..{high}"
         if hasattr(value, "__len__") and not isinstance(value, str):
-            values = {v for v in (_as_int(v) for v in value)}
+            values = {_as_int(v) for v in value}
             if None in values or not values:
                 raise self.fail(template, value, expected)
             if len(values) != 1:

@@ -6,6 +6,9 @@ smallest-magnitude s of its inputs are zeroed, s on a grid. Then, block by block
 the sparsity of whichever group costs least per weight skipped (relative output error added / weights no
 longer read) until the block reaches the target; the threshold of a group is the s-quantile of its input
 magnitudes. Calibration text never comes from the evaluation corpus.
+
+Measured so far (SmolLM2, 40 % target): this per-product error proxy allocates worse than the same sparsity in
+every group (+18.9 % against +15.4 % perplexity on 4 windows); allocating by model-level loss is the next step.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def calibrate(model: Transformer, tokens: np.ndarray, target: float, *, n_ctx: i
     thresholds = np.zeros((c.n_layers, len(GROUPS)), dtype=np.float32)
     sparsity = np.zeros((c.n_layers, len(GROUPS)))
     for i in range(c.n_layers):
-        curves, sizes, levels = [], [], []
+        curves, sizes = [], []
         for g, templates in GROUPS.items():
             weights = [model.store.dense(t.format(i=i)) for t in templates]
             curves.append(error_curve(inputs[(i, g)], weights, grid))
