@@ -20,6 +20,9 @@ LAYER_FIELDS = [
     names.FFN_GATE_EXPS, names.FFN_UP_EXPS, names.FFN_DOWN_EXPS,
 ]  # fmt: skip
 _ABSENT = (0, 0, 0, 0)
+# el_model.cols slots (EL_COL_SLOTS) and the sparsity group (model/sparsity.py GROUPS) of each one's input
+COLUMN_SLOTS = [names.ATTN_Q, names.ATTN_K, names.ATTN_V, names.ATTN_OUT, names.FFN_GATE, names.FFN_UP, names.FFN_DOWN]
+COLUMN_GROUPS = [0, 0, 0, 1, 2, 2, 3]
 LAYER_SWA, LAYER_NO_ROPE = 1, 2  # EL_LAYER_* in edgellm.h
 
 
@@ -70,6 +73,38 @@ class CompiledModel:
         self.config = config
         extra = () if thresholds is None else (np.ascontiguousarray(thresholds, dtype=np.float32).tobytes(),)
         self._plan = _C.model_create(params, flags, weights, *extra)
+        self.last_read = (0.0, 0.0)  # weight and KV cache bytes the last forward call read
+        if thresholds is not None:
+            self._attach_columns(config, store, np.asarray(thresholds))
+
+    def _attach_columns(self, config, store, thresholds: np.ndarray) -> None:
+        """Column layouts (sparse/layout.py) of the matrices whose inputs are sparsified, so that decode steps
+        skip the weights of inactive inputs; other matrices stay dense (inputs zeroed, every weight read)."""
+        from ..sparse import layout
+
+        entries = []
+        for i in range(config.n_layers):
+            for template, group in zip(COLUMN_SLOTS, COLUMN_GROUPS):
+                name = template.format(i=i)
+                info = store.info(name) if store.has(name) else None
+                if info is None or thresholds[i, group] <= 0 or len(info.shape) != 2 or \
+                        not layout.supported(info.type, info.shape[0], info.shape[1]):  # fmt: skip
+                    entries.append(None)
+                    continue
+                cm = layout.from_packed(info.type, store.raw(name), info.shape[0], info.shape[1])
+                self._keep.append(cm)
+                entries.append(cm.as_c())
+        self.column_bytes = sum(c.nbytes for c in self._keep if isinstance(c, layout.ColumnMatrix))
+        _C.model_set_columns(self._plan, entries)
+
+    def set_head(self, approx_type: int, approx_raw: np.ndarray | None, n_candidates: int) -> None:
+        """Logits from a cheap copy of the head, its n_candidates best per row recomputed exactly (None: off)."""
+        if approx_raw is None:
+            _C.model_set_head(self._plan, None, 0)
+            return
+        self._keep.append(approx_raw)
+        _C.model_set_head(self._plan, (int(approx_type), approx_raw.ctypes.data, self.config.n_vocab, self.config.n_embd),
+                          int(n_candidates))  # fmt: skip
 
     def _matrix(self, store, name: str) -> tuple[int, int, int, int]:
         info = store.info(name)
@@ -86,6 +121,6 @@ class CompiledModel:
     def forward(self, tokens: np.ndarray, cache, row0: int, n_rows: int, n_threads: int) -> np.ndarray:
         logits = np.empty((n_rows, self.config.n_vocab), dtype=np.float32)
         tokens = np.ascontiguousarray(tokens, dtype=np.int32)
-        _C.forward(self._plan, tokens, cache.n_past, cache.k, cache.v, int(cache.type), cache.n_ctx, row0, n_rows, logits,
-                   n_threads)  # fmt: skip
+        self.last_read = _C.forward(self._plan, tokens, cache.n_past, cache.k, cache.v, int(cache.type), cache.n_ctx,
+                                    row0, n_rows, logits, n_threads)  # fmt: skip
         return logits

@@ -319,6 +319,7 @@ static void model_destroy(PyObject *capsule) {
     free(m->layers);
     free(m->flags);
     free(m->thresholds);
+    free(m->cols);
     free(m);
 }
 
@@ -449,20 +450,130 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
         goto done;
     }
     int rc;
+    el_stats stats;
     Py_BEGIN_ALLOW_THREADS
-    rc = el_forward(m, get_pool(n_threads), tokens.buf, n_tokens, n_past, kc.buf, vc.buf, kv_type, n_ctx, row0,
-                    n_rows, logits.buf);
+    rc = el_forward_stats(m, get_pool(n_threads), tokens.buf, n_tokens, n_past, kc.buf, vc.buf, kv_type, n_ctx, row0,
+                          n_rows, logits.buf, &stats);
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         PyErr_SetString(PyExc_ValueError, "forward: bad arguments (token id, positions or rows) or out of memory");
         goto done;
     }
-    result = Py_NewRef(Py_None);
+    result = Py_BuildValue("(dd)", stats.weight_bytes, stats.kv_bytes);
 done:
     PyBuffer_Release(&tokens);
     PyBuffer_Release(&kc);
     PyBuffer_Release(&vc);
     PyBuffer_Release(&logits);
+    return result;
+}
+
+/* A column-layout matrix from (kind, group, n_rows, n_cols, q_addr, q_len, d_addr, m_addr); addresses of
+ * buffers the caller keeps alive. The sizes are checked against what the layout needs. */
+static int parse_colmat(PyObject *item, el_colmat *c) {
+    unsigned long long q, d, mm;
+    Py_ssize_t q_len;
+    if (!PyArg_ParseTuple(item, "iiiiKnKK", &c->kind, &c->group, &c->n_rows, &c->n_cols, &q, &q_len, &d, &mm))
+        return -1;
+    c->q = (const uint8_t *)(uintptr_t)q;
+    c->d = (const el_fp16_t *)(uintptr_t)d;
+    c->m = (const el_fp16_t *)(uintptr_t)mm;
+    const int floats = c->kind == EL_COL_F16 || c->kind == EL_COL_F32;
+    if (c->kind < 0 || c->kind >= EL_COL_KINDS || c->n_rows <= 0 || c->n_rows % EL_COL_TILE || c->group <= 0 || c->group > 32 || c->group % 4 ||
+        c->n_cols <= 0 || c->n_cols % c->group || !c->q || (floats ? c->d || c->m : !c->d) ||
+        (size_t)q_len != el_col_stride(c->kind, c->n_rows) * (size_t)c->n_cols) {
+        PyErr_SetString(PyExc_ValueError, "column matrix: bad kind, shape, group or buffer size");
+        return -1;
+    }
+    return 0;
+}
+
+/* the layer weight a column slot stands for (q, k, v, o, gate, up, down) */
+static const el_weight *slot_weight(const el_layer *L, int slot) {
+    const el_weight *ws[EL_COL_SLOTS] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+    return ws[slot];
+}
+
+/* model_set_columns(model, list of n_layers * 7 entries: None or a column matrix tuple) */
+static PyObject *py_model_set_columns(PyObject *self, PyObject *args) {
+    PyObject *capsule, *items;
+    if (!PyArg_ParseTuple(args, "OO!", &capsule, &PyList_Type, &items)) return NULL;
+    el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
+    if (!m) return NULL;
+    const Py_ssize_t n = (Py_ssize_t)m->n_layers * EL_COL_SLOTS;
+    if (PyList_GET_SIZE(items) != n) {
+        PyErr_SetString(PyExc_ValueError, "model_set_columns: need n_layers x 7 entries");
+        return NULL;
+    }
+    el_colmat *cols = calloc((size_t)n, sizeof(el_colmat));
+    if (!cols) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (item == Py_None) continue;
+        const el_weight *w = slot_weight(&m->layers[i / EL_COL_SLOTS], (int)(i % EL_COL_SLOTS));
+        if (parse_colmat(item, &cols[i]) != 0) goto fail;
+        if (cols[i].n_rows != w->n_rows || cols[i].n_cols != w->n_cols) {
+            PyErr_SetString(PyExc_ValueError, "model_set_columns: a column matrix does not match its layer weight");
+            goto fail;
+        }
+    }
+    free(m->cols);
+    m->cols = cols;
+    Py_RETURN_NONE;
+fail:
+    free(cols);
+    return NULL;
+}
+
+/* model_set_head(model, approx weight tuple or None, n_candidates) */
+static PyObject *py_model_set_head(PyObject *self, PyObject *args) {
+    PyObject *capsule, *item;
+    int k;
+    if (!PyArg_ParseTuple(args, "OOi", &capsule, &item, &k)) return NULL;
+    el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
+    if (!m) return NULL;
+    el_weight w = {0};
+    if (item != Py_None) {
+        if (parse_weight(item, &w) != 0) return NULL;
+        if (!w.data || !el_traits[w.type].dot || w.n_rows != m->n_vocab || w.n_cols != m->n_embd ||
+            w.n_cols % el_traits[w.type].block_size || k < 1) {
+            PyErr_SetString(PyExc_ValueError, "model_set_head: the cheap head must be n_vocab x n_embd with a kernel, "
+                                              "and candidates >= 1");
+            return NULL;
+        }
+    }
+    m->output_approx = w;
+    m->n_candidates = item != Py_None ? k : 0;
+    Py_RETURN_NONE;
+}
+
+/* sparse_matvec(column matrix tuple, x float32, threshold, y float32 out, n_threads) -> bytes read */
+static PyObject *py_sparse_matvec(PyObject *self, PyObject *args) {
+    PyObject *item;
+    Py_buffer x, y;
+    float threshold;
+    int n_threads;
+    if (!PyArg_ParseTuple(args, "Oy*fw*i", &item, &x, &threshold, &y, &n_threads)) return NULL;
+    PyObject *result = NULL;
+    el_colmat c;
+    if (parse_colmat(item, &c) != 0) goto done;
+    if ((size_t)x.len != sizeof(float) * (size_t)c.n_cols || (size_t)y.len != sizeof(float) * (size_t)c.n_rows) {
+        PyErr_SetString(PyExc_ValueError, "sparse_matvec: x must hold n_cols floats and y n_rows");
+        goto done;
+    }
+    double bytes = 0.0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = el_sparse_matvec(get_pool(n_threads), &c, x.buf, threshold, y.buf, &bytes);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        PyErr_SetString(PyExc_ValueError, "sparse_matvec: bad matrix or threshold");
+        goto done;
+    }
+    result = PyFloat_FromDouble(bytes);
+done:
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
     return result;
 }
 
@@ -483,6 +594,9 @@ static PyMethodDef methods[] = {
     {"read_bandwidth", py_read_bandwidth, METH_VARARGS, "Memory read bandwidth over a buffer, GB/s."},
     {"model_create", py_model_create, METH_VARARGS, "Build a whole-model plan from weight addresses."},
     {"forward", py_forward, METH_VARARGS, "Run tokens through a model plan, filling the KV cache and logits."},
+    {"model_set_columns", py_model_set_columns, METH_VARARGS, "Attach column layouts for sparse decode products."},
+    {"model_set_head", py_model_set_head, METH_VARARGS, "Attach a cheap head and a candidate count (None: off)."},
+    {"sparse_matvec", py_sparse_matvec, METH_VARARGS, "y = W x over the inputs at or above a threshold."},
     {"capabilities", py_capabilities, METH_NOARGS, "Compiled, supported and current kernel paths."},
     {"set_isa", py_set_isa, METH_VARARGS, "Use one kernel path (generic, avx2, avx512, neon)."},
     {"type_info", py_type_info, METH_VARARGS, "Block geometry and available kernels of a type id."},

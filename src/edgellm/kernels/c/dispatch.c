@@ -56,10 +56,22 @@ int el_set_isa(enum el_isa isa) {
     if (isa < 0 || isa >= EL_ISA_COUNT || !el_cpu_supports(isa)) return -1;
     memset(el_traits, 0, sizeof(el_traits));
     el_register_generic(el_traits);
+    el_register_columns_generic(&el_col);
     switch (isa) {
-    case EL_ISA_AVX512: el_register_avx2(el_traits); el_register_avx512(el_traits); break;
-    case EL_ISA_AVX2: el_register_avx2(el_traits); break;
-    case EL_ISA_NEON: el_register_neon(el_traits); break;
+    case EL_ISA_AVX512:
+        el_register_avx2(el_traits);
+        el_register_avx512(el_traits);
+        el_register_columns_avx2(&el_col);
+        el_register_columns_avx512(&el_col);
+        break;
+    case EL_ISA_AVX2:
+        el_register_avx2(el_traits);
+        el_register_columns_avx2(&el_col);
+        break;
+    case EL_ISA_NEON:
+        el_register_neon(el_traits);
+        el_register_columns_neon(&el_col);
+        break;
     default: break;
     }
     current = isa;

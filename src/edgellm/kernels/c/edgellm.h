@@ -183,6 +183,59 @@ int el_matmul(el_pool *pool, enum el_type type, const void *w, int n_rows, int n
 /* Best-of-`repetitions` read bandwidth over `buf` in GB/s (1e9 bytes/s), all pool threads reading. */
 double el_read_bandwidth(el_pool *pool, const void *buf, size_t n_bytes, int repetitions);
 
+/* ---- activation sparsity: matrices in input-channel-major ("column") layout (sparse.c) ----
+ * A matrix of n_rows outputs x n_cols inputs stored so that the weights one input channel multiplies are
+ * contiguous (its "channel row"), so an input below the threshold costs no read of its weights:
+ *   w[r][c] = d[g][r] * q_c[r] + m[g][r],   g = c / group,
+ * with q_c[r] in a container of `kind`, and d, m fp16 per (group, output row) (F16/F32 kinds: w = q). The
+ * scales of a group are read only when one of its channels is active. Repacking a ggml block format keeps its
+ * integers and scales (K-quants' sub-block scale products rounded to fp16), see edgellm.sparse.layout.
+ *
+ * Integer kinds hold each 64-output tile in "dot order": position p = 16k + 4a + e holds output 16a + 4k + e,
+ * so that interleaving four channel rows byte by byte (unpack / zip within 128-bit lanes) puts four channels of
+ * one output in each 32-bit lane, in output order, ready for a 4-way dot instruction (vpdpbusd, vdotq_s32).
+ * U4: per tile 32 bytes, byte i = q[p = i] | q[p = i + 32] << 4. U5: the same nibbles for bits 0..3, and after
+ * all nibbles of the row 8 bytes per tile whose bit p is bit 4 of position p. I8: 64 int8 per tile. F16, F32:
+ * one float per output, in output order. */
+enum el_col_kind { EL_COL_U4, EL_COL_U5, EL_COL_I8, EL_COL_F16, EL_COL_F32, EL_COL_KINDS };
+#define EL_COL_TILE 64
+
+typedef struct {
+    int kind, group, n_rows, n_cols; /* n_rows a multiple of EL_COL_TILE, n_cols of group */
+    const uint8_t *q;                /* n_cols channel rows, el_col_stride(kind, n_rows) bytes apart */
+    const el_fp16_t *d, *m;          /* (n_cols / group) x n_rows each; m may be NULL; both NULL for F16/F32 */
+} el_colmat;
+
+size_t el_col_stride(int kind, int n_rows);
+/* Integer kinds: acc[0..n) = sum_{j < 4 n_quads} xq[j] * q_j[0..n), q[j] pointing at the first of the n outputs
+ * (a multiple of 64) in channel j's row (for U5 its bit plane hoff bytes further); quads may be padded with
+ * xq = 0. Activations are int8, quantized per group as the dense kernels quantize theirs. */
+typedef void (*el_col_int_fn)(int n, int32_t *acc, int n_quads, const int8_t *xq, const uint8_t *const *q,
+                              size_t hoff);
+/* Float kinds: acc[0..n) = sum_{j < n_ch} xs[j] * q_j[0..n) */
+typedef void (*el_col_float_fn)(int n, float *acc, int n_ch, const float *xs, const uint8_t *const *q);
+/* y[0..n) += d[r] * s * acc[r] + m[r] * sx (m may be NULL) */
+typedef void (*el_col_scale_fn)(int n, float *y, const int32_t *acc, float s, const el_fp16_t *d, const el_fp16_t *m,
+                                float sx);
+typedef struct {
+    el_col_int_fn dot[3]; /* U4, U5, I8 */
+    el_col_float_fn axpy[2]; /* F16, F32 */
+    el_col_scale_fn scale;
+} el_col_kernels;
+extern el_col_kernels el_col;
+void el_register_columns_generic(el_col_kernels *k);
+void el_register_columns_avx2(el_col_kernels *k);
+void el_register_columns_avx512(el_col_kernels *k);
+void el_register_columns_neon(el_col_kernels *k);
+/* output of dot-order position p (0..63) within its tile */
+static inline int el_col_row_of(int p) { return (p / 4 % 4) * 16 + p / 16 * 4 + p % 4; }
+
+/* y = W x over the inputs with |x_c| >= threshold only (threshold 0: every nonzero input). Threads split the
+ * outputs, so the result does not depend on their number. Adds the bytes of W it read to *bytes_read (may be
+ * NULL). Returns 0, or -1 on a bad matrix or out of memory. */
+int el_sparse_matvec(el_pool *pool, const el_colmat *w, const float *x, float threshold, float *y,
+                     double *bytes_read);
+
 /* ---- whole-model forward pass (engine.c): Python builds this plan once, C runs it for every step ---- */
 
 typedef struct {
@@ -200,6 +253,12 @@ typedef struct {
 } el_layer;
 
 #define EL_SPARSE_GROUPS 4
+#define EL_COL_SLOTS 7 /* q, k, v, o, gate, up, down */
+
+/* what one forward call read: weight bytes (matrices, head, embedding rows) and KV cache bytes */
+typedef struct {
+    double weight_bytes, kv_bytes;
+} el_stats;
 
 /* per-layer flags */
 enum { EL_LAYER_SWA = 1, EL_LAYER_NO_ROPE = 2 };
@@ -215,9 +274,16 @@ typedef struct {
     /* activation sparsity: per layer, EL_SPARSE_GROUPS magnitude thresholds below which the inputs of the
      * attention input, attention output, FFN input and down products are zeroed (NULL: dense) */
     float *thresholds;
+    /* optional column layouts of each layer's q, k, v, o, gate, up, down (EL_COL_SLOTS per layer, kind < 0 or
+     * NULL: none): decode steps with a threshold > 0 run those products with el_sparse_matvec */
+    el_colmat *cols;
     uint8_t *flags; /* per layer: EL_LAYER_* bits */
     el_weight tok_embd, output_norm, output, rope_factors_short, rope_factors_long;
     el_layer *layers;
+    /* candidate head: when output_approx is set, logits come from this cheap copy of the head (n_vocab x n_embd,
+     * e.g. fewer bits), and the n_candidates best of each row are recomputed exactly with `output` */
+    el_weight output_approx;
+    int n_candidates;
 } el_model;
 
 /* NULL when the plan can run, else what is wrong with it (the engine never trusts its caller's shapes). */
@@ -230,6 +296,10 @@ const char *el_model_check(const el_model *m);
  * Returns 0, or -1 on bad arguments / out of memory. */
 int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, void *k_cache,
                void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows, float *logits);
+/* the same, also reporting what it read (stats may be NULL) */
+int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past,
+                     void *k_cache, void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows,
+                     float *logits, el_stats *stats);
 
 #ifdef __cplusplus
 }

@@ -213,11 +213,79 @@ static void store_kv(char *dst, const float *src, size_t n, int kv_type) {
 typedef struct {
     el_pool *pool;
     void *qscratch;
+    el_stats *stats;
 } run_ctx;
 
 static int linear(run_ctx *r, const el_weight *w, const float *x, int n_tokens, float *out) {
+    r->stats->weight_bytes += (double)row_bytes(w->type, w->n_cols) * w->n_rows;
     return el_matmul(r->pool, (enum el_type)w->type, w->data, w->n_rows, w->n_cols, x, n_tokens, out, w->n_rows,
                      r->qscratch);
+}
+
+/* a layer's product whose inputs were sparsified with threshold t: a decode step with a column layout skips
+ * the inactive inputs' weights, anything else multiplies the zeroed inputs densely (the same numbers) */
+static int linear_sparse(run_ctx *r, const el_model *m, int l, int slot, const el_weight *w, const float *x,
+                         int n_tokens, float *out, float t) {
+    const el_colmat *c = m->cols ? &m->cols[(size_t)l * EL_COL_SLOTS + slot] : NULL;
+    if (n_tokens == 1 && t > 0.0f && c && c->q) return el_sparse_matvec(r->pool, c, x, t, out, &r->stats->weight_bytes);
+    return linear(r, w, x, n_tokens, out);
+}
+
+/* The n_candidates largest values of row[0..n) (indices into top, a min-heap by value). */
+static void top_candidates(const float *row, int n, int k, int *top) {
+    int size = 0;
+    for (int i = 0; i < n; i++) {
+        const float v = row[i];
+        if (size == k && !(v > row[top[0]])) continue;
+        int pos;
+        if (size < k) { /* sift up */
+            pos = size++;
+            while (pos > 0 && row[top[(pos - 1) / 2]] > v) {
+                top[pos] = top[(pos - 1) / 2];
+                pos = (pos - 1) / 2;
+            }
+        } else { /* replace the root, sift down */
+            pos = 0;
+            for (;;) {
+                int child = 2 * pos + 1;
+                if (child >= size) break;
+                if (child + 1 < size && row[top[child + 1]] < row[top[child]]) child++;
+                if (!(row[top[child]] < v)) break;
+                top[pos] = top[child];
+                pos = child;
+            }
+        }
+        top[pos] = i;
+    }
+}
+
+/* logits of n_rows normed rows h: all from the cheap head, then its candidates exactly from the real one */
+static int candidate_head(run_ctx *r, const el_model *m, const float *h, int n_rows, float *logits) {
+    const el_weight *w = &m->output;
+    const el_type_traits *t = &el_traits[w->type];
+    const int E = m->n_embd, K = m->n_candidates < m->n_vocab ? m->n_candidates : m->n_vocab;
+    int rc = linear(r, &m->output_approx, h, n_rows, logits);
+    const size_t wrow = row_bytes(w->type, E);
+    const size_t yrow = t->dot_type == EL_F32 ? sizeof(float) * (size_t)E : row_bytes(t->dot_type, E);
+    int *top = malloc(sizeof(int) * (size_t)K);
+    char *y = malloc(yrow + 64);
+    if (!top || !y) {
+        free(top);
+        free(y);
+        return -1;
+    }
+    for (int i = 0; i < n_rows && rc == 0; i++) {
+        float *row = logits + (size_t)i * m->n_vocab;
+        const float *hi = h + (size_t)i * E;
+        if (t->dot_type == EL_F32) memcpy(y, hi, sizeof(float) * (size_t)E);
+        else el_traits[t->dot_type].from_float(hi, y, E);
+        top_candidates(row, m->n_vocab, K, top);
+        for (int j = 0; j < K; j++) t->dot(E, row + top[j], 0, (const char *)w->data + (size_t)top[j] * wrow, y, 0, 1);
+        r->stats->weight_bytes += (double)K * wrow;
+    }
+    free(top);
+    free(y);
+    return rc;
 }
 
 static void add_bias(float *x, const el_weight *b, int n_tokens, int n) {
@@ -438,6 +506,7 @@ static int moe_ffn(run_ctx *r, const stage_ctx *c, float *scratch) {
                 }
         if (!n) continue;
         for (int i = 0; i < n; i++) memcpy(xe + (size_t)i * E, c->h + (size_t)rows[i] * E, sizeof(float) * E);
+        r->stats->weight_bytes += (double)(gb + ub + db);
         rc |= el_matmul(r->pool, L->gate_exps.type, (const char *)L->gate_exps.data + e * gb, F, E, xe, n, c->g, F,
                         r->qscratch);
         rc |= el_matmul(r->pool, L->up_exps.type, (const char *)L->up_exps.data + e * ub, F, E, xe, n, c->u, F,
@@ -458,6 +527,16 @@ static int moe_ffn(run_ctx *r, const stage_ctx *c, float *scratch) {
 
 int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, void *k_cache,
                void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows, float *logits) {
+    return el_forward_stats(m, pool, tokens, n_tokens, n_past, k_cache, v_cache, kv_type, n_ctx, out_row0, n_out_rows,
+                            logits, NULL);
+}
+
+int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past,
+                     void *k_cache, void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows,
+                     float *logits, el_stats *stats) {
+    el_stats ignored;
+    if (!stats) stats = &ignored;
+    memset(stats, 0, sizeof(*stats));
     if (n_tokens <= 0 || n_past < 0 || n_past + n_tokens > n_ctx || out_row0 < 0 ||
         out_row0 + n_out_rows > n_tokens || (kv_type != EL_F32 && kv_type != EL_F16 && kv_type != EL_Q8_0))
         return -1;
@@ -490,7 +569,7 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
     float *g = att + T * OD, *u = g + T * F, *o = u + T * F, *scores = o + T * E;
     float *part = scores + nth * attn_scratch, *cs = part + attn_part, *sn = cs + T * half;
     float *cs_swa = sn + T * half, *sn_swa = cs_swa + T * half, *moe = sn_swa + T * half;
-    run_ctx r = {pool, qscratch};
+    run_ctx r = {pool, qscratch, stats};
     int rc = 0;
 
     /* LongRoPE's factors: long ones when the context, padded as llama.cpp pads it, exceeds the original one */
@@ -506,6 +585,7 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
     const size_t erow = row_bytes(m->tok_embd.type, E);
     for (int t = 0; t < n_tokens; t++) {
         et->to_float((const char *)m->tok_embd.data + (size_t)tokens[t] * erow, x + (size_t)t * E, E);
+        stats->weight_bytes += (double)erow;
         if (m->embed_scale != 1.0f)
             for (int i = 0; i < E; i++) x[(size_t)t * E + i] *= m->embed_scale;
     }
@@ -522,19 +602,23 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
 
         const float *th = m->thresholds ? m->thresholds + (size_t)l * EL_SPARSE_GROUPS : NULL;
         /* attention block: h holds norm(x) */
-        if (th) sparsify(h, T * E, th[0]);
-        rc |= linear(&r, &L->wq, h, n_tokens, q);
-        rc |= linear(&r, &L->wk, h, n_tokens, k);
-        rc |= linear(&r, &L->wv, h, n_tokens, v);
+        const float t_in = th ? th[0] : 0.0f, t_att = th ? th[1] : 0.0f;
+        const float t_ffn = th ? th[2] : 0.0f, t_down = th ? th[3] : 0.0f;
+        sparsify(h, T * E, t_in);
+        rc |= linear_sparse(&r, m, l, 0, &L->wq, h, n_tokens, q, t_in);
+        rc |= linear_sparse(&r, m, l, 1, &L->wk, h, n_tokens, k, t_in);
+        rc |= linear_sparse(&r, m, l, 2, &L->wv, h, n_tokens, v, t_in);
         el_pool_run(n_tokens > 1 ? pool : NULL, qkv_task, &sc);
         if (q8) el_traits[EL_Q8_0].from_float(q, q8, (int64_t)T * QD);
         const int window = swa ? m->sliding_window : 0;
         attn_ctx ac = {m, q, q8, kc, vc, att, part, scores, n_tokens, n_past, window, n_ctx, kv_type,
                        attn_splits(m, n_tokens, n_kv, window)};
         el_pool_run(pool, attn_task, &ac);
+        stats->kv_bytes += (double)(n_kv - first_key(n_kv - 1, window)) *
+                           (double)(kv_bytes(kv_type, (size_t)KD) + kv_bytes(kv_type, (size_t)VD));
         el_pool_run(n_tokens > 1 || ac.n_split > 1 ? pool : NULL, attn_merge_task, &ac);
-        if (th) sparsify(att, T * OD, th[1]);
-        rc |= linear(&r, &L->wo, att, n_tokens, o);
+        sparsify(att, T * OD, t_att);
+        rc |= linear_sparse(&r, m, l, 3, &L->wo, att, n_tokens, o, t_att);
         if (L->attn_post_norm.data) {
             sc.norm = &L->attn_post_norm;
             el_pool_run(n_tokens > 1 ? pool : NULL, post_norm_task, &sc);
@@ -546,12 +630,12 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
         if (m->n_expert) {
             rc |= moe_ffn(&r, &sc, moe);
         } else {
-            if (th) sparsify(h, T * E, th[2]);
-            rc |= linear(&r, &L->gate, h, n_tokens, g);
-            rc |= linear(&r, &L->up, h, n_tokens, u);
+            sparsify(h, T * E, t_ffn);
+            rc |= linear_sparse(&r, m, l, 4, &L->gate, h, n_tokens, g, t_ffn);
+            rc |= linear_sparse(&r, m, l, 5, &L->up, h, n_tokens, u, t_ffn);
             el_pool_run(n_tokens > 1 ? pool : NULL, gate_task, &sc);
-            if (th) sparsify(g, T * F, th[3]);
-            rc |= linear(&r, &L->down, g, n_tokens, o);
+            sparsify(g, T * F, t_down);
+            rc |= linear_sparse(&r, m, l, 6, &L->down, g, n_tokens, o, t_down);
         }
         if (L->ffn_post_norm.data) {
             sc.norm = &L->ffn_post_norm;
@@ -563,7 +647,8 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
 
     if (rc == 0 && n_out_rows > 0) {
         norm_rows(h, x + (size_t)out_row0 * E, &m->output_norm, n_out_rows, E, m->norm_eps);
-        rc |= linear(&r, &m->output, h, n_out_rows, logits);
+        if (m->output_approx.data && m->n_candidates > 0) rc |= candidate_head(&r, m, h, n_out_rows, logits);
+        else rc |= linear(&r, &m->output, h, n_out_rows, logits);
         if (m->final_softcap > 0) {
             const float cap = m->final_softcap;
             for (size_t i = 0; i < (size_t)n_out_rows * m->n_vocab; i++) logits[i] = tanhf(logits[i] / cap) * cap;
