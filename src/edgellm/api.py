@@ -27,6 +27,10 @@ class LLM:
         n_threads: CPU threads for the kernels (the NumPy path uses what its BLAS uses).
         n_batch: prompt tokens evaluated per forward pass.
         cache_type: KV cache storage, "f32", "f16" or "q8_0" (llama.cpp's --cache-type-k/-v).
+        sparsity: model-wide activation sparsity (e.g. 0.4, calibrated once by `edgellm sparsify`) or a
+            thresholds file; None: dense.
+        head: candidates scored exactly by the head (e.g. 64; the cheap head made by `edgellm sparsify --head`)
+            or a head file; None: the full head.
     """
 
     def __init__(
@@ -39,6 +43,8 @@ class LLM:
         seed: int | None = None,
         pull: bool = True,
         cache_type: str = "f32",
+        sparsity: str | float | None = None,
+        head: str | int | None = None,
     ):
         if n_ctx <= 0 or n_batch <= 0:
             raise ConfigError(f"n_ctx and n_batch must be positive (got n_ctx={n_ctx}, n_batch={n_batch})")
@@ -48,6 +54,10 @@ class LLM:
         self.model = Transformer.from_store(self.metadata, MappedStore(self.gguf))
         self.tokenizer = Tokenizer.from_metadata(self.metadata)
         self.config = self.model.config
+        from .sparse import profile
+
+        profile.apply(self.model, self.model_path, None if sparsity is None else str(sparsity),
+                      None if head is None else str(head))  # fmt: skip
         self.n_ctx = min(n_ctx, self.config.n_ctx_train)
         self.n_threads = n_threads or os.cpu_count() or 1
         kernels.set_threads(self.n_threads)

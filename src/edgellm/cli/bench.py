@@ -25,7 +25,16 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens already in the KV cache when each test starts (llama-bench's -d)")
     parser.add_argument("-t", "--threads", type=_thread_list, default=None, help="thread counts, e.g. 1,2")
     parser.add_argument("-r", "--repetitions", type=positive_int, default=3)
+    parser.add_argument("--sparsity", type=_settings, default=[None], metavar="S[,S...]",
+                        help="activation sparsity settings to compare in this run, e.g. 0,0.4 (0: dense; or files)")
+    parser.add_argument("--head", type=_settings, default=[None], metavar="K[,K...]",
+                        help="candidate head settings to compare, e.g. off,64 (off: the full head)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of results")
+
+
+def _settings(text: str) -> list[str | None]:
+    """'0,0.4' -> ['0', '0.4']; 'off' / 'none' -> None (dense / full head)."""
+    return [None if v.strip().lower() in ("off", "none", "") else v.strip() for v in text.split(",")]
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -36,20 +45,27 @@ def run_bench(args: argparse.Namespace) -> int:
     from ..hub import resolve
     from ..model.transformer import Transformer
     from ..runtime.store import MappedStore
+    from ..sparse import profile
 
     path = resolve(args.model)
     gguf = GGUFFile(path)
     model = Transformer.from_store(gguf.metadata, MappedStore(gguf))
     results = []
-    for threads in args.threads or [os.cpu_count() or 1]:
-        results += bench(model, path.name, args.n_prompt, args.n_gen, threads, args.repetitions, args.depth)
+    for sparsity in args.sparsity:
+        for head in args.head:
+            profile.apply(model, path, sparsity, head)
+            for threads in args.threads or [os.cpu_count() or 1]:
+                results += bench(model, path.name, args.n_prompt, args.n_gen, threads, args.repetitions, args.depth,
+                                 sparsity, head)  # fmt: skip
     if args.json:
         print_json([r.to_dict() for r in results])
         return 0
-    print(f"| {'model':<36} | {'path':<8} | {'threads':>7} | {'test':>14} | {'t/s':>16} | {'peak RSS':>9} |")
-    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 9}|{'-' * 16}|{'-' * 18}|{'-' * 11}|")
+    print(f"| {'model':<36} | {'path':<8} | {'sparsity':>8} | {'head':>5} | {'threads':>7} | {'test':>14} | {'t/s':>16} "
+          f"| {'MB/token':>8} | {'peak RSS':>9} |")  # fmt: skip
+    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 10}|{'-' * 7}|{'-' * 9}|{'-' * 16}|{'-' * 18}|{'-' * 10}|{'-' * 11}|")
     for r in results:
         speed = f"{r.tps:.2f} ± {r.tps_sd:.2f}"
-        print(f"| {r.model:<36} | {r.kernel_path:<8} | {r.threads:>7} | {r.test:>14} | {speed:>16} | "
-              f"{r.peak_rss_mb:>6.0f} MB |")  # fmt: skip
+        read = f"{r.bytes_read_per_token / 1e6:.1f}" if r.bytes_read_per_token else "-"
+        print(f"| {r.model:<36} | {r.kernel_path:<8} | {r.sparsity or '0':>8} | {r.head or 'full':>5} | {r.threads:>7} | "
+              f"{r.test:>14} | {speed:>16} | {read:>8} | {r.peak_rss_mb:>6.0f} MB |")  # fmt: skip
     return 0

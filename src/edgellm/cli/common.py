@@ -45,6 +45,21 @@ def add_context_arguments(parser: argparse.ArgumentParser, ctx_default: int = 20
     parser.add_argument("-c", "--ctx-size", type=positive_int, default=ctx_default, help="context size in tokens")
     parser.add_argument("-t", "--threads", type=positive_int, default=None, help="CPU threads (default: all)")
     add_cache_type_argument(parser)
+    add_sparsity_arguments(parser)
+
+
+def add_sparsity_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("reading less per token")
+    g.add_argument("--sparsity", default=None, metavar="S|FILE",
+                   help="activation sparsity: a model-wide target such as 0.4 (calibrated once by 'edgellm sparsify') "
+                        "or a thresholds file; inputs below their layer's threshold are skipped")  # fmt: skip
+    g.add_argument("--head", default=None, metavar="K|FILE",
+                   help="score K candidate tokens exactly, all others with the cheap head made by "
+                        "'edgellm sparsify --head' (or a head file)")  # fmt: skip
+
+
+def sparsity_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"sparsity": getattr(args, "sparsity", None), "head": getattr(args, "head", None)}
 
 
 def add_cache_type_argument(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +93,8 @@ def max_tokens(args: argparse.Namespace) -> int | None:
 def load_llm(args: argparse.Namespace):
     from ..api import LLM
 
-    return LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, cache_type=args.cache_type)
+    return LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, cache_type=args.cache_type,
+               **sparsity_kwargs(args))  # fmt: skip
 
 
 def text_tokens(path: str, tokenizer):

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("quantize", "write a smaller GGUF: a llama.cpp type, one of ours, or a bits-per-weight budget"),
     "imatrix": ("quantize", "importance matrix (mean squared activations) from calibration text"),
     "kld": ("quantize", "KL divergence of a model's next-token distributions from a reference model's"),
+    "sparsify": ("sparsify", "calibrate activation-sparsity thresholds and a candidate head for --sparsity / --head"),
     "devices": ("planner", "list the device profiles, or show one"),
     "calibrate": ("planner", "measure this machine into a device profile for the planner"),
     "plan": ("planner", "predict memory, TTFT, tokens/s, energy and the bottleneck of a model on a device"),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_cache_type_argument, add_model_argument, positive_int, print_json, progress_bar, text_tokens
+from .common import (add_cache_type_argument, add_model_argument, add_sparsity_arguments, positive_int, print_json,
+                     progress_bar, sparsity_kwargs, text_tokens)  # fmt: skip
 
 
 def add_perplexity_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +15,7 @@ def add_perplexity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunks", type=positive_int, default=None, help="score only the first K windows")
     parser.add_argument("-t", "--threads", type=positive_int, default=None)
     add_cache_type_argument(parser)
+    add_sparsity_arguments(parser)
     parser.add_argument("--json", action="store_true", help='print {"ppl", "ppl_stderr", "n_chunks", "n_ctx"}')
 
 
@@ -21,7 +23,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from ..api import LLM
     from ..eval.perplexity import perplexity
 
-    llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads)
+    llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, **sparsity_kwargs(args))
     tok = llm.tokenizer
     tokens = text_tokens(args.file, tok)
     bar = progress_bar("chunk")
@@ -39,7 +41,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"ppl": result.ppl, "ppl_stderr": result.ppl_stderr, "n_chunks": result.n_chunks,
                     "n_ctx": result.n_ctx, "n_scored": result.n_scored, "model": str(llm.model_path),
-                    "cache_type": args.cache_type})  # fmt: skip
+                    "cache_type": args.cache_type, **sparsity_kwargs(args)})  # fmt: skip
     else:
         print(f"PPL = {result.ppl:.4f} +/- {result.ppl_stderr:.5f} ({result.n_chunks} chunks of {result.n_ctx})")
     return 0

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .common import (
     add_model_argument,
+    add_sparsity_arguments,
+    sparsity_kwargs,
     positive_float,
     positive_int,
     print_json,
@@ -192,6 +194,7 @@ def add_kld_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--ctx-size", type=positive_int, default=512, help="window size in tokens")
     parser.add_argument("--chunks", type=positive_int, default=None, help="score only the first K windows")
     parser.add_argument("-t", "--threads", type=positive_int, default=None)
+    add_sparsity_arguments(parser)
     parser.add_argument("--json", action="store_true",
                         help='print {"kld_mean", "kld_stderr", "same_top_pct", "ppl", "ppl_ref", "n_chunks"}')  # fmt: skip
 
@@ -200,7 +203,7 @@ def run_kld(args: argparse.Namespace) -> int:
     from ..api import LLM
     from ..eval.kld import kl_divergence
 
-    llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads)
+    llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, **sparsity_kwargs(args))
     ref = LLM(args.ref, n_ctx=args.ctx_size, n_threads=args.threads)
     tok = llm.tokenizer
     tokens = text_tokens(args.file, tok)

@@ -27,6 +27,9 @@ class BenchResult:
     kernel_path: str
     n_ctx: int
     n_depth: int = 0
+    bytes_read_per_token: float | None = None  # weights + KV cache per token (C engine), None when unknown
+    sparsity: str | None = None
+    head: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,25 +46,30 @@ def _filled_cache(model, depth: np.ndarray, n_more: int) -> KVCache:
     return cache
 
 
-def _prompt_seconds(model, tokens: np.ndarray, depth: np.ndarray) -> float:
+def _prompt_seconds(model, tokens: np.ndarray, depth: np.ndarray) -> tuple[float, float]:
+    """(seconds, bytes read per token)"""
     cache = _filled_cache(model, depth, len(tokens))
     t0 = time.perf_counter()
     model.forward(tokens, cache, slice(-1, None))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, model.bytes_read() / len(tokens)
 
 
-def _generate_seconds(model, n_tokens: int, first_token: int, depth: np.ndarray) -> float:
+def _generate_seconds(model, n_tokens: int, first_token: int, depth: np.ndarray) -> tuple[float, float]:
+    """(seconds, bytes read per token)"""
     cache = _filled_cache(model, depth, n_tokens + 1)
     token = first_token
+    read = 0.0
     t0 = time.perf_counter()
     for _ in range(n_tokens):
         logits = model.forward(np.array([token]), cache)
+        read += model.bytes_read()
         token = int(np.argmax(logits[0]))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, read / n_tokens
 
 
 def bench(
-    model, model_name: str, n_prompt: int, n_gen: int, threads: int, repetitions: int, depth: int = 0
+    model, model_name: str, n_prompt: int, n_gen: int, threads: int, repetitions: int, depth: int = 0,
+    sparsity: str | None = None, head: str | None = None,
 ) -> list[BenchResult]:
     """Run ppN and tgN (either may be 0 to skip) at one thread count, after `depth` tokens of context."""
     kernels.set_threads(threads)
@@ -78,8 +86,10 @@ def bench(
         else:
             run = lambda: _generate_seconds(model, n, int(rng.integers(model.config.n_vocab)), past)  # noqa: E731
         run()  # warm-up: page in the weights, start the threads
-        speeds = [n / run() for _ in range(repetitions)]
+        runs = [run() for _ in range(repetitions)]
+        speeds = [n / seconds for seconds, _ in runs]
         sd = statistics.stdev(speeds) if len(speeds) > 1 else 0.0
+        read = statistics.mean(r for _, r in runs) or None
         results.append(BenchResult(model_name, test, threads, statistics.mean(speeds), sd, peak_rss_mb(),
-                                   kernels.active_path(), n, depth))  # fmt: skip
+                                   kernels.active_path(), n, depth, read, sparsity, head))  # fmt: skip
     return results

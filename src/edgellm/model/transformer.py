@@ -13,6 +13,7 @@ import numpy as np
 from .. import kernels
 from ..errors import FormatError
 from ..formats import names
+from ..formats.quants import dequantize_rows
 from . import layers
 from .config import ModelConfig, check_tensors, expected_shapes, fused_views
 from .fused import RowViews
@@ -46,6 +47,7 @@ class Transformer:
         self._compiled = None
         self._compiled_path = None
         self.sparsity = None  # model.sparsity.Thresholds: activation sparsity on both paths, or None (dense)
+        self.head = None  # sparse.head.CandidateHead: logits from a cheap head + exact candidates, or None
 
     @classmethod
     def from_store(cls, metadata: Mapping[str, Any], store) -> "Transformer":
@@ -86,6 +88,16 @@ class Transformer:
         self.sparsity = thresholds
         self._compiled_path = None  # the C plan carries the thresholds: rebuild it
 
+    def set_head(self, head) -> None:
+        """Score tokens with a candidate head (sparse.head.CandidateHead), or the full head with None."""
+        if head is not None:
+            fmt_rows = self.store.info(self.output_name).shape
+            if head.raw.shape[0] != fmt_rows[0]:
+                raise FormatError(f"candidate head has {head.raw.shape[0]} rows, the model's head {fmt_rows[0]}")
+        self.head = head
+        if self._compiled is not None:
+            self._compiled.set_head(*((head.type, head.raw, head.n_candidates) if head else (0, None, 0)))
+
     def compiled(self):
         """The C engine's plan for this model, or None when the NumPy reference path runs."""
         path = kernels.active_path()
@@ -96,6 +108,8 @@ class Transformer:
             thresholds = None if self.sparsity is None else self.sparsity.thresholds
             self._compiled = CompiledModel(self.config, self.store, self.output_name, self._vec, thresholds) if usable else None
             self._compiled_path = path
+            if self._compiled is not None and self.head is not None:
+                self._compiled.set_head(self.head.type, self.head.raw, self.head.n_candidates)
         return self._compiled
 
     def forward(self, tokens: np.ndarray, cache, logits_rows: slice | None = slice(-1, None)) -> np.ndarray:
@@ -119,10 +133,27 @@ class Transformer:
         if logits_rows is None:
             return np.empty((0, c.n_vocab), dtype=np.float32)
         h = layers.rms_norm(x[logits_rows], self._vec(names.OUTPUT_NORM), c.norm_eps)
-        logits = layers.linear(h, self.store, self.output_name)  # (n_selected, n_vocab)
+        if self.head is not None and not layers.observing():
+            logits = self.head.logits(h, self._exact_logits)
+        else:
+            logits = layers.linear(h, self.store, self.output_name)  # (n_selected, n_vocab)
         if c.final_logit_softcap:
             logits = np.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
         return logits
+
+    def bytes_read(self) -> float:
+        """Weight and KV cache bytes the last forward call read (C engine; 0 on the NumPy path)."""
+        compiled = self._compiled if self._compiled_path == kernels.active_path() else None
+        return float(sum(compiled.last_read)) if compiled is not None else 0.0
+
+    def _exact_logits(self, h: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """The head's logits of one normed row h for token ids (the candidate head's exact pass)."""
+        info = self.store.info(self.output_name)
+        order = np.argsort(ids)
+        rows = dequantize_rows(self.store.raw(self.output_name), info.type, info.shape[1], ids[order])
+        out = np.empty(len(ids), dtype=np.float32)
+        out[order] = rows @ h.astype(np.float32)
+        return out
 
     def _forward_compiled(self, compiled, tokens: np.ndarray, cache, logits_rows: slice | None) -> np.ndarray:
         rows = range(len(tokens))[logits_rows] if logits_rows is not None else range(0)

@@ -18,6 +18,11 @@ class Timings:
     prompt_seconds: float = 0.0
     n_generated: int = 0
     generate_seconds: float = 0.0
+    generate_bytes: float = 0.0  # weights + KV cache read by the decode steps (C engine), 0 when unknown
+
+    @property
+    def bytes_read_per_token(self) -> float | None:
+        return self.generate_bytes / self.n_generated if self.generate_bytes and self.n_generated else None
 
     @property
     def prompt_tps(self) -> float:
@@ -74,6 +79,7 @@ class Session:
     def step(self, token: int) -> np.ndarray:
         """Append one token; return the logits after it."""
         logits = self.model.forward(np.asarray([token]), self.cache)[0]
+        self.timings.generate_bytes += self.model.bytes_read()
         self.tokens.append(token)
         return logits
 

@@ -100,8 +100,8 @@ class ColumnMatrix:
             s = np.float32(amax / np.float32(127))
             xq = np.trunc(xa[cols] * (np.float32(1) / s if s > 0 else np.float32(0)) + np.copysign(0.5, xa[cols]))
             y += self.d[g].astype(np.float64) * (float(s) * (xq.astype(np.float64) @ v[cols]))
-            if self.m is not None:
-                y += self.m[g].astype(np.float64) * float(xa[cols].sum(dtype=np.float32))
+            if self.m is not None:  # the rounded inputs' sum, as the dense kernels' Q8_1 sum
+                y += self.m[g].astype(np.float64) * float(s) * float(xq.sum())
         return y.astype(np.float32)
 
     def as_c(self) -> tuple:

@@ -44,7 +44,7 @@ typedef struct {
     const int8_t *xq;   /* integer kinds: quantized activations, parallel to idx (0 on padding) */
     const float *xs;    /* float kinds: the activations, parallel to idx */
     const float *scale; /* per group: activation scale */
-    const float *sum;   /* per group: sum of its active inputs */
+    const float *sum;   /* per group: sum of its rounded active inputs, times the scale */
     float *y;
 } sparse_ctx;
 
@@ -127,13 +127,12 @@ int el_sparse_matvec(el_pool *pool, const el_colmat *w, const float *x, float th
     int n = 0, touched = 0, active = 0;
     for (int g = 0; g < n_groups; g++) {
         start[g] = n;
-        float amax = 0.0f, s = 0.0f;
+        float amax = 0.0f;
         for (int ch = g * w->group; ch < (g + 1) * w->group; ch++) {
             const float v = x[ch];
             if (fabsf(v) < threshold || v == 0.0f) continue; /* NaN stays active, as in the dense product */
             idx[n] = ch;
             xs[n++] = v;
-            s += v;
             if (!(fabsf(v) <= amax)) amax = fabsf(v);
         }
         const int k = n - start[g];
@@ -145,9 +144,12 @@ int el_sparse_matvec(el_pool *pool, const el_colmat *w, const float *x, float th
         }
         const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
         const int finite = isfinite(amax); /* else the group's outputs become NaN, as a dense product's would */
-        for (int j = start[g]; j < n; j++) xq[j] = finite ? (int8_t)roundf(xs[j] * inv) : 0;
+        int qsum = 0;
+        for (int j = start[g]; j < n; j++) qsum += xq[j] = finite ? (int8_t)roundf(xs[j] * inv) : 0;
         scale[g] = finite ? d : NAN;
-        sum[g] = s;
+        /* the offset term takes the sum of the rounded inputs, as the dense kernels' Q8_1 sum does: the rounding
+         * errors then meet q + m / d (e.g. q - 8 for Q4_0), not q, exactly as in the dense product */
+        sum[g] = d * (float)qsum;
     }
     start[n_groups] = n;
     if (bytes_read) *bytes_read += (double)touched * scale_bytes(w) + (double)active * el_col_stride(w->kind, w->n_rows);

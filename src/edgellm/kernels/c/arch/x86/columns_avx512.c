@@ -26,9 +26,12 @@ INL void dot_quads(int kind, int n, int32_t *acc, int n_quads, const int8_t *xq,
     int32_t xsum = 0;
     for (int j = 0; j < 4 * n_quads; j++) xsum += xq[j];
     const __m512i correction = _mm512_set1_epi32(kind == EL_COL_I8 ? 128 * xsum : 0);
-    for (int t = 0; t < n / EL_COL_TILE; t++) {
-        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-        for (int j = 0; j < n_quads; j++) {
+    memset(acc, 0, sizeof(int32_t) * (size_t)n);
+    for (int j = 0; j < n_quads; j++) { /* quad by quad: each channel row is read in one sequential pass */
+        int32_t quad;
+        memcpy(&quad, xq + 4 * j, 4);
+        const __m512i x = _mm512_set1_epi32(quad);
+        for (int t = 0; t < n / EL_COL_TILE; t++) {
             __m512i z[4];
             for (int i = 0; i < 4; i++) {
                 const uint8_t *row = q[4 * j + i];
@@ -45,20 +48,16 @@ INL void dot_quads(int kind, int n, int32_t *acc, int n_quads, const int8_t *xq,
             }
             const __m512i p12lo = _mm512_unpacklo_epi8(z[0], z[1]), p12hi = _mm512_unpackhi_epi8(z[0], z[1]);
             const __m512i p34lo = _mm512_unpacklo_epi8(z[2], z[3]), p34hi = _mm512_unpackhi_epi8(z[2], z[3]);
-            int32_t quad;
-            memcpy(&quad, xq + 4 * j, 4);
-            const __m512i x = _mm512_set1_epi32(quad);
-            a0 = _mm512_dpbusd_epi32(a0, _mm512_unpacklo_epi16(p12lo, p34lo), x);
-            a1 = _mm512_dpbusd_epi32(a1, _mm512_unpackhi_epi16(p12lo, p34lo), x);
-            a2 = _mm512_dpbusd_epi32(a2, _mm512_unpacklo_epi16(p12hi, p34hi), x);
-            a3 = _mm512_dpbusd_epi32(a3, _mm512_unpackhi_epi16(p12hi, p34hi), x);
+            int32_t *out = acc + t * EL_COL_TILE;
+            _mm512_storeu_si512(out, _mm512_dpbusd_epi32(_mm512_loadu_si512(out), _mm512_unpacklo_epi16(p12lo, p34lo), x));
+            _mm512_storeu_si512(out + 16, _mm512_dpbusd_epi32(_mm512_loadu_si512(out + 16), _mm512_unpackhi_epi16(p12lo, p34lo), x));
+            _mm512_storeu_si512(out + 32, _mm512_dpbusd_epi32(_mm512_loadu_si512(out + 32), _mm512_unpacklo_epi16(p12hi, p34hi), x));
+            _mm512_storeu_si512(out + 48, _mm512_dpbusd_epi32(_mm512_loadu_si512(out + 48), _mm512_unpackhi_epi16(p12hi, p34hi), x));
         }
-        int32_t *out = acc + t * EL_COL_TILE;
-        _mm512_storeu_si512(out, _mm512_sub_epi32(a0, correction));
-        _mm512_storeu_si512(out + 16, _mm512_sub_epi32(a1, correction));
-        _mm512_storeu_si512(out + 32, _mm512_sub_epi32(a2, correction));
-        _mm512_storeu_si512(out + 48, _mm512_sub_epi32(a3, correction));
     }
+    if (kind == EL_COL_I8)
+        for (int r = 0; r < n; r += 16)
+            _mm512_storeu_si512(acc + r, _mm512_sub_epi32(_mm512_loadu_si512(acc + r), correction));
 }
 
 static void dot_u4(int n, int32_t *acc, int n_quads, const int8_t *xq, const uint8_t *const *q, size_t hoff) {
