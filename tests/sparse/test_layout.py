@@ -13,7 +13,7 @@ import pytest
 
 from edgellm import kernels
 from edgellm.formats.quants import FORMATS, GGMLType
-from edgellm.sparse import layout
+from edgellm.formats import columns as layout
 from tests.kernels.test_kernels import random_weights
 
 pytestmark = pytest.mark.skipif(kernels._C is None, reason="C extension not built")

@@ -78,9 +78,9 @@ class CompiledModel:
             self._attach_columns(config, store, np.asarray(thresholds))
 
     def _attach_columns(self, config, store, thresholds: np.ndarray) -> None:
-        """Column layouts (sparse/layout.py) of the matrices whose inputs are sparsified, so that decode steps
+        """Column layouts (formats/columns.py) of the matrices whose inputs are sparsified, so that decode steps
         skip the weights of inactive inputs; other matrices stay dense (inputs zeroed, every weight read)."""
-        from ..sparse import layout
+        from ..formats import columns as layout
 
         entries = []
         for i in range(config.n_layers):

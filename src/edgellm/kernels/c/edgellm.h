@@ -189,7 +189,7 @@ double el_read_bandwidth(el_pool *pool, const void *buf, size_t n_bytes, int rep
  *   w[r][c] = d[g][r] * q_c[r] + m[g][r],   g = c / group,
  * with q_c[r] in a container of `kind`, and d, m fp16 per (group, output row) (F16/F32 kinds: w = q). The
  * scales of a group are read only when one of its channels is active. Repacking a ggml block format keeps its
- * integers and scales (K-quants' sub-block scale products rounded to fp16), see edgellm.sparse.layout.
+ * integers and scales (K-quants' sub-block scale products rounded to fp16), see edgellm.formats.columns.
  *
  * Integer kinds hold each 64-output tile in "dot order": position p = 16k + 4a + e holds output 16a + 4k + e,
  * so that interleaving four channel rows byte by byte (unpack / zip within 128-bit lanes) puts four channels of

@@ -48,7 +48,7 @@ typedef struct {
     float *y;
 } sparse_ctx;
 
-#define PREFETCH_GROUPS 4
+#define PREFETCH_GROUPS 1
 
 static inline void prefetch_span(const void *p, size_t bytes) {
     for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)p + o);

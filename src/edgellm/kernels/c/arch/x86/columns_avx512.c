@@ -27,7 +27,14 @@ INL void dot_quads(int kind, int n, int32_t *acc, int n_quads, const int8_t *xq,
     for (int j = 0; j < 4 * n_quads; j++) xsum += xq[j];
     const __m512i correction = _mm512_set1_epi32(kind == EL_COL_I8 ? 128 * xsum : 0);
     memset(acc, 0, sizeof(int32_t) * (size_t)n);
+    const size_t seg = kind == EL_COL_I8 ? (size_t)n : (size_t)n / 2;
     for (int j = 0; j < n_quads; j++) { /* quad by quad: each channel row is read in one sequential pass */
+        if (j + 2 < n_quads) /* rows are a few cache lines: too short for the hardware prefetcher to follow */
+            for (int i = 0; i < 4; i++) {
+                const char *row = (const char *)q[4 * (j + 2) + i];
+                for (size_t o = 0; o < seg; o += 64) _mm_prefetch(row + o, _MM_HINT_T0);
+                if (kind == EL_COL_U5) _mm_prefetch(row + hoff, _MM_HINT_T0);
+            }
         int32_t quad;
         memcpy(&quad, xq + 4 * j, 4);
         const __m512i x = _mm512_set1_epi32(quad);

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UnsupportedError
-from ..formats.quants import GGMLType, NL_SCALE, FORMATS, NLFormat
+from .quants import FORMATS, NL_SCALE, GGMLType, NLFormat
 
 U4, U5, I8, F16, F32 = range(5)  # el_col_kind
 KIND_NAMES = ("U4", "U5", "I8", "F16", "F32")
