@@ -202,9 +202,9 @@ def test_streaming_from_storage_when_the_model_does_not_fit(tmp_path):
     sparse = estimate(spec, dev, Scenario(ctx=64, sparsity=0.8))
     assert sparse.streamed_mb_per_token < est.streamed_mb_per_token
     assert sparse.decode_tps > est.decode_tps
-    # the FFN streams first: with room for everything else, only FFN bytes come from storage
-    ffn_read = sum(op.bytes for op in decode_ops(spec, 64) if "ffn_" in op.name)
-    assert est.streamed_mb_per_token * 1e6 < ffn_read
+    # the layers' matrices stream first: with room for the head, only layer bytes come from storage
+    layers_read = sum(op.bytes for op in decode_ops(spec, 64) if op.kind == "weights" and op.layer >= 0)
+    assert est.streamed_mb_per_token * 1e6 < layers_read
     with pytest.raises(ConfigError, match="exceeds"):
         estimate(spec, dev, Scenario(mem_budget_gb=5.0))
     with pytest.raises(ConfigError, match="KV cache and buffers alone"):
@@ -280,7 +280,7 @@ def test_fit_lists_configurations_that_meet_the_speed_best_first(capsys):
     assert rows and all(r["decode_tps"] >= 3 for r in rows)
     dense = [r for r in rows if r["sparsity"] == 0]
     assert [r["bits_per_weight"] for r in dense] == sorted((r["bits_per_weight"] for r in dense), reverse=True)
-    assert rows.index(dense[-1]) < len(dense)  # every dense configuration ranks before the sparse ones
+    assert dense == rows  # nothing measured for this model in sparsity.yaml: dense rows only
     assert main(["fit", "-m", "llama-3.1-8b", "-d", "raspberry-pi-5", "--min-tps", "500"]) == 1
 
 

@@ -119,7 +119,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 # --- plan ---
 
 def _add_scenario_arguments(parser: argparse.ArgumentParser, weights: bool = True) -> None:
-    """The scenario's options; `fit` varies the weights (type, sparsity) itself."""
+    """The scenario's options; `fit` varies the weights (type, sparsity, head) itself."""
     from ..planner.estimate import MEMORY_EFFICIENCY
 
     parser.add_argument("-m", "--model", required=True, help="catalog model (e.g. llama-3.2-3b), .gguf file, or config.json")
@@ -128,7 +128,11 @@ def _add_scenario_arguments(parser: argparse.ArgumentParser, weights: bool = Tru
         q = parser.add_mutually_exclusive_group()
         q.add_argument("--quant", help="llama.cpp type mix (Q4_K_M, Q8_0, ...) or edgellm's (Q3_NL, ...)")
         q.add_argument("--bpw", type=positive_float, help="uniform bits per weight, scales included")
-        parser.add_argument("--sparsity", type=fraction, default=0.0, help="fraction of FFN rows skipped per token")
+        parser.add_argument("--sparsity", type=fraction, default=0.0,
+                            help="as `run --sparsity S`: model-wide fraction of the layers' matrix inputs skipped "
+                                 "(bytes from planner/sparsity.yaml where measured)")  # fmt: skip
+        parser.add_argument("--head", type=positive_int, default=0, metavar="K",
+                            help="as `run --head K`: cheap head scores all tokens, K recomputed exactly")  # fmt: skip
     parser.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (calibrated hosts)")
     parser.add_argument("--ctx", type=positive_int, default=512, help="tokens in the KV cache while decoding")
     parser.add_argument("--prompt", type=positive_int, default=512, help="prompt tokens (TTFT, prefill)")
@@ -154,7 +158,8 @@ def _scenario(args):
     from ..planner.estimate import Scenario
 
     return Scenario(threads=args.threads, ctx=args.ctx, prompt=args.prompt, cache_type=args.cache_type,
-                    sparsity=getattr(args, "sparsity", 0.0), mem_budget_gb=args.mem_budget, cache_hit=args.cache_hit,
+                    sparsity=getattr(args, "sparsity", 0.0), head_candidates=getattr(args, "head", 0) or 0,
+                    mem_budget_gb=args.mem_budget, cache_hit=args.cache_hit,
                     unit=args.unit, memory_efficiency=args.memory_efficiency)  # fmt: skip
 
 
@@ -202,9 +207,14 @@ def _print_estimate(e, spec) -> None:
     print(f"device    {e.device} ({e.rates_source})")
     budget = f" of {e.budget_mb:,.0f} MB" if e.budget_mb else ""
     stream = f"; streams {e.streamed_mb_per_token:,.0f} MB/token from storage" if e.streamed_mb_per_token else ""
-    print(f"fits      {_yes_no(e.fits)}: needs {e.weights_mb + e.kv_cache_mb:,.0f} MB + buffers{budget}"
+    copies = f" + {e.extra_mb:,.0f} MB of sparse copies" if e.extra_mb else ""
+    print(f"fits      {_yes_no(e.fits)}: needs {e.weights_mb + e.kv_cache_mb:,.0f} MB{copies} + buffers{budget}"
           f" (KV cache {e.kv_cache_mb:,.0f} MB){stream}")  # fmt: skip
     print(f"decode    {_fmt(e.decode_tps, ' tok/s')}   bottleneck: {e.bottleneck}")
+    if e.sparsity or e.head_candidates:
+        setting = ", ".join(([f"sparsity {e.sparsity:g}"] if e.sparsity else []) + ([f"head {e.head_candidates}"] if e.head_candidates else []))
+        speedup = f", x{e.decode_speedup_predicted:.2f} over dense" if e.decode_speedup_predicted else ""
+        print(f"reads     {e.weights_read_mb_per_token:,.1f} MB of weights per token ({setting}{speedup})")
     print(f"prefill   {_fmt(e.prefill_tps, ' tok/s')}   TTFT {_fmt(e.ttft_ms, ' ms', 0)}")
     print(f"energy    {_fmt(e.joules_per_token, ' J/token', 3)} (DRAM and flash bytes, int8 MACs)")
     parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(e.decode_breakdown_ms.items(), key=lambda kv: -kv[1]))
@@ -245,12 +255,37 @@ def run_fit(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no configuration reaches {args.min_tps:g} tok/s on {device.name}")
         return 1
-    print(f"| {'type':<10} | {'bpw':>5} | {'sparsity':>8} | {'memory MB':>9} | {'streamed MB/tok':>15} | {'decode tok/s':>12} | quality |")
-    print(f"|{'-' * 12}|{'-' * 7}|{'-' * 10}|{'-' * 11}|{'-' * 17}|{'-' * 14}|{'-' * 9}|")
+    print(f"| {'type':<10} | {'bpw':>5} | {'sparsity':>8} | {'head':>4} | {'memory MB':>9} | {'streamed MB/tok':>15} | "
+          f"{'decode tok/s':>12} | quality | command |")  # fmt: skip
+    print(f"|{'-' * 12}|{'-' * 7}|{'-' * 10}|{'-' * 6}|{'-' * 11}|{'-' * 17}|{'-' * 14}|{'-' * 9}|{'-' * 9}|")
     for r in rows:
-        print(f"| {r['quant']:<10} | {r['bits_per_weight']:>5.2f} | {r['sparsity']:>8.2f} | {r['memory_mb']:>9,.0f} | "
-              f"{r['streamed_mb_per_token']:>15,.0f} | {r['decode_tps']:>12.1f} | {r['quality']} |")  # fmt: skip
+        print(f"| {r['quant']:<10} | {r['bits_per_weight']:>5.2f} | {r['sparsity']:>8.2f} | {r['head'] or 'full':>4} | "
+              f"{r['memory_mb']:>9,.0f} | {r['streamed_mb_per_token']:>15,.0f} | {r['decode_tps']:>12.1f} | "
+              f"{r['quality']} | `{r['command']}` |")  # fmt: skip
+    _print_prepare(rows)
     return 0
+
+
+def _print_prepare(rows: list[dict]) -> None:
+    """The one-off commands the listed rows need: quantizing, then one `sparsify` per model file."""
+    import shlex
+
+    quantize = {p: None for r in rows for p in r["prepare"] if " quantize " in p}
+    need: dict[str, tuple[set, set]] = {}
+    for r in rows:
+        if r["sparsity"] or r["head"]:
+            levels, heads = need.setdefault(r["model"], (set(), set()))
+            levels |= {r["sparsity"]} if r["sparsity"] else set()
+            heads |= {r["head"]} if r["head"] else set()
+    if not quantize and not need:
+        return
+    print("\nfirst, once" + (" (CALIBRATION.txt: any text but the evaluation corpus)" if need else "") + ":")
+    for p in quantize:
+        print(f"  {p}")
+    for model, (levels, heads) in need.items():
+        opts = ([f"--sparsity {','.join(f'{v:g}' for v in sorted(levels))}"] if levels else []) + \
+            [f"--head {k}" for k in sorted(heads)[:1]]  # fmt: skip
+        print(f"  edgellm sparsify -m {shlex.quote(model)} -f CALIBRATION.txt {' '.join(opts)}")
 
 
 # --- sweep ---

@@ -6,6 +6,14 @@ max(FLOPs / compute, bytes / bandwidth) on the unit that runs it: a roofline per
 each weight across the prompt's tokens and becomes compute-bound. Weights that do not fit the memory budget
 stream from storage each token (less what activation sparsity skips and a cache hit rate keeps).
 
+Reading less per token (`--sparsity S`, `--head K`, planner/sparsity.py) changes the bytes of the decode
+ops only: the seven matrices of every layer shrink to what the column layout reads (the measured fraction
+where sparsity.yaml has one), the head to its cheap copy plus K exact rows. Time is the same roofline on
+those bytes; no kernel efficiency beyond the bytes is modelled. Where sparsity.yaml holds a measured
+decode speed-up, the estimate reports it next to the planner's: on the measured host the sparse kernels may
+gain less than the byte ratio (scattered channel rows, per-group activation quantization), and only the
+measurement says by how much.
+
 Rates come from one of two places:
 - a calibrated host (`edgellm calibrate`): per weight format and thread count, the matrix-vector bandwidth
   and matrix-matrix FLOP rate edgellm's own kernels reached, and the engine's measured costs per layer
@@ -16,12 +24,13 @@ Rates come from one of two places:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import ConfigError
 from ..formats.quants import GGMLType, get_format
 from .device import Device
 from .model import ModelSpec
+from .sparsity import ReadLess, covered, head_row_bytes, head_tensor, read_less
 
 # Fraction of peak DRAM bandwidth decode reaches on a spec-sheet device (--memory-efficiency). The published
 # decode runs of ../shared/data/edge-devices.md imply 52-88 % (docs/planner.md, scored leave-one-out there).
@@ -48,7 +57,8 @@ class Scenario:
     ctx: int = 512  # tokens in the KV cache when decoding
     prompt: int = 512  # prompt tokens for TTFT / prefill
     cache_type: str = "f32"  # edgellm's default
-    sparsity: float = 0.0  # fraction of FFN rows skipped per token (activation sparsity)
+    sparsity: float = 0.0  # `run --sparsity`: model-wide fraction of the layers' linear-matrix inputs zeroed
+    head_candidates: int = 0  # `run --head K`: candidate head with K exact rows (0: the full head)
     mem_budget_gb: float | None = None  # memory the model may use; default: the device's capacity
     cache_hit: float = 0.0  # fraction of streamed weights found in memory anyway
     unit: str | None = None  # cpu, gpu, npu: the unit that runs matrix products on a spec-sheet device
@@ -57,6 +67,8 @@ class Scenario:
     def check(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+        if isinstance(self.head_candidates, bool) or not isinstance(self.head_candidates, int) or self.head_candidates < 0:
+            raise ConfigError(f"--head must be a number of candidates >= 1 (0: the full head), got {self.head_candidates!r}")
         if not 0.0 <= self.cache_hit <= 1.0:
             raise ConfigError(f"cache hit rate must be in [0, 1], got {self.cache_hit}")
         if self.ctx < 1 or self.prompt < 1:
@@ -154,27 +166,42 @@ ENGINE_KEYS = ("decode_layer_us", "decode_attention_ns_per_position", "prefill_l
                "prefill_attention_ns_per_position")
 
 
-def _weight_ops(spec: ModelSpec, tokens: int, sparsity: float = 0.0) -> list[Op]:
+def _weight_ops(spec: ModelSpec, tokens: int, rl: ReadLess | None = None) -> list[Op]:
     """The matrix products of `tokens` tokens processed at once. The head computes logits for the last token
     only; a tied embedding is read as the head (its lookup reads one row). One token reads the routed experts'
-    share and the FFN rows sparsity keeps; a prompt reads every weight once."""
+    share, and with `rl` (decode only: prefill reads dense) the column layout's bytes of the sparse matrices
+    and the candidate head's cheap copy plus K exact rows; a prompt reads every weight once."""
+    from .sparsity import _column
+
     s = spec.shape
     ops = []
+    head_name = head_tensor(spec)[0]
     for name, rows, cols in s.weight_tensors():
         if name == "token_embd.weight" and not s.tied:
             continue
-        head = name in ("token_embd.weight", "output.weight")
-        frac = 1.0 if head else s.active_fraction(name) * ((1.0 - sparsity) if "ffn_" in name else 1.0)
+        head = name == head_name
+        op_name, fmt = ("output" if head else name), _fmt(spec, name)
+        frac = 1.0 if head else s.active_fraction(name)
         read = spec.tensor_bytes(name, rows, cols) * (frac if tokens == 1 else 1.0)
-        ops.append(Op("output" if name == "token_embd.weight" else name, "weights",
-                      2.0 * rows * cols * frac * (1 if head else tokens), read, _fmt(spec, name), -1 if head else _layer(name)))  # fmt: skip
+        flops = 2.0 * rows * cols * frac * (1 if head else tokens)
+        if tokens == 1 and rl is not None:
+            col = _column(spec, name, rows, cols) if rl.sparsity and covered(name) else None
+            if col is not None:  # channel rows of the active inputs, every group's scales
+                read, flops = (1.0 - rl.skip) * col[0] + col[1], flops * (1.0 - rl.skip)
+            if head and rl.candidates:
+                ops.append(Op("output.candidates", "weights", 2.0 * rows * cols, rl.cheap_bytes, rl.cheap_type, -1))
+                read, flops = rl.candidates * head_row_bytes(spec), 2.0 * rl.candidates * cols
+        ops.append(Op(op_name, "weights", flops, read, fmt, -1 if head else _layer(name)))
     return ops
 
 
-def decode_ops(spec: ModelSpec, ctx: int, sparsity: float = 0.0, cache_type: str = "f32") -> list[Op]:
-    """Operations of one decode step with `ctx` tokens in the cache."""
+def decode_ops(spec: ModelSpec, ctx: int, sparsity: float = 0.0, cache_type: str = "f32", head_candidates: int = 0,
+               rl: ReadLess | None = None) -> list[Op]:  # fmt: skip
+    """Operations of one decode step with `ctx` tokens in the cache, at `--sparsity sparsity --head
+    head_candidates` (the measured curve of sparsity.yaml where it has one; `rl` when already worked out)."""
     s = spec.shape
-    ops = _weight_ops(spec, 1, sparsity)
+    rl = rl or (read_less(spec, sparsity, head_candidates) if sparsity or head_candidates else None)
+    ops = _weight_ops(spec, 1, rl)
     kv = KV_BYTES[cache_type]
     for i in range(s.n_layer):
         n = s.attended(i, ctx)
@@ -235,6 +262,7 @@ class Estimate:
     kv_cache_mb: float
     budget_mb: float | None
     streamed_mb_per_token: float
+    weights_read_mb_per_token: float  # weight bytes a decode step reads (after sparsity and the candidate head)
     decode_tps: float | None
     prefill_tps: float | None
     ttft_ms: float | None
@@ -242,6 +270,12 @@ class Estimate:
     bottleneck: str
     decode_breakdown_ms: dict[str, float]
     notes: list[str]
+    sparsity: float = 0.0
+    head_candidates: int = 0
+    extra_mb: float = 0.0  # resident next to the weights: column copies of sparse matrices, the cheap head
+    bytes_measured: bool | None = None  # None: dense; else whether sparsity.yaml's bytes were used
+    decode_speedup_predicted: float | None = None  # over dense, this planner on this device
+    decode_speedup_measured: dict | None = None  # from sparsity.yaml: {host, threads, sparsity, head}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -259,20 +293,24 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
             "a decode prediction needs it"
         )
     s = spec.shape
+    sparse = bool(sc.sparsity or sc.head_candidates)
+    rl = read_less(spec, sc.sparsity, sc.head_candidates) if sparse else None
     weights = spec.weight_bytes
+    extra = rl.extra_bytes if rl else 0.0  # column copies and cheap head, next to the file's weights
     kv = 2.0 * s.n_layer * s.n_head_kv * s.head_dim * (max(sc.ctx, sc.prompt) + 1) * KV_BYTES[sc.cache_type]
     runtime = 64e6 + ACTIVATION_BYTES * (s.vocab + 8 * s.d_model + 2 * s.d_ff * max(1, s.n_expert_used))
-    need = weights + kv + runtime
+    need = weights + extra + kv + runtime
     budget = sc.mem_budget_gb * 1e9 if sc.mem_budget_gb else (device.capacity_gb.value * 1e9 if device.capacity_gb.known else None)
     if budget is not None and device.capacity_gb.known and budget > device.capacity_gb.value * 1e9:
         raise ConfigError(f"--mem-budget {budget / 1e9:g} GB exceeds {device.name}'s {device.capacity_gb.value:g} GB of memory")
     if budget is None:
         notes.append("memory capacity not published: fit not checked")
 
-    # weights that do not fit stream from storage: the FFN first (sparsity skips part of it), then the rest
+    # weights that do not fit stream from storage: the layers' matrices first (sparsity thins what a token
+    # reads of them, column copies included), then the head and embedding
     streamed = 0.0
     fits: bool | None = None if budget is None else True
-    ops = decode_ops(spec, sc.ctx, sc.sparsity, sc.cache_type)
+    ops = decode_ops(spec, sc.ctx, sc.sparsity, sc.cache_type, sc.head_candidates, rl)
     if budget is not None and need > budget:
         resident_room = budget - kv - runtime
         if resident_room <= 0:
@@ -283,14 +321,15 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
         fits = False
         if rates.storage_gbps is None:
             notes.append("model exceeds memory and storage bandwidth is not published: decode not predicted")
-        ffn = sum(spec.tensor_bytes(n, r, c) for n, r, c in s.weight_tensors() if "ffn_" in n)
-        ffn_read = sum(op.bytes for op in ops if op.kind == "weights" and "ffn_" in op.name)
-        rest_read = sum(op.bytes for op in ops if op.kind == "weights") - ffn_read
-        rest = weights - ffn
-        if resident_room >= rest:  # all but part of the FFN stays
-            streamed = (ffn - (resident_room - rest)) / ffn * ffn_read
+        layers = sum(spec.tensor_bytes(n, r, c) for n, r, c in s.weight_tensors() if n.startswith("blk."))
+        layers += rl.column_bytes if rl else 0.0
+        layers_read = sum(op.bytes for op in ops if op.kind == "weights" and op.layer >= 0)
+        rest_read = sum(op.bytes for op in ops if op.kind == "weights") - layers_read
+        rest = weights + extra - layers
+        if resident_room >= rest:  # all but part of the layers stays
+            streamed = (layers - (resident_room - rest)) / layers * layers_read
         else:
-            streamed = ffn_read + (rest - resident_room) / rest * rest_read
+            streamed = layers_read + (rest - resident_room) / rest * rest_read
         streamed *= 1.0 - sc.cache_hit
 
     times: dict[str, float] = {}
@@ -335,6 +374,15 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
     e = {**ENERGY, **device.energy}
     joules = dram_bytes * 8 * e["dram_pj_per_bit"] * 1e-12 + streamed * e["flash_nj_per_byte"] * 1e-9 + macs * e["int8_mac_pj"] * 1e-12
 
+    weights_read = sum(op.bytes for op in ops if op.kind == "weights")
+    predicted = measured = None
+    if rl is not None:
+        dense = estimate(spec, device, replace(sc, sparsity=0.0, head_candidates=0))
+        if decode_tps and dense.decode_tps:
+            predicted = decode_tps / dense.decode_tps
+        measured = _measured_speedup(rl)
+        notes += _read_less_notes(rl, predicted, measured)
+
     return Estimate(
         model=s.name,
         quant=spec.label,
@@ -346,6 +394,7 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
         kv_cache_mb=kv / 1e6,
         budget_mb=budget / 1e6 if budget is not None else None,
         streamed_mb_per_token=streamed / 1e6,
+        weights_read_mb_per_token=weights_read / 1e6,
         decode_tps=decode_tps,
         prefill_tps=prefill_tps,
         ttft_ms=ttft,
@@ -353,4 +402,44 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
         bottleneck=bottleneck,
         decode_breakdown_ms={k: v * 1e3 for k, v in times.items()},
         notes=notes,
+        sparsity=sc.sparsity,
+        head_candidates=sc.head_candidates,
+        extra_mb=extra / 1e6,
+        bytes_measured=None if rl is None else ((rl.skip_measured or not rl.sparsity) and (rl.cheap_measured or not rl.candidates)),
+        decode_speedup_predicted=predicted,
+        decode_speedup_measured=measured,
     )
+
+
+def _measured_speedup(rl: ReadLess) -> dict | None:
+    """The decode speed-ups sparsity.yaml holds for exactly this setting (each measured on its own)."""
+    c = rl.curve
+    if c is None:
+        return None
+    lv = c.level(rl.sparsity) if rl.sparsity else None
+    s = lv.decode_speedup if lv else None
+    h = c.head.decode_speedup if rl.candidates and c.head and c.head.candidates == rl.candidates else None
+    if s is None and h is None:
+        return None
+    return {"host": c.host, "threads": c.threads, "weights": c.weights, "sparsity": s, "head": h}
+
+
+def _read_less_notes(rl: ReadLess, predicted: float | None, measured: dict | None) -> list[str]:
+    out = []
+    if rl.sparsity:
+        src = "from measured bytes" if rl.skip_measured else "the column layout's accounting: no measured bytes here"
+        out.append(f"sparsity {rl.sparsity:g}: decode skips {rl.skip:.0%} of the layers' matrix weights ({src}); "
+                   f"column copies add {rl.column_bytes / 1e6:,.0f} MB")  # fmt: skip
+        c = rl.curve
+        if c is None or not c.level(rl.sparsity) or not c.level(rl.sparsity).measured:
+            out.append(f"sparsity {rl.sparsity:g} has no measured quality for this model (planner/sparsity.yaml): "
+                       f"fit does not list it, and `edgellm run` needs `edgellm sparsify --sparsity {rl.sparsity:g}` first")  # fmt: skip
+    if rl.candidates:
+        src = "measured" if rl.cheap_measured else "its format's size"
+        out.append(f"head: {rl.cheap_type} copy ({rl.cheap_bytes / 1e6:,.1f} MB per token, {src}) + {rl.candidates} exact rows")
+    if measured:
+        parts = [f"x{measured[k]:.2f} with {k}" for k in ("sparsity", "head") if measured[k] is not None]
+        pred = f"; the planner's bytes give x{predicted:.2f} here" if predicted else ""
+        out.append(f"measured decode speed-up on {measured['host'] or 'the measuring host'} "
+                   f"({measured['threads'] or '?'} thread(s), {measured['weights']}): {', '.join(parts)}{pred}")  # fmt: skip
+    return out
