@@ -296,6 +296,63 @@ static void test_attention_rows(const el_type_traits *generic_tab, enum el_type 
     free(x), free(y), free(p), free(a), free(b);
 }
 
+/* Column-layout kernels (sparse.c): integer kinds exactly equal to generic (integer arithmetic), float kinds and
+ * the scale step within float rounding; random channel rows of 3 tiles, 2 quads, U5 bit planes hoff away. */
+static void test_columns(const el_col_kernels *generic) {
+    enum { N = 3 * EL_COL_TILE, CH = 8 };
+    static uint8_t rows[CH][4 * N + 64];
+    const uint8_t *q[CH];
+    int8_t xq[CH];
+    float xs[CH];
+    for (int j = 0; j < CH; j++) {
+        for (int i = 0; i < 4 * N + 64; i++) rows[j][i] = (uint8_t)rnd_u32();
+        q[j] = rows[j];
+        xq[j] = (int8_t)(rnd_u32() % 255 - 127);
+        xs[j] = rnd_normal();
+    }
+    for (int kind = EL_COL_U4; kind <= EL_COL_I8; kind++) {
+        check(el_col.dot[kind] != generic->dot[kind], "column kind %d: NEON path did not register a kernel", kind);
+        int32_t a[N], b[N];
+        el_col.dot[kind](N, a, CH / 4, xq, q, N / 2);
+        generic->dot[kind](N, b, CH / 4, xq, q, N / 2);
+        check(memcmp(a, b, sizeof(a)) == 0, "column kind %d: NEON dot differs from generic", kind);
+    }
+    for (int kind = 0; kind < 2; kind++) { /* F16 rows: keep them finite */
+        for (int j = 0; j < CH; j++)
+            for (int i = 0; i < N; i++) {
+                const el_fp16_t h = el_fp32_to_fp16(rnd_normal());
+                memcpy(rows[j] + 2 * i, &h, 2);
+            }
+        if (kind == 1)
+            for (int j = 0; j < CH; j++)
+                for (int i = 0; i < N; i++) {
+                    const float f = rnd_normal();
+                    memcpy(rows[j] + 4 * i, &f, 4);
+                }
+        float a[N], b[N];
+        el_col.axpy[kind](N, a, CH, xs, q);
+        generic->axpy[kind](N, b, CH, xs, q);
+        float worst = 0.0f;
+        for (int i = 0; i < N; i++) worst = fabsf(a[i] - b[i]) > worst ? fabsf(a[i] - b[i]) : worst;
+        check(worst < 1e-4f, "column float kind %d: NEON axpy differs from generic by %g", kind, worst);
+    }
+    int32_t acc[N];
+    el_fp16_t d[N], m[N];
+    float ya[N], yb[N];
+    for (int i = 0; i < N; i++) {
+        acc[i] = (int32_t)(rnd_u32() % 20001) - 10000;
+        d[i] = el_fp32_to_fp16(rnd_uniform(0.001f, 0.01f));
+        m[i] = el_fp32_to_fp16(rnd_uniform(-0.1f, 0.1f));
+        ya[i] = yb[i] = rnd_normal();
+    }
+    el_col.scale(N, ya, acc, 0.02f, d, m, 1.5f);
+    generic->scale(N, yb, acc, 0.02f, d, m, 1.5f);
+    float worst = 0.0f;
+    for (int i = 0; i < N; i++) worst = fabsf(ya[i] - yb[i]) > worst ? fabsf(ya[i] - yb[i]) : worst;
+    check(worst < 1e-4f, "column scale: NEON differs from generic by %g", worst);
+    printf("columns neon dot (U4, U5, I8), axpy (F16, F32) and scale against generic\n");
+}
+
 int main(void) {
     el_init();
     if (el_set_isa(EL_ISA_NEON) != 0) {
@@ -310,6 +367,7 @@ int main(void) {
     el_set_isa(EL_ISA_GENERIC);
     el_type_traits generic_tab[EL_TYPE_COUNT];
     memcpy(generic_tab, el_traits, sizeof(generic_tab));
+    const el_col_kernels generic_cols = el_col;
     el_set_isa(EL_ISA_NEON);
 
     test_quantizers();
@@ -344,6 +402,8 @@ int main(void) {
                 for (int ri = 0; ri < 3; ri++) test_attention_rows(generic_tab, cache_types[ti], dims[di], keys[ki], rows[ri]);
         printf("%-5s neon dot_rows and mix against generic\n", el_traits[cache_types[ti]].name);
     }
+
+    test_columns(&generic_cols);
 
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
