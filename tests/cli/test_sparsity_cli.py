@@ -32,7 +32,7 @@ def calibration(tmp_path):
 
 def test_sparsify_then_run_bench_and_kld(capsys, tiny, calibration):
     code, out, err = run_cli(capsys, "sparsify", "-m", str(tiny), "-f", str(calibration), "--sparsity", "0.4",
-                             "--head", "8", "--chunks", "2", "--json")  # fmt: skip
+                             "--head", "8", "--head-rank", "32", "--chunks", "2", "--json")  # fmt: skip
     assert code == 0, err
     made = json.loads(out)
     assert made[0]["sparsity"] == 0.4 and made[1]["head"] == 8

@@ -104,41 +104,44 @@ def test_threshold_zero_attaches_nothing_and_is_dense(model):
     np.testing.assert_array_equal(same, dense)
 
 
-def _cheap_head(model, k):
+def _cheap_head(model, k, kind="q3"):
+    if kind == "lowrank":
+        from edgellm.sparse.head import build
+
+        return build(model, _tokens(model, 256, seed=5), rank=32, n_candidates=k, n_ctx=64, n_chunks=4)
     info = model.store.info(model.output_name)
     w = dequantize_rows(model.store.raw(model.output_name), info.type, info.shape[1], slice(0, info.shape[0]))
     raw = quantize_tensor(w, GGMLType.Q3_NL)
     return CandidateHead(GGMLType.Q3_NL, raw, k)
 
 
+@pytest.mark.parametrize("kind", ["q3", "lowrank"])
 @pytest.mark.parametrize("path", PATHS)
-def test_candidate_head_is_exact_on_candidates(model, path):
+def test_candidate_head_is_exact_on_candidates(model, path, kind):
+    head = _cheap_head(model, 5, kind)
     kernels.use(path)
     tokens = _tokens(model, 6)
     dense = model.forward(tokens, KVCache(model.config, 8), slice(None))
-    head = _cheap_head(model, 5)
-    model.set_head(CandidateHead(head.type, head.raw, model.config.n_vocab))
+    model.set_head(CandidateHead(head.type, head.raw, model.config.n_vocab, proj=head.proj))
     every = model.forward(tokens, KVCache(model.config, 8), slice(None))
     # every token a candidate: the full head's numbers (one row at a time here, a tile of rows there: float order)
     np.testing.assert_allclose(every, dense, rtol=1e-5, atol=1e-5)
     model.set_head(head)
     mixed = model.forward(tokens, KVCache(model.config, 8), slice(None))
-    model.set_head(CandidateHead(head.type, head.raw, 1))
+    model.set_head(CandidateHead(head.type, head.raw, 0, proj=head.proj))  # the cheap head alone
     cheap = model.forward(tokens, KVCache(model.config, 8), slice(None))
     for i in range(len(tokens)):
-        # `cheap` (one candidate) holds the cheap head's logits everywhere but at its best token, which is also
-        # the cheap head's best: the five candidates are that token and the next four by `cheap`
-        top = int(np.argmax(cheap[i]))
-        rest = np.setdiff1d(np.arange(model.config.n_vocab), [top])
-        candidates = np.concatenate([[top], rest[np.argsort(-cheap[i][rest], kind="stable")[:4]]])
-        others = np.setdiff1d(rest, candidates)
+        candidates = np.argsort(-cheap[i], kind="stable")[:5]
+        others = np.setdiff1d(np.arange(model.config.n_vocab), candidates)
         np.testing.assert_allclose(mixed[i][candidates], dense[i][candidates], rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(mixed[i][others], cheap[i][others])
 
 
-def test_numpy_twin_of_the_candidate_head(model):
+@pytest.mark.parametrize("kind", ["q3", "lowrank"])
+def test_numpy_twin_of_the_candidate_head(model, kind, tmp_path):
     tokens = _tokens(model, 6)
-    head = _cheap_head(model, 8)
+    head = _cheap_head(model, 8, kind)
+    head = CandidateHead.load(head.save(tmp_path / "head.gguf"), model.config.n_vocab, model.config.n_embd)
     kernels.use("ref-f32")
     dense = model.forward(tokens, KVCache(model.config, 8), slice(None))
     model.set_head(head)

@@ -24,7 +24,9 @@ def add_sparsify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparsity", type=_targets, default=[], metavar="S[,S...]",
                         help="model-wide sparsity targets to calibrate, e.g. 0.25,0.4,0.5")  # fmt: skip
     parser.add_argument("--head", type=positive_int, default=None, metavar="K",
-                        help="also make the cheap head (3-bit, GPTQ on the head's inputs) for K candidates")
+                        help="also make the cheap head for K candidates (default rank 128, Q8_0)")
+    parser.add_argument("--head-rank", type=int, default=128, metavar="R",
+                        help="rank of the cheap head (a multiple of 32); 0: a 3-bit GPTQ copy of the whole head")
     parser.add_argument("--chunks", type=positive_int, default=8, help="calibration windows of 512 tokens")
     parser.add_argument("-t", "--threads", type=positive_int, default=None)
     parser.add_argument("--json", action="store_true", help="print what was written, per target")
@@ -65,10 +67,11 @@ def run_sparsify(args: argparse.Namespace) -> int:
                         "mean_sparsity_per_group": per_group})  # fmt: skip
     if args.head is not None:
         t0 = time.perf_counter()
-        h = head.build(llm.model, tokens, n_candidates=args.head, n_chunks=min(args.chunks, 4), bos_id=bos,
+        h = head.build(llm.model, tokens, args.head_rank, args.head, n_chunks=min(args.chunks, 4), bos_id=bos,
                        name=args.file)  # fmt: skip
         path = h.save(profile.head_path(llm.model_path), overwrite=True)
         written.append({"head": args.head, "file": str(path), "type": h.type.name, "mb": round(h.nbytes / 1e6, 2),
+                        "rank": 0 if h.proj is None else int(h.proj.shape[0]),
                         "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
     if args.json:
         print_json(written)

@@ -97,14 +97,23 @@ class CompiledModel:
         self.column_bytes = sum(c.nbytes for c in self._keep if isinstance(c, layout.ColumnMatrix))
         _C.model_set_columns(self._plan, entries)
 
-    def set_head(self, approx_type: int, approx_raw: np.ndarray | None, n_candidates: int) -> None:
-        """Logits from a cheap copy of the head, its n_candidates best per row recomputed exactly (None: off)."""
+    def set_head(self, approx_type: int, approx_raw: np.ndarray | None, n_candidates: int,
+                 proj: np.ndarray | None = None) -> None:
+        """Logits from a cheap head (rows of approx_type; after the float projection `proj` when given), its
+        n_candidates best per row recomputed exactly (approx_raw None: off)."""
         if approx_raw is None:
-            _C.model_set_head(self._plan, None, 0)
+            _C.model_set_head(self._plan, None, 0)  # the full head
             return
         self._keep.append(approx_raw)
-        _C.model_set_head(self._plan, (int(approx_type), approx_raw.ctypes.data, self.config.n_vocab, self.config.n_embd),
-                          int(n_candidates))  # fmt: skip
+        width = self.config.n_embd
+        proj_item = None
+        if proj is not None:
+            proj = np.ascontiguousarray(proj, dtype=np.float32)
+            self._keep.append(proj)
+            width = proj.shape[0]
+            proj_item = (int(GGMLType.F32), proj.ctypes.data, proj.shape[0], proj.shape[1])
+        _C.model_set_head(self._plan, (int(approx_type), approx_raw.ctypes.data, self.config.n_vocab, width),
+                          int(n_candidates), proj_item)  # fmt: skip
 
     def _matrix(self, store, name: str) -> tuple[int, int, int, int]:
         info = store.info(name)

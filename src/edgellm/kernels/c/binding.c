@@ -525,24 +525,28 @@ fail:
     return NULL;
 }
 
-/* model_set_head(model, approx weight tuple or None, n_candidates) */
+/* model_set_head(model, approx weight tuple or None, n_candidates, projection weight tuple or None) */
 static PyObject *py_model_set_head(PyObject *self, PyObject *args) {
-    PyObject *capsule, *item;
+    PyObject *capsule, *item, *proj_item = Py_None;
     int k;
-    if (!PyArg_ParseTuple(args, "OOi", &capsule, &item, &k)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOi|O", &capsule, &item, &k, &proj_item)) return NULL;
     el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
     if (!m) return NULL;
-    el_weight w = {0};
+    el_weight w = {0}, proj = {0};
     if (item != Py_None) {
-        if (parse_weight(item, &w) != 0) return NULL;
-        if (!w.data || !el_traits[w.type].dot || w.n_rows != m->n_vocab || w.n_cols != m->n_embd ||
-            w.n_cols % el_traits[w.type].block_size || k < 1) {
-            PyErr_SetString(PyExc_ValueError, "model_set_head: the cheap head must be n_vocab x n_embd with a kernel, "
-                                              "and candidates >= 1");
+        if (parse_weight(item, &w) != 0 || (proj_item != Py_None && parse_weight(proj_item, &proj) != 0)) return NULL;
+        const int width = proj.data ? proj.n_rows : m->n_embd;
+        if (!w.data || !el_traits[w.type].dot || w.n_rows != m->n_vocab || w.n_cols != width ||
+            w.n_cols % el_traits[w.type].block_size || k < 0 ||
+            (proj.data && (!el_traits[proj.type].dot || proj.n_cols != m->n_embd ||
+                           proj.n_cols % el_traits[proj.type].block_size))) {
+            PyErr_SetString(PyExc_ValueError, "model_set_head: the cheap head must be n_vocab x n_embd (or n_vocab x r "
+                                              "after an r x n_embd projection) with kernels, and candidates >= 0");
             return NULL;
         }
     }
     m->output_approx = w;
+    m->output_proj = proj;
     m->n_candidates = item != Py_None ? k : 0;
     Py_RETURN_NONE;
 }

@@ -280,9 +280,11 @@ typedef struct {
     uint8_t *flags; /* per layer: EL_LAYER_* bits */
     el_weight tok_embd, output_norm, output, rope_factors_short, rope_factors_long;
     el_layer *layers;
-    /* candidate head: when output_approx is set, logits come from this cheap copy of the head (n_vocab x n_embd,
-     * e.g. fewer bits), and the n_candidates best of each row are recomputed exactly with `output` */
-    el_weight output_approx;
+    /* candidate head: when output_approx is set, logits come from this cheap copy of the head, and the
+     * n_candidates best of each row are recomputed exactly with `output`. The copy is n_vocab x n_embd (fewer
+     * bits), or n_vocab x r after the projection output_proj (r x n_embd, a low-rank factor) when that is set;
+     * 0 candidates: the cheap head's logits alone */
+    el_weight output_approx, output_proj;
     int n_candidates;
 } el_model;
 

@@ -264,9 +264,19 @@ static int candidate_head(run_ctx *r, const el_model *m, const float *h, int n_r
     const el_weight *w = &m->output;
     const el_type_traits *t = &el_traits[w->type];
     const int E = m->n_embd, K = m->n_candidates < m->n_vocab ? m->n_candidates : m->n_vocab;
-    int rc = linear(r, &m->output_approx, h, n_rows, logits);
+    int rc = 0;
+    if (m->output_proj.data) { /* low rank: the copy multiplies the projected rows */
+        float *z = malloc(sizeof(float) * (size_t)n_rows * m->output_proj.n_rows);
+        if (!z) return -1;
+        rc |= linear(r, &m->output_proj, h, n_rows, z);
+        rc |= linear(r, &m->output_approx, z, n_rows, logits);
+        free(z);
+    } else {
+        rc |= linear(r, &m->output_approx, h, n_rows, logits);
+    }
     const size_t wrow = row_bytes(w->type, E);
     const size_t yrow = t->dot_type == EL_F32 ? sizeof(float) * (size_t)E : row_bytes(t->dot_type, E);
+    if (K <= 0) return rc; /* the cheap head alone */
     int *top = malloc(sizeof(int) * (size_t)K);
     char *y = malloc(yrow + 64);
     if (!top || !y) {
@@ -305,6 +315,11 @@ static inline float silu(float x) { return x / (1.0f + fast_expf(-x)); }
 /* bytes for the quantized activations of the largest product of this batch (they are reused by each) */
 static size_t max_scratch(const el_model *m, int n_tokens) {
     size_t best = el_matmul_scratch_bytes((enum el_type)m->output.type, m->output.n_cols, n_tokens);
+    const el_weight *heads[] = {&m->output_approx, &m->output_proj};
+    for (int i = 0; i < 2; i++) {
+        const size_t s = heads[i]->data ? el_matmul_scratch_bytes((enum el_type)heads[i]->type, heads[i]->n_cols, n_tokens) : 0;
+        if (s > best) best = s;
+    }
     for (int l = 0; l < m->n_layers; l++) {
         const el_layer *L = &m->layers[l];
         const el_weight *ws[] = {&L->wq,   &L->wk,       &L->wv,      &L->wo,     &L->gate,     &L->up,
@@ -647,7 +662,7 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
 
     if (rc == 0 && n_out_rows > 0) {
         norm_rows(h, x + (size_t)out_row0 * E, &m->output_norm, n_out_rows, E, m->norm_eps);
-        if (m->output_approx.data && m->n_candidates > 0) rc |= candidate_head(&r, m, h, n_out_rows, logits);
+        if (m->output_approx.data) rc |= candidate_head(&r, m, h, n_out_rows, logits);
         else rc |= linear(&r, &m->output, h, n_out_rows, logits);
         if (m->final_softcap > 0) {
             const float cap = m->final_softcap;
