@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fixtures.tiny import build_tiny_gguf
 
 from edgellm.errors import FormatError
 from edgellm.formats.gguf import GGUFFile
@@ -13,8 +14,16 @@ from edgellm.model.sparsity import GROUPS, Thresholds
 from edgellm.model.transformer import Transformer
 from edgellm.runtime.kv_cache import KVCache
 from edgellm.runtime.store import MappedStore
-from edgellm.sparse.calibrate import allocate, calibrate, collect_inputs
-from fixtures.tiny import build_tiny_gguf
+from edgellm.sparse.calibrate import (
+    KLProbe,
+    allocate,
+    calibrate,
+    collect_inputs,
+    model_wide,
+    refine,
+    sensitivity,
+    thresholds_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +56,36 @@ def test_greedy_spends_sparsity_where_it_costs_least():
     # a group ten times larger is worth sparsifying first at equal error per step
     level = allocate(np.stack([grid, grid]), np.array([1000.0, 100.0]), 0.3, grid)
     assert grid[level[0]] > grid[level[1]]
+    # a level a unit may not reach (not measured) is never given to it, however cheap the unit is
+    capped = np.where(grid > 0.5, np.inf, 0.0)
+    level = allocate(np.stack([capped, dear]), np.array([100.0, 100.0]), 0.4, grid)
+    assert grid[level[0]] == pytest.approx(0.5) and grid[level[1]] == pytest.approx(0.3)
+
+
+def test_sensitivity_allocates_by_model_kl_and_serves_every_target(model):
+    tokens = _tokens(model, 512)
+    sens = sensitivity(model, tokens, n_ctx=64, n_chunks=4, kl_windows=2, kl_ctx=64, kl_rows=16, layers_per_band=1)
+    assert [list(b) for b in sens.bands] == [[0], [1]] and sens.kl.shape == (2, len(GROUPS), len(sens.levels))
+    assert (sens.kl >= 0).all() and (sens.kl[..., -1] > 0).all()  # sparser is measurably further from dense
+    probe = KLProbe(model, tokens, 2, 64, 16, None)
+    assert probe(None) == pytest.approx(0.0, abs=1e-9) and probe.last_dnll == pytest.approx(0.0, abs=1e-9)
+    # the joint refinement keeps the model-wide sparsity and never ends further from dense than it started
+    start = thresholds_for(sens, 0.4)
+    refined = refine(sens, probe, start, rounds=2)
+    assert model_wide(refined.sparsity, sens.sizes) == pytest.approx(model_wide(start.sparsity, sens.sizes), abs=1e-6)
+    assert probe(refined) <= probe(start) + 1e-12
+    for target in (0.25, 0.4, 0.6):
+        t = thresholds_for(sens, target)
+        assert model_wide(t.sparsity, sens.sizes) == pytest.approx(target, abs=0.03)
+        assert t.sparsity.max() <= sens.levels[-1] + 1e-9
+        assert probe(t) > 0
+    # the group whose sparsity costs the model most gets the least (ffn_in, as measured on SmolLM2)
+    k = list(GROUPS).index("ffn_in")
+    sens.kl[:] = sens.levels**2
+    sens.kl[:, k] *= 10
+    t = thresholds_for(sens, 0.4)
+    others = np.delete(t.sparsity, k, axis=1)
+    assert (t.sparsity[:, k] < others.min(axis=1)).all()
 
 
 def test_calibrated_thresholds_reach_the_target_on_the_calibration_text(model, reference_path):
@@ -54,8 +93,7 @@ def test_calibrated_thresholds_reach_the_target_on_the_calibration_text(model, r
     t = calibrate(model, tokens, 0.4, n_ctx=64, n_chunks=4)
     sizes = np.array([[sum(np.prod(model.store.info(n.format(i=i)).shape) for n in templates)
                        for templates in GROUPS.values()] for i in range(2)], dtype=np.float64)  # fmt: skip
-    for i in range(2):
-        assert (t.sparsity[i] * sizes[i]).sum() / sizes[i].sum() == pytest.approx(0.4, abs=0.05)
+    assert model_wide(t.sparsity, sizes) == pytest.approx(0.4, abs=0.03)  # model-wide, not per block
     # measured: the thresholds zero about the sparsity they were fitted for, on the same text
     inputs = collect_inputs(model, tokens, 64, 4, None)
     for (i, g), x in inputs.items():
@@ -90,7 +128,10 @@ def test_c_engine_applies_the_same_thresholds(model):
     if kernels._C is None:
         pytest.skip("C extension not built")
     tokens = _tokens(model, 24)
-    t = calibrate(model, _tokens(model, 512), 0.5, n_ctx=64, n_chunks=4)
+    # the greedy allocation alone (no blend with uniform): in this fixture |x| takes few distinct values, and a
+    # threshold landing exactly on one (as uniform 50 % does on attn_in) flips ties between the paths by float
+    # rounding; real activations have no such ties
+    t = calibrate(model, _tokens(model, 512), 0.5, n_ctx=64, n_chunks=4, nll_windows=0)
     zero = Thresholds(np.zeros_like(t.thresholds), np.zeros_like(t.sparsity), 0.0)
     before = kernels.active_path()
     try:
