@@ -96,7 +96,7 @@ class Transformer:
                 raise FormatError(f"candidate head has {head.raw.shape[0]} rows, the model's head {fmt_rows[0]}")
         self.head = head
         if self._compiled is not None:
-            self._compiled.set_head(*((head.type, head.raw, head.n_candidates) if head else (0, None, 0)))
+            self._compiled.set_head(*((head.type, head.raw, head.n_candidates, head.proj) if head else (0, None, 0)))
 
     def compiled(self):
         """The C engine's plan for this model, or None when the NumPy reference path runs."""
@@ -109,7 +109,7 @@ class Transformer:
             self._compiled = CompiledModel(self.config, self.store, self.output_name, self._vec, thresholds) if usable else None
             self._compiled_path = path
             if self._compiled is not None and self.head is not None:
-                self._compiled.set_head(self.head.type, self.head.raw, self.head.n_candidates)
+                self._compiled.set_head(self.head.type, self.head.raw, self.head.n_candidates, self.head.proj)
         return self._compiled
 
     def forward(self, tokens: np.ndarray, cache, logits_rows: slice | None = slice(-1, None)) -> np.ndarray:
