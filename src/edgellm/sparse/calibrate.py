@@ -20,7 +20,7 @@ greedy beats uniform at 40 % (+10.4 % against +14.5 % calibration perplexity) bu
 +0.1 %: the KL over-weights the attention input, whose sparsity the NLL barely sees), hence step 4; allocating
 on the NLL per unit directly is too noisy (+38 % at 25 %). The KL finds ffn_in the most sensitive group
 (especially in the first layers), the down projection's input the least, and the attention output cheap.
-Wikitext-2 results (40 windows of 512, only as a final check): /tmp/alloc/report.md of the change.
+Wikitext-2 results (40 windows of 512, only as a final check): docs/sparsity.md.
 """
 
 from __future__ import annotations
