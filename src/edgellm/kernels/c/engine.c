@@ -259,6 +259,38 @@ static void top_candidates(const float *row, int n, int k, int *top) {
     }
 }
 
+/* the candidate search of one row, split over threads: each takes the best K of its share of the vocabulary,
+ * the caller keeps the best K of those, and the threads recompute them with the model's head */
+typedef struct {
+    const el_model *m;
+    float *row;
+    const char *y; /* the row's activations in the head's dot type */
+    int K;
+    int *cand;   /* nth x K: each thread's best, vocabulary ids */
+    int *sel;    /* K: positions in cand of the best K overall */
+    int *top;    /* K: their vocabulary ids */
+    int *n_cand; /* nth: how many each thread found */
+} head_ctx;
+
+static void top_task(void *vctx, int ith, int nth) {
+    head_ctx *c = vctx;
+    const int V = c->m->n_vocab, v0 = (int)((int64_t)V * ith / nth), v1 = (int)((int64_t)V * (ith + 1) / nth);
+    const int n = v1 - v0 < c->K ? v1 - v0 : c->K;
+    int *mine = c->cand + (size_t)ith * c->K;
+    top_candidates(c->row + v0, v1 - v0, n, mine);
+    for (int j = 0; j < n; j++) mine[j] += v0;
+    c->n_cand[ith] = n;
+}
+
+static void exact_task(void *vctx, int ith, int nth) {
+    head_ctx *c = vctx;
+    const el_weight *w = &c->m->output;
+    const size_t wrow = row_bytes(w->type, c->m->n_embd);
+    for (int j = (int)((int64_t)c->K * ith / nth); j < (int)((int64_t)c->K * (ith + 1) / nth); j++)
+        el_traits[w->type].dot(c->m->n_embd, c->row + c->top[j], 0, (const char *)w->data + (size_t)c->top[j] * wrow,
+                               c->y, 0, 1);
+}
+
 /* logits of n_rows normed rows h: all from the cheap head, then its candidates exactly from the real one */
 static int candidate_head(run_ctx *r, const el_model *m, const float *h, int n_rows, float *logits) {
     const el_weight *w = &m->output;
@@ -277,23 +309,38 @@ static int candidate_head(run_ctx *r, const el_model *m, const float *h, int n_r
     const size_t wrow = row_bytes(w->type, E);
     const size_t yrow = t->dot_type == EL_F32 ? sizeof(float) * (size_t)E : row_bytes(t->dot_type, E);
     if (K <= 0) return rc; /* the cheap head alone */
-    int *top = malloc(sizeof(int) * (size_t)K);
+    const int nth = el_pool_size(r->pool);
+    /* per thread: its share's best K (cand), their values; then the best K of those (top) */
+    int *cand = malloc(sizeof(int) * ((size_t)nth * K * 2 + K + nth));
+    float *vals = malloc(sizeof(float) * (size_t)nth * K);
     char *y = malloc(yrow + 64);
-    if (!top || !y) {
-        free(top);
+    if (!cand || !vals || !y) {
+        free(cand);
+        free(vals);
         free(y);
         return -1;
     }
+    head_ctx c = {m, NULL, y, K, cand, cand + (size_t)nth * K, cand + (size_t)nth * K * 2,
+                  cand + (size_t)nth * K * 2 + K};
     for (int i = 0; i < n_rows && rc == 0; i++) {
-        float *row = logits + (size_t)i * m->n_vocab;
+        c.row = logits + (size_t)i * m->n_vocab;
         const float *hi = h + (size_t)i * E;
         if (t->dot_type == EL_F32) memcpy(y, hi, sizeof(float) * (size_t)E);
         else el_traits[t->dot_type].from_float(hi, y, E);
-        top_candidates(row, m->n_vocab, K, top);
-        for (int j = 0; j < K; j++) t->dot(E, row + top[j], 0, (const char *)w->data + (size_t)top[j] * wrow, y, 0, 1);
+        el_pool_run(r->pool, top_task, &c);
+        int total = 0;
+        for (int k = 0; k < nth; k++)
+            for (int j = 0; j < c.n_cand[k]; j++, total++) {
+                c.cand[total] = c.cand[(size_t)k * K + j]; /* total <= k K + j: compacting in place */
+                vals[total] = c.row[c.cand[total]];
+            }
+        top_candidates(vals, total, K, c.sel);
+        for (int j = 0; j < K; j++) c.top[j] = c.cand[c.sel[j]];
+        el_pool_run(r->pool, exact_task, &c);
         r->stats->weight_bytes += (double)K * wrow;
     }
-    free(top);
+    free(cand);
+    free(vals);
     free(y);
     return rc;
 }
