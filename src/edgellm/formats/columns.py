@@ -24,7 +24,6 @@ from ..errors import UnsupportedError
 from .quants import FORMATS, NL_SCALE, GGMLType, NLFormat
 
 U4, U5, I8, F16, F32 = range(5)  # el_col_kind
-KIND_NAMES = ("U4", "U5", "I8", "F16", "F32")
 
 
 def stride(kind: int, n_rows: int) -> int:

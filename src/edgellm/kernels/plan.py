@@ -94,7 +94,6 @@ class CompiledModel:
                 cm = layout.from_packed(info.type, store.raw(name), info.shape[0], info.shape[1])
                 self._keep.append(cm)
                 entries.append(cm.as_c())
-        self.column_bytes = sum(c.nbytes for c in self._keep if isinstance(c, layout.ColumnMatrix))
         _C.model_set_columns(self._plan, entries)
 
     def set_head(self, approx_type: int, approx_raw: np.ndarray | None, n_candidates: int,
