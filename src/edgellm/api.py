@@ -9,7 +9,7 @@ from typing import Any, Iterator, Sequence
 
 from . import hub, kernels
 from .chat_template import default_template, render_chat
-from .errors import ConfigError
+from .errors import ConfigError, UnsupportedError
 from .formats.gguf import GGUFFile
 from .model.transformer import Transformer
 from .runtime.sampling import SamplingParams, make_sampler
@@ -31,6 +31,9 @@ class LLM:
             thresholds file; None: dense.
         head: candidates scored exactly by the head (e.g. 64; the cheap head made by `edgellm sparsify --head`)
             or a head file; None: the full head.
+        mem_budget: bytes (or a size such as "60M") that weights, KV cache and buffers must stay within; what does
+            not fit is streamed from the model file every token (runtime/offload.py). None: the file is mapped.
+        offload_naive: with mem_budget, the naive baseline: every matrix re-read when needed, nothing overlapped.
     """
 
     def __init__(
@@ -45,6 +48,8 @@ class LLM:
         cache_type: str = "f32",
         sparsity: str | float | None = None,
         head: str | int | None = None,
+        mem_budget: str | int | None = None,
+        offload_naive: bool = False,
     ):
         if n_ctx <= 0 or n_batch <= 0:
             raise ConfigError(f"n_ctx and n_batch must be positive (got n_ctx={n_ctx}, n_batch={n_batch})")
@@ -64,9 +69,27 @@ class LLM:
         self.seed = seed
         self.cache_type = cache_type
         self.session = Session(self.model, self.n_ctx, n_batch, cache_type)
+        self.offload = None  # runtime.offload.OffloadPlan under a memory budget
+        if mem_budget is not None or offload_naive:
+            self._plan_offload(mem_budget, offload_naive, sparsity, head)
         self.chat_template = self.metadata.get("tokenizer.chat_template") or default_template(
             self.config.architecture
         )
+
+    def _plan_offload(self, mem_budget, naive: bool, sparsity, head) -> None:
+        from .runtime import offload
+
+        if mem_budget is None:
+            raise ConfigError("offload_naive (--offload-naive) needs a memory budget (--mem-budget SIZE)")
+        if sparsity is not None or head is not None:
+            raise UnsupportedError("--mem-budget with --sparsity or --head is not supported yet; use one or the other")
+        cache = self.session.cache
+        self.offload = offload.plan(self.config, self.model.store, self.model.output_name, str(self.model_path),
+                                    offload.parse_size(mem_budget), cache.k.nbytes + cache.v.nbytes, self.n_ctx,
+                                    self.n_threads, self.session.n_batch, naive)  # fmt: skip
+        self.session.n_batch = self.offload.n_batch
+        self.model.set_offload(self.offload)
+        self.model.compiled()  # open the file and start the reader now, not at the first token
 
     # -- tokens --------------------------------------------------------------------------------------
     def tokenize(self, text: str | bytes, add_bos: bool = True, special: bool = False) -> list[int]:

@@ -29,7 +29,33 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="activation sparsity settings to compare in this run, e.g. 0,0.4 (0: dense; or files)")
     parser.add_argument("--head", type=_settings, default=[None], metavar="K[,K...]",
                         help="candidate head settings to compare, e.g. off,64 (off: the full head)")
+    parser.add_argument("--mem-budget", type=_settings, default=[None], metavar="SIZE[,SIZE...]",
+                        help="memory budgets to compare, e.g. off,50M,25M (weights that do not fit are streamed)")
+    parser.add_argument("--offload-naive", action="store_true",
+                        help="with --mem-budget: the naive baseline, every matrix re-read when needed")
     parser.add_argument("--json", action="store_true", help="print a JSON list of results")
+
+
+def _offload(model, path, budget: str | None, args: argparse.Namespace, threads: int, sparsity, head):
+    """The memory budget's plan for one bench setting (printed on stderr), set on the model; None: no budget."""
+    import sys
+
+    from ..errors import UnsupportedError
+    from ..runtime import offload
+    from ..runtime.kv_cache import KVCache
+
+    if budget is None:
+        return None
+    if sparsity is not None or head is not None:
+        raise UnsupportedError("--mem-budget with --sparsity or --head is not supported yet; use one or the other")
+    n_ctx = args.depth + max(args.n_prompt, args.n_gen + 1)
+    cache = KVCache(model.config, n_ctx)  # the cache each test makes (pages untouched until used)
+    plan = offload.plan(model.config, model.store, model.output_name, str(path), offload.parse_size(budget),
+                        cache.k.nbytes + cache.v.nbytes, n_ctx, threads, max(args.n_prompt, 1),
+                        args.offload_naive)  # fmt: skip
+    print(plan.summary(), file=sys.stderr)
+    model.set_offload(plan)
+    return plan
 
 
 def _settings(text: str) -> list[str | None]:
@@ -40,6 +66,7 @@ def _settings(text: str) -> list[str | None]:
 def run_bench(args: argparse.Namespace) -> int:
     import os
 
+    from ..errors import ConfigError
     from ..eval.bench import bench
     from ..formats.gguf import GGUFFile
     from ..hub import resolve
@@ -51,21 +78,30 @@ def run_bench(args: argparse.Namespace) -> int:
     gguf = GGUFFile(path)
     model = Transformer.from_store(gguf.metadata, MappedStore(gguf))
     results = []
+    if args.offload_naive and args.mem_budget == [None]:
+        raise ConfigError("--offload-naive needs a memory budget (--mem-budget SIZE)")
     for sparsity in args.sparsity:
         for head in args.head:
             profile.apply(model, path, sparsity, head)
-            for threads in args.threads or [os.cpu_count() or 1]:
-                results += bench(model, path.name, args.n_prompt, args.n_gen, threads, args.repetitions, args.depth,
-                                 sparsity, head)  # fmt: skip
+            for budget in args.mem_budget:
+                for threads in args.threads or [os.cpu_count() or 1]:
+                    plan = _offload(model, path, budget, args, threads, sparsity, head)
+                    results += bench(model, path.name, args.n_prompt, args.n_gen, threads, args.repetitions,
+                                     args.depth, sparsity, head, plan)  # fmt: skip
+                    model.set_offload(None)
     if args.json:
         print_json([r.to_dict() for r in results])
         return 0
-    print(f"| {'model':<36} | {'path':<8} | {'sparsity':>8} | {'head':>5} | {'threads':>7} | {'test':>14} | {'t/s':>16} "
-          f"| {'MB/token':>8} | {'peak RSS':>9} |")  # fmt: skip
-    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 10}|{'-' * 7}|{'-' * 9}|{'-' * 16}|{'-' * 18}|{'-' * 10}|{'-' * 11}|")
+    print(f"| {'model':<36} | {'path':<8} | {'sparsity':>8} | {'head':>5} | {'budget':>7} | {'threads':>7} | "
+          f"{'test':>14} | {'t/s':>16} | {'MB/token':>8} | {'from file':>9} | {'peak RSS':>9} |")  # fmt: skip
+    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 10}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 16}|{'-' * 18}|{'-' * 10}|"
+          f"{'-' * 11}|{'-' * 11}|")  # fmt: skip
     for r in results:
         speed = f"{r.tps:.2f} ± {r.tps_sd:.2f}"
         read = f"{r.bytes_read_per_token / 1e6:.1f}" if r.bytes_read_per_token else "-"
-        print(f"| {r.model:<36} | {r.kernel_path:<8} | {r.sparsity or '0':>8} | {r.head or 'full':>5} | {r.threads:>7} | "
-              f"{r.test:>14} | {speed:>16} | {read:>8} | {r.peak_rss_mb:>6.0f} MB |")  # fmt: skip
+        budget = f"{r.mem_budget / 1e6:.0f}M" if r.mem_budget else "-"
+        stored = (r.offload or {}).get("storage_bytes_per_token")
+        stored = f"{stored / 1e6:.1f}" if stored is not None else "-"
+        print(f"| {r.model:<36} | {r.kernel_path:<8} | {r.sparsity or '0':>8} | {r.head or 'full':>5} | {budget:>7} | "
+              f"{r.threads:>7} | {r.test:>14} | {speed:>16} | {read:>8} | {stored:>9} | {r.peak_rss_mb:>6.0f} MB |")  # fmt: skip
     return 0

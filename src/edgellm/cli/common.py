@@ -46,6 +46,36 @@ def add_context_arguments(parser: argparse.ArgumentParser, ctx_default: int = 20
     parser.add_argument("-t", "--threads", type=positive_int, default=None, help="CPU threads (default: all)")
     add_cache_type_argument(parser)
     add_sparsity_arguments(parser)
+    add_memory_arguments(parser)
+
+
+def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("memory budget")
+    g.add_argument("--mem-budget", default=None, metavar="SIZE", type=_size,
+                   help="weights, KV cache and buffers stay within SIZE (e.g. 50M, 1.5G); weights that do not fit "
+                        "are streamed from the model file every token")  # fmt: skip
+    g.add_argument("--offload-naive", action="store_true",
+                   help="with --mem-budget: the naive baseline, every matrix re-read when it is needed, no overlap")
+
+
+def _size(text: str) -> int:
+    from ..errors import ConfigError
+    from ..runtime.offload import parse_size
+
+    try:
+        return parse_size(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+
+
+def memory_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"mem_budget": getattr(args, "mem_budget", None), "offload_naive": getattr(args, "offload_naive", False)}
+
+
+def report_offload(llm) -> None:
+    """The memory budget's split, on stderr, when there is one."""
+    if llm.offload is not None:
+        print(llm.offload.summary(), file=sys.stderr)
 
 
 def add_sparsity_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,8 +123,10 @@ def max_tokens(args: argparse.Namespace) -> int | None:
 def load_llm(args: argparse.Namespace):
     from ..api import LLM
 
-    return LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, cache_type=args.cache_type,
-               **sparsity_kwargs(args))  # fmt: skip
+    llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, cache_type=args.cache_type,
+              **sparsity_kwargs(args), **memory_kwargs(args))  # fmt: skip
+    report_offload(llm)
+    return llm
 
 
 def text_tokens(path: str, tokenizer):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (add_cache_type_argument, add_model_argument, add_sparsity_arguments, positive_int, print_json,
-                     progress_bar, sparsity_kwargs, text_tokens)  # fmt: skip
+from .common import (add_cache_type_argument, add_memory_arguments, add_model_argument, add_sparsity_arguments,
+                     memory_kwargs, positive_int, print_json, progress_bar, report_offload, sparsity_kwargs,
+                     text_tokens)  # fmt: skip
 
 
 def add_perplexity_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +17,7 @@ def add_perplexity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-t", "--threads", type=positive_int, default=None)
     add_cache_type_argument(parser)
     add_sparsity_arguments(parser)
+    add_memory_arguments(parser)
     parser.add_argument("--json", action="store_true", help='print {"ppl", "ppl_stderr", "n_chunks", "n_ctx"}')
 
 
@@ -23,7 +25,9 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from ..api import LLM
     from ..eval.perplexity import perplexity
 
-    llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, **sparsity_kwargs(args))
+    llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, cache_type=args.cache_type,
+              **sparsity_kwargs(args), **memory_kwargs(args))  # fmt: skip
+    report_offload(llm)
     tok = llm.tokenizer
     tokens = text_tokens(args.file, tok)
     bar = progress_bar("chunk")
@@ -35,7 +39,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
 
     result = perplexity(
         llm.model, tokens, args.ctx_size, args.chunks, bos_id=tok.bos_id if tok.add_bos else None, on_chunk=on_chunk,
-        cache_type=args.cache_type,
+        cache_type=args.cache_type, n_batch=llm.offload.logit_rows if llm.offload else 512,
     )
     bar.close()
     if args.json:

@@ -41,6 +41,7 @@ def run_run(args: argparse.Namespace) -> int:
             "prompt_tps": round(t.prompt_tps, 2), "gen_tps": round(t.generate_tps, 2),
             "n_tokens": t.n_generated, "finish_reason": llm.finish_reason, "model": str(llm.model_path),
             "bytes_read_per_token": t.bytes_read_per_token, "sparsity": args.sparsity, "head": args.head,
+            "offload": None if llm.offload is None else {**llm.offload.to_dict(), **t.storage_stats()},
         })  # fmt: skip
     else:
         sys.stdout.write("\n")

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import kernels
 from ..runtime.kv_cache import KVCache
+from ..runtime.session import Timings
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class BenchResult:
     bytes_read_per_token: float | None = None  # weights + KV cache per token (C engine), None when unknown
     sparsity: str | None = None
     head: str | None = None
+    mem_budget: int | None = None  # bytes, with weights streamed from the file (runtime/offload.py)
+    offload: dict | None = None  # the budget's split and, per token, what was read from storage
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,32 +49,39 @@ def _filled_cache(model, depth: np.ndarray, n_more: int) -> KVCache:
     return cache
 
 
-def _prompt_seconds(model, tokens: np.ndarray, depth: np.ndarray) -> tuple[float, float]:
-    """(seconds, bytes read per token)"""
+def _prompt_seconds(model, tokens: np.ndarray, depth: np.ndarray, n_batch: int) -> tuple[float, Timings]:
+    """(seconds, what was read per token)"""
     cache = _filled_cache(model, depth, len(tokens))
     t0 = time.perf_counter()
-    model.forward(tokens, cache, slice(-1, None))
-    return time.perf_counter() - t0, model.bytes_read() / len(tokens)
+    read = 0.0
+    for start in range(0, len(tokens), n_batch):
+        last = start + n_batch >= len(tokens)
+        model.forward(tokens[start : start + n_batch], cache, slice(-1, None) if last else None)
+        read += model.bytes_read()
+    return time.perf_counter() - t0, Timings(n_generated=len(tokens), generate_bytes=read)
 
 
-def _generate_seconds(model, n_tokens: int, first_token: int, depth: np.ndarray) -> tuple[float, float]:
-    """(seconds, bytes read per token)"""
+def _generate_seconds(model, n_tokens: int, first_token: int, depth: np.ndarray) -> tuple[float, Timings]:
+    """(seconds, what was read per token)"""
     cache = _filled_cache(model, depth, n_tokens + 1)
     token = first_token
-    read = 0.0
+    t = Timings(n_generated=n_tokens)
     t0 = time.perf_counter()
     for _ in range(n_tokens):
         logits = model.forward(np.array([token]), cache)
-        read += model.bytes_read()
+        t.generate_bytes += model.bytes_read()
+        t.weight_bytes += model.weight_bytes_read()
+        t.storage = tuple(a + b for a, b in zip(t.storage, model.storage_read()))
         token = int(np.argmax(logits[0]))
-    return time.perf_counter() - t0, read / n_tokens
+    return time.perf_counter() - t0, t
 
 
 def bench(
     model, model_name: str, n_prompt: int, n_gen: int, threads: int, repetitions: int, depth: int = 0,
-    sparsity: str | None = None, head: str | None = None,
+    sparsity: str | None = None, head: str | None = None, offload=None,
 ) -> list[BenchResult]:
-    """Run ppN and tgN (either may be 0 to skip) at one thread count, after `depth` tokens of context."""
+    """Run ppN and tgN (either may be 0 to skip) at one thread count, after `depth` tokens of context; under the
+    memory budget of `offload` (runtime.offload.OffloadPlan, already set on the model) when given."""
     kernels.set_threads(threads)
     rng = np.random.default_rng(0)
     results = []
@@ -82,14 +92,23 @@ def bench(
     for test, n in tests:
         if test.startswith("pp"):
             tokens = rng.integers(0, model.config.n_vocab, size=n)
-            run = lambda: _prompt_seconds(model, tokens, past)  # noqa: E731
+            n_batch = offload.n_batch if offload is not None else max(n, 1)
+            run = lambda: _prompt_seconds(model, tokens, past, n_batch)  # noqa: E731
         else:
             run = lambda: _generate_seconds(model, n, int(rng.integers(model.config.n_vocab)), past)  # noqa: E731
         run()  # warm-up: page in the weights, start the threads
         runs = [run() for _ in range(repetitions)]
         speeds = [n / seconds for seconds, _ in runs]
         sd = statistics.stdev(speeds) if len(speeds) > 1 else 0.0
-        read = statistics.mean(r for _, r in runs) or None
+        read = statistics.mean(t.bytes_read_per_token or 0.0 for _, t in runs) or None
+        stats = None
+        if offload is not None:
+            stats = {**offload.to_dict()}
+            if test.startswith("tg"):
+                per_run = [t.storage_stats() for _, t in runs]
+                stats.update({k: statistics.mean(r[k] for r in per_run) if per_run[0][k] is not None else None
+                              for k in per_run[0]})  # fmt: skip
         results.append(BenchResult(model_name, test, threads, statistics.mean(speeds), sd, peak_rss_mb(),
-                                   kernels.active_path(), n, depth, read, sparsity, head))  # fmt: skip
+                                   kernels.active_path(), n, depth, read, sparsity, head,
+                                   offload.budget if offload is not None else None, stats))  # fmt: skip
     return results

@@ -87,6 +87,7 @@ def perplexity(
     bos_id: int | None = None,
     on_chunk: Callable[[int, int, float], None] | None = None,
     cache_type: str = "f32",
+    n_batch: int = 512,
 ) -> PerplexityResult:
     """Perplexity over consecutive n_ctx windows of `tokens`; `bos_id` replaces each window's first token.
 
@@ -96,7 +97,7 @@ def perplexity(
     nll_sum = nll2_sum = 0.0
     count = 0
     for c in range(n_chunks):
-        nll = chunk_nll(model, window(tokens, c, n_ctx, bos_id), cache_type=cache_type)
+        nll = chunk_nll(model, window(tokens, c, n_ctx, bos_id), n_batch, cache_type)
         nll_sum += float(nll.sum())
         nll2_sum += float(np.square(nll).sum())
         count += len(nll)

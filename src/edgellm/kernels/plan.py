@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import FormatError
 from ..formats import names
 from ..formats.quants import GGMLType
 from . import _C, NUMPY_PATHS, active_path, has_matmul
@@ -38,8 +39,12 @@ def engine_supports(store, tensor_names) -> bool:
 
 
 class CompiledModel:
-    def __init__(self, config, store, output_name: str, vector, thresholds: np.ndarray | None = None):
+    def __init__(self, config, store, output_name: str, vector, thresholds: np.ndarray | None = None, offload=None):
         self._keep: list[np.ndarray] = []
+        # under a memory budget (runtime/offload.py): resident matrices are the plan's copies, streamed ones keep
+        # their mapped address only until model_set_offload drops it (never read through the mapping)
+        self._copies = offload.copies if offload is not None else {}
+        self._path = offload.path if offload is not None else store.source
         weights = [self._matrix(store, names.TOKEN_EMBD), self._vector(vector(names.OUTPUT_NORM)),
                    self._matrix(store, output_name)]  # fmt: skip
         # RoPE factors (short, long): Llama 3's rope_freqs serve as both; the engine picks by context size
@@ -73,9 +78,17 @@ class CompiledModel:
         self.config = config
         extra = () if thresholds is None else (np.ascontiguousarray(thresholds, dtype=np.float32).tobytes(),)
         self._plan = _C.model_create(params, flags, weights, *extra)
-        self.last_read = (0.0, 0.0)  # weight and KV cache bytes the last forward call read
+        # weight and KV cache bytes the last forward call read; of the weights, what came from storage: bytes,
+        # reads, seconds the engine waited, seconds reads were in flight
+        self.last_read = (0.0,) * 6
         if thresholds is not None:
             self._attach_columns(config, store, np.asarray(thresholds))
+        if offload is not None and (offload.units or offload.stream_embedding):
+            try:
+                _C.model_set_offload(self._plan, offload.path, offload.units, offload.ring_bytes, int(offload.naive),
+                                     offload.embd_offset)  # fmt: skip
+            except OSError as e:
+                raise FormatError(str(e)) from None
 
     def _attach_columns(self, config, store, thresholds: np.ndarray) -> None:
         """Column layouts (formats/columns.py) of the matrices whose inputs are sparsified, so that decode steps
@@ -116,7 +129,9 @@ class CompiledModel:
 
     def _matrix(self, store, name: str) -> tuple[int, int, int, int]:
         info = store.info(name)
-        raw = store.raw(name)
+        raw = self._copies.get(name)
+        if raw is None:
+            raw = store.raw(name)
         self._keep.append(raw)
         n_rows = int(np.prod(info.shape[:-1]))  # stacked experts: every expert's rows
         return int(info.type), raw.ctypes.data, n_rows, info.shape[-1]
@@ -129,6 +144,9 @@ class CompiledModel:
     def forward(self, tokens: np.ndarray, cache, row0: int, n_rows: int, n_threads: int) -> np.ndarray:
         logits = np.empty((n_rows, self.config.n_vocab), dtype=np.float32)
         tokens = np.ascontiguousarray(tokens, dtype=np.int32)
-        self.last_read = _C.forward(self._plan, tokens, cache.n_past, cache.k, cache.v, int(cache.type), cache.n_ctx,
-                                    row0, n_rows, logits, n_threads)  # fmt: skip
+        try:
+            self.last_read = _C.forward(self._plan, tokens, cache.n_past, cache.k, cache.v, int(cache.type),
+                                        cache.n_ctx, row0, n_rows, logits, n_threads)  # fmt: skip
+        except OSError as e:  # a streamed read failed: the file went away, shrank or changed under the run
+            raise FormatError(f"{self._path}: {e}; reload the model (a cached model: 'edgellm pull' checks it)") from None
         return logits

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import kernels
-from ..errors import FormatError
+from ..errors import FormatError, UnsupportedError
 from ..formats import names
 from ..formats.quants import dequantize_rows
 from . import layers
@@ -48,6 +48,7 @@ class Transformer:
         self._compiled_path = None
         self.sparsity = None  # model.sparsity.Thresholds: activation sparsity on both paths, or None (dense)
         self.head = None  # sparse.head.CandidateHead: logits from a cheap head + exact candidates, or None
+        self.offload = None  # runtime.offload.OffloadPlan: weights streamed from the file, or None (all mapped)
 
     @classmethod
     def from_store(cls, metadata: Mapping[str, Any], store) -> "Transformer":
@@ -98,6 +99,12 @@ class Transformer:
         if self._compiled is not None:
             self._compiled.set_head(*((head.type, head.raw, head.n_candidates, head.proj) if head else (0, None, 0)))
 
+    def set_offload(self, offload) -> None:
+        """Run within a memory budget (runtime.offload.OffloadPlan: resident copies and streamed units)."""
+        self.offload = offload
+        self._compiled = None
+        self._compiled_path = None
+
     def compiled(self):
         """The C engine's plan for this model, or None when the NumPy reference path runs."""
         path = kernels.active_path()
@@ -106,7 +113,11 @@ class Transformer:
 
             usable = engine_supports(self.store, self._expected_shapes())
             thresholds = None if self.sparsity is None else self.sparsity.thresholds
-            self._compiled = CompiledModel(self.config, self.store, self.output_name, self._vec, thresholds) if usable else None
+            if not usable and self.offload is not None:
+                raise UnsupportedError("--mem-budget needs the C engine (a compiled kernel for every tensor)")
+            self._compiled = None  # a streaming plan holds a file and a reader thread: one at a time
+            self._compiled = CompiledModel(self.config, self.store, self.output_name, self._vec, thresholds,
+                                           self.offload) if usable else None  # fmt: skip
             self._compiled_path = path
             if self._compiled is not None and self.head is not None:
                 self._compiled.set_head(self.head.type, self.head.raw, self.head.n_candidates, self.head.proj)
@@ -144,7 +155,18 @@ class Transformer:
     def bytes_read(self) -> float:
         """Weight and KV cache bytes the last forward call read (C engine; 0 on the NumPy path)."""
         compiled = self._compiled if self._compiled_path == kernels.active_path() else None
-        return float(sum(compiled.last_read)) if compiled is not None else 0.0
+        return float(sum(compiled.last_read[:2])) if compiled is not None else 0.0
+
+    def weight_bytes_read(self) -> float:
+        """Of bytes_read(), the weights."""
+        compiled = self._compiled if self._compiled_path == kernels.active_path() else None
+        return float(compiled.last_read[0]) if compiled is not None else 0.0
+
+    def storage_read(self) -> tuple[float, float, float, float]:
+        """What the last forward call read from the model file under a memory budget: (bytes, reads, seconds the
+        engine waited, seconds reads were in flight); zeros when every weight is in memory."""
+        compiled = self._compiled if self._compiled_path == kernels.active_path() else None
+        return tuple(compiled.last_read[2:]) if compiled is not None else (0.0, 0.0, 0.0, 0.0)
 
     def _exact_logits(self, h: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """The head's logits of one normed row h for token ids (the candidate head's exact pass)."""

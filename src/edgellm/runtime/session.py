@@ -19,10 +19,26 @@ class Timings:
     n_generated: int = 0
     generate_seconds: float = 0.0
     generate_bytes: float = 0.0  # weights + KV cache read by the decode steps (C engine), 0 when unknown
+    # under a memory budget, what the decode steps read from the model file: bytes, reads, seconds waited, seconds
+    # reads were in flight (runtime/offload.py)
+    storage: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    weight_bytes: float = 0.0  # of generate_bytes, the weights
 
     @property
     def bytes_read_per_token(self) -> float | None:
         return self.generate_bytes / self.n_generated if self.generate_bytes and self.n_generated else None
+
+    def storage_stats(self) -> dict:
+        """Per decoded token: bytes and reads from storage, the share of weight bytes found in memory, and the
+        milliseconds the engine waited for reads (reads in flight meanwhile were hidden behind compute)."""
+        n = max(self.n_generated, 1)
+        read, reads, wait, busy = self.storage
+        return {
+            "storage_bytes_per_token": read / n, "reads_per_token": reads / n,
+            "cache_hit_rate": max(0.0, 1.0 - read / self.weight_bytes) if self.weight_bytes else None,
+            "io_wait_ms_per_token": 1e3 * wait / n, "io_busy_ms_per_token": 1e3 * busy / n,
+            "io_hidden_fraction": max(0.0, 1.0 - wait / busy) if busy else None,
+        }  # fmt: skip
 
     @property
     def prompt_tps(self) -> float:
@@ -80,6 +96,8 @@ class Session:
         """Append one token; return the logits after it."""
         logits = self.model.forward(np.asarray([token]), self.cache)[0]
         self.timings.generate_bytes += self.model.bytes_read()
+        self.timings.weight_bytes += self.model.weight_bytes_read()
+        self.timings.storage = tuple(a + b for a, b in zip(self.timings.storage, self.model.storage_read()))
         self.tokens.append(token)
         return logits
 

@@ -320,6 +320,7 @@ static void model_destroy(PyObject *capsule) {
     free(m->flags);
     free(m->thresholds);
     free(m->cols);
+    el_offload_close(m->offload);
     free(m);
 }
 
@@ -455,11 +456,17 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     rc = el_forward_stats(m, get_pool(n_threads), tokens.buf, n_tokens, n_past, kc.buf, vc.buf, kv_type, n_ctx, row0,
                           n_rows, logits.buf, &stats);
     Py_END_ALLOW_THREADS
+    const char *io_error = m->offload ? el_offload_error(m->offload) : NULL;
+    if (rc != 0 && io_error) {
+        PyErr_SetString(PyExc_OSError, io_error);
+        goto done;
+    }
     if (rc != 0) {
         PyErr_SetString(PyExc_ValueError, "forward: bad arguments (token id, positions or rows) or out of memory");
         goto done;
     }
-    result = Py_BuildValue("(dd)", stats.weight_bytes, stats.kv_bytes);
+    result = Py_BuildValue("(dddddd)", stats.weight_bytes, stats.kv_bytes, stats.io.bytes, stats.io.reads,
+                           stats.io.wait_s, stats.io.busy_s);
 done:
     PyBuffer_Release(&tokens);
     PyBuffer_Release(&kc);
@@ -492,6 +499,94 @@ static int parse_colmat(PyObject *item, el_colmat *c) {
 static const el_weight *slot_weight(const el_layer *L, int slot) {
     const el_weight *ws[EL_COL_SLOTS] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
     return ws[slot];
+}
+
+/* model_set_offload(model, path, units: list of (slot, row0, n_rows, offset, bytes) in the order a forward pass
+ * uses them, ring_bytes, synchronous, embd_offset (-1: embedding rows stay in memory)). The streamed matrices'
+ * addresses are dropped: from now on their rows come from the file only. */
+static PyObject *py_model_set_offload(PyObject *self, PyObject *args) {
+    PyObject *capsule, *items;
+    const char *path;
+    Py_ssize_t ring;
+    int sync;
+    long long embd_offset;
+    if (!PyArg_ParseTuple(args, "OsO!niL", &capsule, &path, &PyList_Type, &items, &ring, &sync, &embd_offset))
+        return NULL;
+    el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
+    if (!m) return NULL;
+    if (m->offload) {
+        PyErr_SetString(PyExc_ValueError, "model_set_offload: the model already streams its weights");
+        return NULL;
+    }
+    const int head = m->n_layers * EL_COL_SLOTS, n_slots = head + 1;
+    const Py_ssize_t n = PyList_GET_SIZE(items);
+    el_unit *units = calloc((size_t)n + 1, sizeof(el_unit));
+    int *covered = calloc((size_t)n_slots, sizeof(int)); /* rows of each slot covered so far, in order */
+    if (!units || !covered) {
+        free(units);
+        free(covered);
+        return PyErr_NoMemory();
+    }
+    const char *problem = NULL;
+    for (Py_ssize_t i = 0; i < n && !problem; i++) {
+        el_unit *u = &units[i];
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(items, i), "iiiLL", &u->slot, &u->row0, &u->n_rows, &u->offset,
+                              &u->bytes)) {
+            free(units);
+            free(covered);
+            return NULL;
+        }
+        if (u->slot < 0 || u->slot >= n_slots) {
+            problem = "a unit names no matrix";
+            break;
+        }
+        const el_weight *w = u->slot == head ? &m->output : slot_weight(&m->layers[u->slot / EL_COL_SLOTS], u->slot % EL_COL_SLOTS);
+        if (!covered[u->slot]) covered[u->slot] = u->row0; /* rows before the first unit stay in memory */
+        if (!w->data || u->row0 != covered[u->slot] || u->n_rows < 1 || u->row0 + u->n_rows > w->n_rows ||
+            u->bytes != (int64_t)row_bytes(w->type, w->n_cols) * u->n_rows)
+            problem = "units must cover each streamed matrix's rows in order";
+        else if (u->slot != head && m->cols && m->cols[u->slot].q)
+            problem = "a matrix with a column layout cannot be streamed";
+        else if (u->slot == head && m->output_approx.data)
+            problem = "the candidate head needs the head in memory";
+        covered[u->slot] += u->n_rows;
+    }
+    for (int s = 0; s < n_slots && !problem; s++) {
+        const el_weight *w = s == head ? &m->output : slot_weight(&m->layers[s / EL_COL_SLOTS], s % EL_COL_SLOTS);
+        if (covered[s] && covered[s] != w->n_rows) problem = "units must cover each streamed matrix's rows in order";
+    }
+    const size_t erow = row_bytes(m->tok_embd.type, m->n_embd);
+    if (!problem && embd_offset >= 0 && (!el_traits[m->tok_embd.type].to_float)) problem = "embedding has no row reader";
+    if (problem) {
+        free(units);
+        free(covered);
+        PyErr_Format(PyExc_ValueError, "model_set_offload: %s", problem);
+        return NULL;
+    }
+    char err[256] = "";
+    el_offload *o;
+    Py_BEGIN_ALLOW_THREADS
+    o = el_offload_open(path, units, (int)n, n_slots, (size_t)ring, sync, embd_offset >= 0 ? erow : 0, err, sizeof(err));
+    Py_END_ALLOW_THREADS
+    free(units);
+    if (!o) {
+        free(covered);
+        PyErr_Format(PyExc_OSError, "%s: %s", path, err);
+        return NULL;
+    }
+    for (int s = 0; s < n_slots; s++) { /* a matrix streamed from row 0 on has no address any more */
+        int first;
+        if (!el_offload_units(o, s, &first) || el_offload_unit(o, first)->row0 > 0) continue;
+        el_weight *w = s == head ? &m->output : (el_weight *)slot_weight(&m->layers[s / EL_COL_SLOTS], s % EL_COL_SLOTS);
+        w->data = NULL;
+    }
+    free(covered);
+    if (embd_offset >= 0) {
+        m->tok_embd.data = NULL;
+        m->embd_offset = embd_offset;
+    }
+    m->offload = o;
+    return PyLong_FromSize_t(el_offload_ring_bytes(o));
 }
 
 /* model_set_columns(model, list of n_layers * 7 entries: None or a column matrix tuple) */
@@ -544,6 +639,10 @@ static PyObject *py_model_set_head(PyObject *self, PyObject *args) {
                                               "after an r x n_embd projection) with kernels, and candidates >= 0");
             return NULL;
         }
+    }
+    if (item != Py_None && !m->output.data) {
+        PyErr_SetString(PyExc_ValueError, "model_set_head: the candidate head needs the head in memory");
+        return NULL;
     }
     m->output_approx = w;
     m->output_proj = proj;
@@ -598,6 +697,7 @@ static PyMethodDef methods[] = {
     {"read_bandwidth", py_read_bandwidth, METH_VARARGS, "Memory read bandwidth over a buffer, GB/s."},
     {"model_create", py_model_create, METH_VARARGS, "Build a whole-model plan from weight addresses."},
     {"forward", py_forward, METH_VARARGS, "Run tokens through a model plan, filling the KV cache and logits."},
+    {"model_set_offload", py_model_set_offload, METH_VARARGS, "Stream some matrices from the model file."},
     {"model_set_columns", py_model_set_columns, METH_VARARGS, "Attach column layouts for sparse decode products."},
     {"model_set_head", py_model_set_head, METH_VARARGS, "Attach a cheap head and a candidate count (None: off)."},
     {"sparse_matvec", py_sparse_matvec, METH_VARARGS, "y = W x over the inputs at or above a threshold."},

@@ -255,9 +255,40 @@ typedef struct {
 #define EL_SPARSE_GROUPS 4
 #define EL_COL_SLOTS 7 /* q, k, v, o, gate, up, down */
 
-/* what one forward call read: weight bytes (matrices, head, embedding rows) and KV cache bytes */
+/* ---- weights streamed from the model file under a memory budget (offload.c) ----
+ * A unit is a streamed matrix or a range of its rows; units are listed in the order a forward pass uses them,
+ * slots name the matrices: layer l's q, k, v, o, gate, up, down are slots 7 l .. 7 l + 6 (EL_COL_SLOTS order),
+ * the head is slot 7 n_layers. */
+typedef struct {
+    int slot, row0, n_rows;
+    int64_t offset, bytes; /* the rows' bytes in the file */
+} el_unit;
+typedef struct {
+    double bytes, reads;  /* read from storage (whole 4 KiB pages) */
+    double wait_s;        /* the engine waiting for reads */
+    double busy_s;        /* reads in flight */
+} el_io_stats;
+typedef struct el_offload el_offload;
+/* ring_bytes: the streaming buffer (at least one unit); synchronous: read each unit when it is needed, no reader
+ * thread (the naive baseline); row_bytes_max: the largest single row read on demand (embedding rows), 0: none.
+ * NULL with a reason in err on failure. */
+el_offload *el_offload_open(const char *path, const el_unit *units, int n_units, int n_slots, size_t ring_bytes,
+                            int synchronous, size_t row_bytes_max, char *err, size_t err_len);
+void el_offload_close(el_offload *o);
+int el_offload_units(const el_offload *o, int slot, int *first); /* units of a slot (0: resident) */
+const el_unit *el_offload_unit(const el_offload *o, int u);
+const void *el_offload_acquire(el_offload *o, int u); /* waits for unit u's rows; NULL on a read error */
+void el_offload_release(el_offload *o, int u);
+const void *el_offload_read_row(el_offload *o, int64_t offset, size_t n); /* valid until the next call */
+void el_offload_stats(el_offload *o, el_io_stats *s);
+const char *el_offload_error(el_offload *o); /* NULL while reads succeed */
+size_t el_offload_ring_bytes(const el_offload *o);
+
+/* what one forward call read: weight bytes (matrices, head, embedding rows) and KV cache bytes, and of the
+ * weights what came from storage */
 typedef struct {
     double weight_bytes, kv_bytes;
+    el_io_stats io;
 } el_stats;
 
 /* per-layer flags */
@@ -286,6 +317,10 @@ typedef struct {
      * 0 candidates: the cheap head's logits alone */
     el_weight output_approx, output_proj;
     int n_candidates;
+    /* weights streamed from the model file (NULL: all in memory): their el_weight data is NULL; a NULL
+     * tok_embd.data means embedding rows are read from the file at embd_offset */
+    el_offload *offload;
+    int64_t embd_offset;
 } el_model;
 
 /* NULL when the plan can run, else what is wrong with it (the engine never trusts its caller's shapes). */

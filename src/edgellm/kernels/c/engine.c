@@ -222,13 +222,36 @@ static int linear(run_ctx *r, const el_weight *w, const float *x, int n_tokens, 
                      r->qscratch);
 }
 
+/* the product of matrix `slot` (see el_unit): from memory, or unit by unit as the streaming ring delivers its
+ * rows (each row's arithmetic is the same either way) */
+static int linear_slot(run_ctx *r, const el_model *m, int slot, const el_weight *w, const float *x, int n_tokens,
+                       float *out) {
+    int first;
+    const int n = m->offload ? el_offload_units(m->offload, slot, &first) : 0;
+    if (!n) return linear(r, w, x, n_tokens, out);
+    r->stats->weight_bytes += (double)row_bytes(w->type, w->n_cols) * w->n_rows;
+    const int resident = el_offload_unit(m->offload, first)->row0; /* rows before the first unit are in memory */
+    int rc = resident ? el_matmul(r->pool, (enum el_type)w->type, w->data, resident, w->n_cols, x, n_tokens, out,
+                                  w->n_rows, r->qscratch)
+                      : 0;
+    for (int u = first; u < first + n && rc == 0; u++) {
+        const el_unit *unit = el_offload_unit(m->offload, u);
+        const void *rows = el_offload_acquire(m->offload, u);
+        if (!rows) return -1;
+        rc = el_matmul(r->pool, (enum el_type)w->type, rows, unit->n_rows, w->n_cols, x, n_tokens, out + unit->row0,
+                       w->n_rows, r->qscratch);
+        el_offload_release(m->offload, u);
+    }
+    return rc;
+}
+
 /* a layer's product whose inputs were sparsified with threshold t: a decode step with a column layout skips
  * the inactive inputs' weights, anything else multiplies the zeroed inputs densely (the same numbers) */
 static int linear_sparse(run_ctx *r, const el_model *m, int l, int slot, const el_weight *w, const float *x,
                          int n_tokens, float *out, float t) {
     const el_colmat *c = m->cols ? &m->cols[(size_t)l * EL_COL_SLOTS + slot] : NULL;
     if (n_tokens == 1 && t > 0.0f && c && c->q) return el_sparse_matvec(r->pool, c, x, t, out, &r->stats->weight_bytes);
-    return linear(r, w, x, n_tokens, out);
+    return linear_slot(r, m, l * EL_COL_SLOTS + slot, w, x, n_tokens, out);
 }
 
 /* The n_candidates largest values of row[0..n) (indices into top, a min-heap by value). */
@@ -633,6 +656,8 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
     float *cs_swa = sn + T * half, *sn_swa = cs_swa + T * half, *moe = sn_swa + T * half;
     run_ctx r = {pool, qscratch, stats};
     int rc = 0;
+    el_io_stats io0 = {0};
+    if (m->offload) el_offload_stats(m->offload, &io0);
 
     /* LongRoPE's factors: long ones when the context, padded as llama.cpp pads it, exceeds the original one */
     const int padded_ctx = (n_ctx + ROPE_CTX_PAD - 1) / ROPE_CTX_PAD * ROPE_CTX_PAD;
@@ -646,7 +671,13 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
     const el_type_traits *et = &el_traits[m->tok_embd.type];
     const size_t erow = row_bytes(m->tok_embd.type, E);
     for (int t = 0; t < n_tokens; t++) {
-        et->to_float((const char *)m->tok_embd.data + (size_t)tokens[t] * erow, x + (size_t)t * E, E);
+        const void *row = m->tok_embd.data ? (const char *)m->tok_embd.data + (size_t)tokens[t] * erow
+                                           : el_offload_read_row(m->offload, m->embd_offset + (int64_t)tokens[t] * erow, erow);
+        if (!row) {
+            rc = -1;
+            break;
+        }
+        et->to_float(row, x + (size_t)t * E, E);
         stats->weight_bytes += (double)erow;
         if (m->embed_scale != 1.0f)
             for (int i = 0; i < E; i++) x[(size_t)t * E + i] *= m->embed_scale;
@@ -710,11 +741,18 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
     if (rc == 0 && n_out_rows > 0) {
         norm_rows(h, x + (size_t)out_row0 * E, &m->output_norm, n_out_rows, E, m->norm_eps);
         if (m->output_approx.data) rc |= candidate_head(&r, m, h, n_out_rows, logits);
-        else rc |= linear(&r, &m->output, h, n_out_rows, logits);
+        else rc |= linear_slot(&r, m, m->n_layers * EL_COL_SLOTS, &m->output, h, n_out_rows, logits);
         if (m->final_softcap > 0) {
             const float cap = m->final_softcap;
             for (size_t i = 0; i < (size_t)n_out_rows * m->n_vocab; i++) logits[i] = tanhf(logits[i] / cap) * cap;
         }
+    }
+    if (m->offload) {
+        el_offload_stats(m->offload, &stats->io);
+        stats->io.bytes -= io0.bytes;
+        stats->io.reads -= io0.reads;
+        stats->io.wait_s -= io0.wait_s;
+        stats->io.busy_s -= io0.busy_s;
     }
     free(arena);
     free(qscratch);

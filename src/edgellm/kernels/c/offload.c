@@ -1,0 +1,314 @@
+/* Weights streamed from the model file when they do not fit the memory budget (see edgellm.h).
+ *
+ * The streamed matrices are cut into units (a matrix, or a range of its rows) listed in the order a forward
+ * pass uses them. A reader thread reads the units in that order, round and round, into a ring buffer with
+ * O_DIRECT (the page cache neither holds nor hides them) and stays as far ahead of the engine as the ring
+ * allows, so reading layer i + 1 overlaps computing layer i, and the next token's first layers are read while
+ * the head computes. The engine takes units from the ring in order and gives each back when its product is
+ * done. The synchronous mode (no reader thread, every unit read when it is needed into a buffer of one unit)
+ * is the naive baseline: every streamed byte re-read each token, nothing overlapped.
+ */
+#define _GNU_SOURCE
+#include "edgellm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ALIGN 4096
+
+struct el_offload {
+    int fd, direct, synchronous, n_units, n_slots;
+    el_unit *units;
+    int *slot_first, *slot_count; /* per slot: its first unit and how many */
+    size_t *start, *span, *charged; /* per unit while in the ring: where, aligned bytes, bytes it holds up */
+    int64_t *lead;                  /* per unit: bytes before its data in its aligned span */
+    uint8_t *ring, *row_buf;
+    size_t cap, fill, tail, row_cap;
+    int64_t rseq, cseq;             /* units read / handed back since the start, in schedule order */
+    int stop, failed;
+    char error[256];
+    struct stat st;                 /* the file as opened: a change of size or time is an error */
+    pthread_t reader;
+    int has_reader;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    el_io_stats io;
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void fail(el_offload *o, const char *what) {
+    if (!o->failed) snprintf(o->error, sizeof(o->error), "%s", what);
+    o->failed = 1;
+}
+
+static int file_changed(el_offload *o) {
+    struct stat st;
+    if (fstat(o->fd, &st) != 0) return 1;
+    return st.st_size != o->st.st_size || st.st_mtim.tv_sec != o->st.st_mtim.tv_sec ||
+           st.st_mtim.tv_nsec != o->st.st_mtim.tv_nsec;
+}
+
+/* read `span` bytes at the aligned offset `at` into dst (aligned); 0, or -1 with o->error set (caller holds no
+ * lock; fail() is called under the lock by the caller) */
+static int read_span(el_offload *o, int64_t at, size_t span, uint8_t *dst, const char **why) {
+    size_t done = 0;
+    while (done < span) {
+        const ssize_t n = pread(o->fd, dst + done, span - done, at + (int64_t)done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            *why = "a read of the model file failed";
+            return -1;
+        }
+        if (n == 0) break; /* end of file: the last span may run past it, the data it needs must not */
+        done += (size_t)n;
+    }
+    if (!o->direct) posix_fadvise(o->fd, at, (off_t)span, POSIX_FADV_DONTNEED);
+    if ((int64_t)done < (int64_t)span && at + (int64_t)done < (int64_t)o->st.st_size) {
+        *why = "a read of the model file came back short";
+        return -1;
+    }
+    if (file_changed(o)) {
+        *why = "the model file was changed or truncated during the run";
+        return -1;
+    }
+    return 0;
+}
+
+static void unit_span(const el_offload *o, int u, int64_t *at, size_t *span, int64_t *lead) {
+    const el_unit *x = &o->units[u];
+    *at = x->offset / ALIGN * ALIGN;
+    *lead = x->offset - *at;
+    *span = (size_t)((*lead + x->bytes + ALIGN - 1) / ALIGN * ALIGN);
+}
+
+static void *reader_main(void *arg) {
+    el_offload *o = arg;
+    pthread_mutex_lock(&o->mu);
+    for (;;) {
+        const int u = (int)(o->rseq % o->n_units);
+        int64_t at, lead;
+        size_t span;
+        unit_span(o, u, &at, &span, &lead);
+        const int wraps = o->tail + span > o->cap; /* the room left at the end is charged to this unit */
+        const size_t start = wraps ? 0 : o->tail, charged = span + (wraps ? o->cap - o->tail : 0);
+        /* wait for room, and never hold the same unit twice */
+        while (!o->stop && !o->failed && (o->fill + charged > o->cap || o->rseq - o->cseq >= o->n_units))
+            pthread_cond_wait(&o->cv, &o->mu);
+        if (o->stop || o->failed) break;
+        pthread_mutex_unlock(&o->mu);
+        const double t0 = now_s();
+        const char *why = NULL;
+        const int rc = read_span(o, at, span, o->ring + start, &why);
+        const double t1 = now_s();
+        pthread_mutex_lock(&o->mu);
+        o->io.busy_s += t1 - t0;
+        if (rc) {
+            fail(o, why);
+            pthread_cond_broadcast(&o->cv);
+            break;
+        }
+        o->io.bytes += (double)span;
+        o->io.reads += 1;
+        o->start[u] = start;
+        o->span[u] = span;
+        o->charged[u] = charged;
+        o->lead[u] = lead;
+        o->tail = (start + span) % o->cap;
+        o->fill += charged;
+        o->rseq++;
+        pthread_cond_broadcast(&o->cv);
+    }
+    pthread_mutex_unlock(&o->mu);
+    return NULL;
+}
+
+el_offload *el_offload_open(const char *path, const el_unit *units, int n_units, int n_slots, size_t ring_bytes,
+                            int synchronous, size_t row_bytes_max, char *err, size_t err_len) {
+    el_offload *o = calloc(1, sizeof(*o));
+    if (!o) return NULL;
+    o->fd = -1;
+    o->synchronous = synchronous;
+    pthread_mutex_init(&o->mu, NULL);
+    pthread_cond_init(&o->cv, NULL);
+#ifdef O_DIRECT
+    o->fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    o->direct = o->fd >= 0;
+#endif
+    if (o->fd < 0) o->fd = open(path, O_RDONLY | O_CLOEXEC); /* no O_DIRECT here: drop pages after each read */
+    const char *why = NULL;
+    if (o->fd < 0 || fstat(o->fd, &o->st) != 0) why = "cannot open the model file for streaming";
+    size_t max_span = 0;
+    if (!why && (n_units < 0 || n_slots < 0)) why = "bad unit list";
+    o->n_units = n_units;
+    o->n_slots = n_slots;
+    o->units = calloc((size_t)n_units + 1, sizeof(el_unit));
+    o->slot_first = calloc((size_t)n_slots + 1, sizeof(int));
+    o->slot_count = calloc((size_t)n_slots + 1, sizeof(int));
+    o->start = calloc((size_t)n_units + 1, sizeof(size_t));
+    o->span = calloc((size_t)n_units + 1, sizeof(size_t));
+    o->charged = calloc((size_t)n_units + 1, sizeof(size_t));
+    o->lead = calloc((size_t)n_units + 1, sizeof(int64_t));
+    if (!why && (!o->units || !o->slot_first || !o->slot_count || !o->start || !o->span || !o->charged || !o->lead))
+        why = "out of memory";
+    for (int u = 0; !why && u < n_units; u++) {
+        const el_unit *x = &units[u];
+        if (x->slot < 0 || x->slot >= n_slots || x->offset < 0 || x->bytes <= 0 || x->n_rows <= 0 || x->row0 < 0 ||
+            x->offset + x->bytes > (int64_t)o->st.st_size)
+            why = "a streamed tensor lies outside the model file";
+        else if (u > 0 && units[u - 1].slot != x->slot && o->slot_count[x->slot])
+            why = "a matrix's units are not consecutive";
+        if (why) break;
+        o->units[u] = *x;
+        if (!o->slot_count[x->slot]++) o->slot_first[x->slot] = u;
+        int64_t at, lead;
+        size_t span;
+        unit_span(o, u, &at, &span, &lead);
+        max_span = span > max_span ? span : max_span;
+    }
+    if (!why && n_units > 0) {
+        o->cap = synchronous ? max_span : (ring_bytes > max_span ? ring_bytes : max_span) / ALIGN * ALIGN;
+        if (o->cap < max_span) o->cap = max_span;
+        if (posix_memalign((void **)&o->ring, ALIGN, o->cap)) why = "out of memory for the streaming buffer";
+    }
+    o->row_cap = (row_bytes_max + 2 * ALIGN) / ALIGN * ALIGN;
+    if (!why && row_bytes_max && posix_memalign((void **)&o->row_buf, ALIGN, o->row_cap))
+        why = "out of memory for the row buffer";
+    if (!why && !synchronous && n_units > 0) {
+        if (pthread_create(&o->reader, NULL, reader_main, o)) why = "cannot start the reader thread";
+        else o->has_reader = 1;
+    }
+    if (why) {
+        snprintf(err, err_len, "%s", why);
+        el_offload_close(o);
+        return NULL;
+    }
+    return o;
+}
+
+void el_offload_close(el_offload *o) {
+    if (!o) return;
+    if (o->has_reader) {
+        pthread_mutex_lock(&o->mu);
+        o->stop = 1;
+        pthread_cond_broadcast(&o->cv);
+        pthread_mutex_unlock(&o->mu);
+        pthread_join(o->reader, NULL);
+    }
+    if (o->fd >= 0) close(o->fd);
+    free(o->units);
+    free(o->slot_first);
+    free(o->slot_count);
+    free(o->start);
+    free(o->span);
+    free(o->charged);
+    free(o->lead);
+    free(o->ring);
+    free(o->row_buf);
+    pthread_mutex_destroy(&o->mu);
+    pthread_cond_destroy(&o->cv);
+    free(o);
+}
+
+int el_offload_units(const el_offload *o, int slot, int *first) {
+    if (!o || slot < 0 || slot >= o->n_slots) return 0;
+    *first = o->slot_first[slot];
+    return o->slot_count[slot];
+}
+
+const el_unit *el_offload_unit(const el_offload *o, int u) { return &o->units[u]; }
+
+/* hand back the oldest unit (lock held) */
+static void release_front(el_offload *o) {
+    const int u = (int)(o->cseq % o->n_units);
+    o->fill -= o->charged[u];
+    o->cseq++;
+    pthread_cond_broadcast(&o->cv);
+}
+
+const void *el_offload_acquire(el_offload *o, int u) {
+    if (o->synchronous) {
+        int64_t at, lead;
+        size_t span;
+        unit_span(o, u, &at, &span, &lead);
+        const double t0 = now_s();
+        const char *why = NULL;
+        const int rc = read_span(o, at, span, o->ring, &why);
+        const double dt = now_s() - t0;
+        pthread_mutex_lock(&o->mu);
+        o->io.busy_s += dt;
+        o->io.wait_s += dt;
+        if (rc) fail(o, why);
+        else {
+            o->io.bytes += (double)span;
+            o->io.reads += 1;
+        }
+        pthread_mutex_unlock(&o->mu);
+        return rc ? NULL : o->ring + lead;
+    }
+    pthread_mutex_lock(&o->mu);
+    const double t0 = now_s();
+    /* units the engine skipped (a head it did not need) are handed back unread by it */
+    for (;;) {
+        while (!o->failed && o->rseq <= o->cseq) pthread_cond_wait(&o->cv, &o->mu);
+        if (o->failed || (int)(o->cseq % o->n_units) == u) break;
+        release_front(o);
+    }
+    o->io.wait_s += now_s() - t0;
+    const void *p = o->failed ? NULL : o->ring + o->start[u] + o->lead[u];
+    pthread_mutex_unlock(&o->mu);
+    return p;
+}
+
+void el_offload_release(el_offload *o, int u) {
+    if (o->synchronous) return;
+    pthread_mutex_lock(&o->mu);
+    if (!o->failed && (int)(o->cseq % o->n_units) == u && o->rseq > o->cseq) release_front(o);
+    pthread_mutex_unlock(&o->mu);
+}
+
+const void *el_offload_read_row(el_offload *o, int64_t offset, size_t n) {
+    const int64_t at = offset / ALIGN * ALIGN, lead = offset - at;
+    const size_t span = (size_t)((lead + (int64_t)n + ALIGN - 1) / ALIGN * ALIGN);
+    if (!o->row_buf || span > o->row_cap || offset < 0 || offset + (int64_t)n > (int64_t)o->st.st_size) return NULL;
+    const double t0 = now_s();
+    const char *why = NULL;
+    const int rc = read_span(o, at, span, o->row_buf, &why);
+    const double dt = now_s() - t0;
+    pthread_mutex_lock(&o->mu);
+    o->io.busy_s += dt;
+    o->io.wait_s += dt;
+    if (rc) fail(o, why);
+    else {
+        o->io.bytes += (double)span;
+        o->io.reads += 1;
+    }
+    pthread_mutex_unlock(&o->mu);
+    return rc ? NULL : o->row_buf + lead;
+}
+
+void el_offload_stats(el_offload *o, el_io_stats *s) {
+    pthread_mutex_lock(&o->mu);
+    *s = o->io;
+    pthread_mutex_unlock(&o->mu);
+}
+
+const char *el_offload_error(el_offload *o) {
+    pthread_mutex_lock(&o->mu);
+    const char *e = o->failed ? o->error : NULL;
+    pthread_mutex_unlock(&o->mu);
+    return e;
+}
+
+size_t el_offload_ring_bytes(const el_offload *o) { return o->cap + (o->row_buf ? o->row_cap : 0); }

@@ -1,0 +1,268 @@
+"""Running a model in a fixed memory budget: which weights stay in memory, and which are streamed from the file.
+
+Under `--mem-budget SIZE` the KV cache, the engine's buffers (scratch, logits, the streaming ring) and the
+resident weights together stay within SIZE. Resident weights are read once into anonymous memory with O_DIRECT
+(the page cache holds no copy); the rest are read from the model file every token by the engine's reader thread
+(kernels/c/offload.c), a unit ahead of the layer that needs them. Nothing is memory-mapped, so the operating
+system cannot hide the I/O and the budget is what the process really holds.
+
+Value order for residency: every weight byte of a dense model is read once per token, so a resident byte saves
+one streamed byte wherever it is. Attention matrices go first (the smallest per layer, and the attention of a
+layer never has to wait for two reads), then each layer's FFN, then as many rows of the head as still fit;
+an untied embedding is read a row at a time on demand, whatever the budget. The naive baseline
+(`--offload-naive`) streams every matrix and reads each one when it is needed, with no reader thread.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import BudgetError, ConfigError, UnsupportedError
+from ..formats import names
+from ..kernels.plan import COLUMN_SLOTS
+
+PAGE = 4096
+UNIT_BYTES = 1 << 20  # streamed matrices are read in units of about this many bytes (whole rows)
+RING_MAX = 16 << 20  # more read-ahead than this buys nothing when storage is the bottleneck
+MIN_BATCH = 16
+LOGIT_ROWS = 1  # rows of logits per forward call when every position needs them (perplexity) under a budget
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes from '512M', '1.5G', '300MiB' or a plain number of bytes (K, M, G, T: powers of 1000; KiB...: 1024)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        m = _SIZE.match(str(text))
+        if not m:
+            raise ConfigError(f"--mem-budget: expected a size such as 200M or 1.5G, got '{text}'")
+        base = 1024 if m.group(3) else 1000
+        value = float(m.group(1)) * base ** " kmgt".index((m.group(2) or " ").lower())
+    if not np.isfinite(value) or value <= 0:
+        raise ConfigError(f"--mem-budget: expected a positive size, got '{text}'")
+    return int(value)
+
+
+def _span(offset: int, n: int) -> tuple[int, int, int]:
+    """(aligned start, lead, aligned length) of the page-aligned read that covers bytes offset..offset+n."""
+    at = offset // PAGE * PAGE
+    lead = offset - at
+    return at, lead, -(-(lead + n) // PAGE) * PAGE
+
+
+def read_direct(path: str, offset: int, n: int) -> np.ndarray:
+    """n bytes of the file at offset, read around the page cache into anonymous memory (uint8 view)."""
+    at, lead, span = _span(offset, n)
+    buf = mmap.mmap(-1, span)
+    flags = os.O_RDONLY | getattr(os, "O_DIRECT", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # a file system without O_DIRECT (tmpfs): read, then drop the pages
+        fd = os.open(path, os.O_RDONLY)
+        flags = os.O_RDONLY
+    try:
+        view, done = memoryview(buf), 0
+        while done < span:
+            got = os.preadv(fd, [view[done:]], at + done)
+            if got <= 0:
+                break
+            done += got
+        if done < lead + n:
+            raise BudgetError(f"{path}: the file ended while reading it into memory (truncated?)")
+        if not flags & getattr(os, "O_DIRECT", 0) and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, at, span, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return np.frombuffer(buf, dtype=np.uint8, count=n, offset=lead)
+
+
+@dataclass
+class Matrix:
+    name: str
+    slot: int  # el_unit slot: 7 layer + index in COLUMN_SLOTS, or 7 n_layers for the head
+    group: str  # attention | ffn | head
+    offset: int
+    n_rows: int
+    row_bytes: int
+
+    @property
+    def n_bytes(self) -> int:
+        return self.n_rows * self.row_bytes
+
+
+@dataclass
+class OffloadPlan:
+    """The split of a memory budget, and the reads that make up for what does not fit."""
+
+    path: str
+    budget: int
+    kv_bytes: int
+    buffer_bytes: int  # engine scratch, logits, streaming ring, embedding row buffer
+    ring_bytes: int
+    n_batch: int
+    naive: bool
+    logit_rows: int
+    resident_rows: dict[str, int]  # matrix name -> rows held in memory (a prefix; all rows: fully resident)
+    units: list[tuple[int, int, int, int, int]]  # (slot, row0, n_rows, offset, bytes), forward order
+    stream_embedding: bool
+    embd_offset: int
+    weight_bytes: int  # all matrices (what one token uses)
+    small_bytes: int  # norms, biases and other small tensors, always in memory
+    groups: dict[str, tuple[int, int]] = field(default_factory=dict)  # group -> (resident bytes, all bytes)
+    copies: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(_span(0, a.nbytes)[2] for a in self.copies.values()) + self.small_bytes
+
+    @property
+    def streamed_bytes(self) -> int:
+        return sum(u[4] for u in self.units)
+
+    @property
+    def used_bytes(self) -> int:
+        return self.resident_bytes + self.kv_bytes + self.buffer_bytes
+
+    def summary(self) -> str:
+        mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
+        parts = ", ".join(f"{g} {100 * r / a:.0f} %" for g, (r, a) in self.groups.items() if a)
+        mode = "naive: every matrix re-read when needed" if self.naive else f"ring {mb(self.ring_bytes)}"
+        return (f"mem budget {mb(self.budget)}: weights in memory {mb(self.resident_bytes)} ({parts}), "
+                f"KV cache {mb(self.kv_bytes)}, buffers {mb(self.buffer_bytes)} ({mode}); "
+                f"streamed {mb(self.streamed_bytes)} per token in {len(self.units)} reads")  # fmt: skip
+
+    def to_dict(self) -> dict:
+        return {
+            "budget_mb": self.budget / 1e6, "resident_mb": self.resident_bytes / 1e6, "kv_mb": self.kv_bytes / 1e6,
+            "buffers_mb": self.buffer_bytes / 1e6, "ring_mb": self.ring_bytes / 1e6,
+            "streamed_mb_per_token": self.streamed_bytes / 1e6, "n_batch": self.n_batch, "naive": self.naive,
+            "resident_fraction": {g: (r / a if a else 1.0) for g, (r, a) in self.groups.items()},
+        }  # fmt: skip
+
+
+def _matrices(config, store, output_name: str) -> list[Matrix]:
+    """The streamable matrices in the order a forward pass uses them."""
+    out = []
+    for i in range(config.n_layers):
+        for j, template in enumerate(COLUMN_SLOTS):
+            name = template.format(i=i)
+            if not store.has(name):
+                continue
+            info = store.info(name)
+            group = "attention" if j < 4 else "ffn"
+            out.append(Matrix(name, i * len(COLUMN_SLOTS) + j, group, info.offset, int(np.prod(info.shape[:-1])),
+                              info.n_bytes // int(np.prod(info.shape[:-1]))))  # fmt: skip
+    info = store.info(output_name)
+    out.append(Matrix(output_name, config.n_layers * len(COLUMN_SLOTS), "head", info.offset, info.shape[0],
+                      info.n_bytes // info.shape[0]))  # fmt: skip
+    return out
+
+
+def buffer_bytes(config, n_batch: int, n_ctx: int, n_threads: int) -> int:
+    """What the engine allocates for one forward call of n_batch tokens (engine.c el_forward_stats), plus a row of
+    logits and the float64 copies the sampler and perplexity make of it."""
+    c = config
+    E, F = c.n_embd, c.n_ff
+    QD, KD = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+    VD, OD = c.n_head_kv * c.head_dim_v, c.n_head * c.head_dim_v
+    rows = 4 * (c.n_head // c.n_head_kv)
+    floats = n_batch * (2 * E + QD + KD + VD + OD + 2 * F + E) + n_threads * rows * (n_ctx + c.head_dim)
+    floats += -(-n_batch // 4) * c.n_head_kv * 16 * rows * (c.head_dim_v + 2) + 2 * n_batch * c.rope_dim
+    scratch = n_batch * max(E, F, QD, OD) * 2 + 4 * PAGE  # activations quantized to the dot type
+    return 4 * floats + scratch + (4 + 3 * 8) * LOGIT_ROWS * c.n_vocab
+
+
+class _Needs:
+    """What a budget must hold besides resident weights."""
+
+    def __init__(self, config, store, matrices, kv_bytes, n_ctx, n_threads, naive, unit_bytes):
+        self.config, self.kv_bytes, self.n_ctx, self.n_threads = config, kv_bytes, n_ctx, n_threads
+        self.small = 4 * sum(store.info(n).n_bytes for n in store.names() if len(store.info(n).shape) == 1)  # float32
+        embd = store.info(names.TOKEN_EMBD)
+        self.row_buf = _span(PAGE - 1, embd.n_bytes // embd.shape[0])[2] + PAGE
+        self.max_unit = max(min(m.n_bytes, max(m.row_bytes, unit_bytes // m.row_bytes * m.row_bytes)) for m in matrices)
+        self.min_ring = _span(PAGE - 1, self.max_unit)[2] * (1 if naive else 2)
+
+    def fixed(self, batch: int) -> int:
+        return self.kv_bytes + buffer_bytes(self.config, batch, self.n_ctx, self.n_threads) + self.row_buf + self.small
+
+
+def minimum_budget(config, store, output_name: str, kv_bytes: int, n_ctx: int, n_threads: int, n_batch: int,
+                   naive: bool = False, unit_bytes: int = UNIT_BYTES) -> int:  # fmt: skip
+    """The smallest budget plan() accepts."""
+    need = _Needs(config, store, _matrices(config, store, output_name), kv_bytes, n_ctx, n_threads, naive, unit_bytes)
+    return need.fixed(min(n_batch, MIN_BATCH)) + need.min_ring
+
+
+def plan(config, store, output_name: str, path: str, budget: int, kv_bytes: int, n_ctx: int, n_threads: int,
+         n_batch: int, naive: bool = False, unit_bytes: int = UNIT_BYTES, ring_bytes: int | None = None) -> OffloadPlan:  # fmt: skip
+    """Split `budget` bytes; raise BudgetError naming the minimum when even the working set does not fit.
+    unit_bytes: the size of one read; ring_bytes: the streaming buffer (default: chosen from the budget)."""
+    if config.n_expert:
+        raise UnsupportedError("--mem-budget does not stream mixture-of-experts models yet (every expert stays "
+                               "in memory); run without it")  # fmt: skip
+    matrices = _matrices(config, store, output_name)
+    tied = output_name == names.TOKEN_EMBD
+    embd = store.info(names.TOKEN_EMBD)
+    need = _Needs(config, store, matrices, kv_bytes, n_ctx, n_threads, naive, unit_bytes)
+    # the prompt batch: the largest (halving the caller's) whose scratch takes <= 1/8 of the budget, or the
+    # smallest when even that leaves too little
+    batch = n_batch
+    while batch > MIN_BATCH and buffer_bytes(config, batch, n_ctx, n_threads) > budget / 8:
+        batch //= 2
+    if need.fixed(batch) + need.min_ring > budget:
+        batch = min(n_batch, MIN_BATCH)
+    fixed = need.fixed(batch)
+    if budget < fixed + need.min_ring:
+        raise BudgetError(
+            f"--mem-budget {budget / 1e6:.1f} MB is below this model's minimum working set of "
+            f"{(fixed + need.min_ring) / 1e6:.1f} MB (KV cache {kv_bytes / 1e6:.1f} MB for {n_ctx} tokens, buffers "
+            f"{(fixed + need.min_ring - kv_bytes - need.small) / 1e6:.1f} MB, norms {need.small / 1e6:.1f} MB); "
+            "raise it, or lower --ctx-size, or store the cache smaller (--cache-type f16 or q8_0)"
+        )  # fmt: skip
+    min_ring, row_buf, small, max_unit = need.min_ring, need.row_buf, need.small, need.max_unit
+    total = sum(m.n_bytes for m in matrices)
+    ring = min_ring if naive else int(min(max(min_ring, 4 * max_unit, (budget - fixed) // 8), RING_MAX))
+    ring = max(min_ring, min(ring if ring_bytes is None else ring_bytes, budget - fixed)) // PAGE * PAGE
+    free = 0 if naive else budget - fixed - ring
+    if not naive and ring_bytes is None and budget - fixed >= sum(_span(PAGE - 1, m.n_bytes)[2] for m in matrices):
+        ring, free = 0, budget - fixed  # everything fits: nothing to stream
+    resident: dict[str, int] = {}
+    order = [m for m in matrices if m.group == "attention"] + [m for m in matrices if m.group == "ffn"]
+    for m in order:
+        size = _span(PAGE - 1, m.n_bytes)[2]
+        if size <= free:
+            resident[m.name] = m.n_rows
+            free -= size
+    head = matrices[-1]
+    rows = max(0, min(head.n_rows, (free - 2 * PAGE) // head.row_bytes)) if free > 2 * PAGE else 0
+    if rows:
+        resident[head.name] = rows
+    units = []
+    for m in matrices:
+        row0 = resident.get(m.name, 0)
+        per_unit = max(1, unit_bytes // m.row_bytes)
+        for r in range(row0, m.n_rows, per_unit):
+            n = min(per_unit, m.n_rows - r)
+            units.append((m.slot, r, n, m.offset + r * m.row_bytes, n * m.row_bytes))
+    groups = {}
+    for g in ("attention", "ffn", "head"):
+        ms = [m for m in matrices if m.group == g]
+        groups[g] = (sum(resident.get(m.name, 0) * m.row_bytes for m in ms), sum(m.n_bytes for m in ms))
+    stream_embedding = not tied or resident.get(head.name, 0) < head.n_rows
+    out = OffloadPlan(path=path, budget=budget, kv_bytes=kv_bytes,
+                      buffer_bytes=buffer_bytes(config, batch, n_ctx, n_threads) + ring + row_buf, ring_bytes=ring,
+                      n_batch=batch, naive=naive, logit_rows=LOGIT_ROWS, resident_rows=resident, units=units,
+                      stream_embedding=stream_embedding, embd_offset=embd.offset if stream_embedding else -1,
+                      weight_bytes=total, small_bytes=small, groups=groups)  # fmt: skip
+    by_name = {m.name: m for m in matrices}
+    for name, n_rows in resident.items():
+        out.copies[name] = read_direct(path, by_name[name].offset, n_rows * by_name[name].row_bytes)
+    return out
