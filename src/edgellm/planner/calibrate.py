@@ -118,11 +118,13 @@ def engine_costs(threads: int, matvec_gbps_q8: float, matmul_gflops_q8: float, d
         rng = np.random.default_rng(0)
         past = rng.integers(0, SYN["vocab"], size=depth)
         n = 32
-        near = min(_generate_seconds(model, n, 1, past[:0]) for _ in range(3)) / n
-        far = min(_generate_seconds(model, n, 1, past) for _ in range(3)) / n
+        near = min(_generate_seconds(model, n, 1, past[:0])[0] for _ in range(3)) / n
+        far = min(_generate_seconds(model, n, 1, past)[0] for _ in range(3)) / n
         p_short, p_long = 64, 1024
-        t_short = min(_prompt_seconds(model, rng.integers(0, SYN["vocab"], size=p_short), past[:0]) for _ in range(3))
-        t_long = min(_prompt_seconds(model, rng.integers(0, SYN["vocab"], size=p_long), past[:0]) for _ in range(3))
+        t_short = min(_prompt_seconds(model, rng.integers(0, SYN["vocab"], size=p_short), past[:0], p_short)[0]
+                      for _ in range(3))  # fmt: skip
+        t_long = min(_prompt_seconds(model, rng.integers(0, SYN["vocab"], size=p_long), past[:0], p_long)[0]
+                     for _ in range(3))  # fmt: skip
         del model, g
     q8 = 34 / 32  # bytes per weight
     # decode: step = weights / bw + L * (fixed + heads * positions * per_position), positions ~ n / 2 near
