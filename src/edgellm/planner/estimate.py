@@ -312,10 +312,18 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
     fits: bool | None = None if budget is None else True
     ops = decode_ops(spec, sc.ctx, sc.sparsity, sc.cache_type, sc.head_candidates, rl)
     if budget is not None and need > budget:
-        resident_room = budget - kv - runtime
+        # edgellm --mem-budget: what its runtime keeps besides resident weights (runtime/offload.py)
+        from types import SimpleNamespace
+
+        from ..runtime.offload import streaming_overhead
+
+        dims = SimpleNamespace(n_layers=s.n_layer, n_embd=s.d_model, n_ff=s.d_ff * max(1, s.n_expert_used),
+                               n_head=s.n_head, n_head_kv=s.n_head_kv, head_dim=s.head_dim, head_dim_v=s.head_dim,
+                               rope_dim=s.head_dim, n_vocab=s.vocab)  # fmt: skip
+        resident_room = budget - streaming_overhead(dims, int(kv), sc.ctx, sc.threads or 1, int(budget))
         if resident_room <= 0:
             raise ConfigError(
-                f"the KV cache and buffers alone ({(kv + runtime) / 1e6:.0f} MB) exceed the memory budget "
+                f"the KV cache and buffers alone ({(budget - resident_room) / 1e6:.0f} MB) exceed the memory budget "
                 f"({budget / 1e6:.0f} MB): lower --ctx/--prompt or raise --mem-budget"
             )
         fits = False

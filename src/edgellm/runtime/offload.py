@@ -194,6 +194,24 @@ class _Needs:
         return self.kv_bytes + buffer_bytes(self.config, batch, self.n_ctx, self.n_threads) + self.row_buf + self.small
 
 
+def _ring(room: int, min_ring: int, max_unit: int) -> int:
+    """The streaming buffer: four units of read-ahead or an eighth of what the budget leaves, at most RING_MAX."""
+    return int(min(max(min_ring, 4 * max_unit, room // 8), RING_MAX))
+
+
+def streaming_overhead(config, kv_bytes: int, n_ctx: int, n_threads: int, budget: int, n_batch: int = 1) -> int:
+    """What a budget holds besides resident weights when the model streams, for the planner (which has the
+    model's shape, not its file): the KV cache, the engine's buffers, the ring, the row buffer and the norms,
+    as plan() splits them with units of UNIT_BYTES."""
+    small = 4 * (2 * config.n_layers + 1) * config.n_embd
+    batch = n_batch
+    while batch > MIN_BATCH and buffer_bytes(config, batch, n_ctx, n_threads) > budget / 8:
+        batch //= 2
+    fixed = kv_bytes + buffer_bytes(config, batch, n_ctx, n_threads) + 3 * PAGE + 4 * config.n_embd + small
+    min_ring = 2 * (UNIT_BYTES + PAGE)
+    return fixed + _ring(budget - fixed, min_ring, UNIT_BYTES)
+
+
 def minimum_budget(config, store, output_name: str, kv_bytes: int, n_ctx: int, n_threads: int, n_batch: int,
                    naive: bool = False, unit_bytes: int = UNIT_BYTES) -> int:  # fmt: skip
     """The smallest budget plan() accepts."""
@@ -229,7 +247,7 @@ def plan(config, store, output_name: str, path: str, budget: int, kv_bytes: int,
         )  # fmt: skip
     min_ring, row_buf, small, max_unit = need.min_ring, need.row_buf, need.small, need.max_unit
     total = sum(m.n_bytes for m in matrices)
-    ring = min_ring if naive else int(min(max(min_ring, 4 * max_unit, (budget - fixed) // 8), RING_MAX))
+    ring = min_ring if naive else _ring(budget - fixed, min_ring, max_unit)
     ring = max(min_ring, min(ring if ring_bytes is None else ring_bytes, budget - fixed)) // PAGE * PAGE
     free = 0 if naive else budget - fixed - ring
     if not naive and ring_bytes is None and budget - fixed >= sum(_span(PAGE - 1, m.n_bytes)[2] for m in matrices):
