@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgellm import kernels
-from edgellm.errors import BudgetError, ConfigError, FormatError, UnsupportedError
+from edgellm.errors import BudgetError, ConfigError, FormatError
 from edgellm.formats.gguf import GGUFFile
 from edgellm.model.transformer import Transformer
 from edgellm.runtime import offload
@@ -49,7 +49,7 @@ def minimum(model, path, **kw) -> int:
 def run(model, tokens, n_batch=8):
     """Logits of every position, prefilled in batches, then two decode steps; and what was read from storage."""
     cache = KVCache(model.config, N_CTX)
-    out, storage = [], np.zeros(4)
+    out, storage = [], np.zeros(6)
     for start in range(0, len(tokens), n_batch):
         out.append(model.forward(tokens[start : start + n_batch], cache, slice(None)))
         storage += model.storage_read()
@@ -142,11 +142,40 @@ def test_parse_size():
             offload.parse_size(bad)
 
 
-def test_mixture_of_experts_is_refused(tmp_path):
-    path = build_tiny_gguf(tmp_path / "moe.gguf", arch="qwen3moe")
-    model = load(path)
-    with pytest.raises(UnsupportedError, match="mixture-of-experts"):
-        make_plan(model, path, 10**8)
+@pytest.fixture(scope="module")
+def tiny_moe(tmp_path_factory):
+    return build_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny-moe.gguf", arch="qwen3moe", n_expert=8,
+                           n_expert_used=2, n_layers=3)  # fmt: skip
+
+
+@pytest.mark.parametrize("extra_slabs", [0, 5, None])
+def test_streamed_experts_give_the_logits_of_mapped_ones(tiny_moe, extra_slabs):
+    """Experts are read when routed into a cache of as few slabs as a token needs (0 extra), some more, or all
+    of them (None): the logits equal the mapped run's, and a cache that holds every expert stops reading."""
+    tokens = np.arange(3, 3 + 13) % 40 + 3
+    model = load(tiny_moe)
+    expected, _ = run(model, tokens)
+    low = minimum(model, tiny_moe, unit_bytes=700)
+    slab = offload._Experts(model.config, model.store).slab_span
+    budget = low + 16 * 4096 + (10**8 if extra_slabs is None else extra_slabs * slab)
+    plan = make_plan(model, tiny_moe, budget, unit_bytes=700)
+    n_slabs = plan.experts[2]
+    if extra_slabs is None:
+        assert n_slabs == 3 * 8
+    elif extra_slabs == 0:
+        assert n_slabs == 2  # the two experts a token is routed to
+    else:  # attention and the head come first (read every token), the rest caches experts
+        assert 2 < n_slabs < 3 * 8 and plan.to_dict()["resident_fraction"]["attention"] == 1.0
+    model.set_offload(plan)
+    got, storage = run(model, tokens)
+    np.testing.assert_array_equal(got, expected)
+    hits, misses = storage[4], storage[5]
+    assert misses >= 1 and hits + misses >= 3 * 2 * 2  # every layer routes each decoded token to two experts
+    if extra_slabs is None:
+        assert misses <= 3 * 8  # each expert read once, then found
+        again, storage = run(model, tokens)  # the same routing: every expert it needs is cached now
+        np.testing.assert_array_equal(again, expected)
+        assert storage[5] == 0 and storage[4] >= 3 * 2 * 2
 
 
 @pytest.mark.parametrize("change", ["truncate", "rewrite"])

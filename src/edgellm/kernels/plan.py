@@ -79,14 +79,14 @@ class CompiledModel:
         extra = () if thresholds is None else (np.ascontiguousarray(thresholds, dtype=np.float32).tobytes(),)
         self._plan = _C.model_create(params, flags, weights, *extra)
         # weight and KV cache bytes the last forward call read; of the weights, what came from storage: bytes,
-        # reads, seconds the engine waited, seconds reads were in flight
-        self.last_read = (0.0,) * 6
+        # reads, seconds the engine waited, seconds reads were in flight; routed experts found in the cache, read
+        self.last_read = (0.0,) * 8
         if thresholds is not None:
             self._attach_columns(config, store, np.asarray(thresholds))
-        if offload is not None and (offload.units or offload.stream_embedding):
+        if offload is not None and (offload.units or offload.stream_embedding or offload.experts):
             try:
                 _C.model_set_offload(self._plan, offload.path, offload.units, offload.ring_bytes, int(offload.naive),
-                                     offload.embd_offset)  # fmt: skip
+                                     offload.embd_offset, offload.experts)  # fmt: skip
             except OSError as e:
                 raise FormatError(str(e)) from None
 

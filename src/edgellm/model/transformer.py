@@ -162,11 +162,12 @@ class Transformer:
         compiled = self._compiled if self._compiled_path == kernels.active_path() else None
         return float(compiled.last_read[0]) if compiled is not None else 0.0
 
-    def storage_read(self) -> tuple[float, float, float, float]:
+    def storage_read(self) -> tuple[float, ...]:
         """What the last forward call read from the model file under a memory budget: (bytes, reads, seconds the
-        engine waited, seconds reads were in flight); zeros when every weight is in memory."""
+        engine waited, seconds reads were in flight, routed experts found in the cache, routed experts read);
+        zeros when every weight is in memory."""
         compiled = self._compiled if self._compiled_path == kernels.active_path() else None
-        return tuple(compiled.last_read[2:]) if compiled is not None else (0.0, 0.0, 0.0, 0.0)
+        return tuple(compiled.last_read[2:8]) if compiled is not None else (0.0,) * 6
 
     def _exact_logits(self, h: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """The head's logits of one normed row h for token ids (the candidate head's exact pass)."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BudgetError, ConfigError, UnsupportedError
+from ..errors import BudgetError, ConfigError
 from ..formats import names
 from ..kernels.plan import COLUMN_SLOTS
 
@@ -116,11 +116,13 @@ class OffloadPlan:
     weight_bytes: int  # all matrices (what one token uses)
     small_bytes: int  # norms, biases and other small tensors, always in memory
     groups: dict[str, tuple[int, int]] = field(default_factory=dict)  # group -> (resident bytes, all bytes)
+    experts: tuple | None = None  # (offsets, slab bytes, cached slabs) for the engine's expert cache
+    expert_cache_bytes: int = 0
     copies: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def resident_bytes(self) -> int:
-        return sum(_span(0, a.nbytes)[2] for a in self.copies.values()) + self.small_bytes
+        return sum(_span(0, a.nbytes)[2] for a in self.copies.values()) + self.small_bytes + self.expert_cache_bytes
 
     @property
     def streamed_bytes(self) -> int:
@@ -189,9 +191,16 @@ class _Needs:
         self.row_buf = _span(PAGE - 1, embd.n_bytes // embd.shape[0])[2] + PAGE
         self.max_unit = max(min(m.n_bytes, max(m.row_bytes, unit_bytes // m.row_bytes * m.row_bytes)) for m in matrices)
         self.min_ring = _span(PAGE - 1, self.max_unit)[2] * (1 if naive else 2)
+        # mixture of experts: the routers stay in memory, and a cache of as many expert slabs as a token routes to
+        self.experts = _Experts(config, store) if config.n_expert else None
+        if self.experts is not None:
+            self.extra = self.experts.router_bytes + (1 if naive else config.n_expert_used) * self.experts.slab_span
+
+    extra = 0  # mixture of experts: the routers and the fewest expert slabs a token needs
 
     def fixed(self, batch: int) -> int:
-        return self.kv_bytes + buffer_bytes(self.config, batch, self.n_ctx, self.n_threads) + self.row_buf + self.small
+        return (self.kv_bytes + buffer_bytes(self.config, batch, self.n_ctx, self.n_threads) + self.row_buf
+                + self.small + self.extra)  # fmt: skip
 
 
 def _ring(room: int, min_ring: int, max_unit: int) -> int:
@@ -223,13 +232,11 @@ def plan(config, store, output_name: str, path: str, budget: int, kv_bytes: int,
          n_batch: int, naive: bool = False, unit_bytes: int = UNIT_BYTES, ring_bytes: int | None = None) -> OffloadPlan:  # fmt: skip
     """Split `budget` bytes; raise BudgetError naming the minimum when even the working set does not fit.
     unit_bytes: the size of one read; ring_bytes: the streaming buffer (default: chosen from the budget)."""
-    if config.n_expert:
-        raise UnsupportedError("--mem-budget does not stream mixture-of-experts models yet (every expert stays "
-                               "in memory); run without it")  # fmt: skip
     matrices = _matrices(config, store, output_name)
     tied = output_name == names.TOKEN_EMBD
     embd = store.info(names.TOKEN_EMBD)
     need = _Needs(config, store, matrices, kv_bytes, n_ctx, n_threads, naive, unit_bytes)
+    experts = need.experts
     # the prompt batch: the largest (halving the caller's) whose scratch takes <= 1/8 of the budget, or the
     # smallest when even that leaves too little
     batch = n_batch
@@ -242,15 +249,19 @@ def plan(config, store, output_name: str, path: str, budget: int, kv_bytes: int,
         raise BudgetError(
             f"--mem-budget {budget / 1e6:.1f} MB is below this model's minimum working set of "
             f"{(fixed + need.min_ring) / 1e6:.1f} MB (KV cache {kv_bytes / 1e6:.1f} MB for {n_ctx} tokens, buffers "
-            f"{(fixed + need.min_ring - kv_bytes - need.small) / 1e6:.1f} MB, norms {need.small / 1e6:.1f} MB); "
+            f"{(fixed + need.min_ring - kv_bytes - need.small - need.extra) / 1e6:.1f} MB, norms {need.small / 1e6:.1f} MB"
+            + (f", routers and experts {need.extra / 1e6:.1f} MB" if need.extra else "") + "); "
             "raise it, or lower --ctx-size, or store the cache smaller (--cache-type f16 or q8_0)"
         )  # fmt: skip
     min_ring, row_buf, small, max_unit = need.min_ring, need.row_buf, need.small, need.max_unit
     total = sum(m.n_bytes for m in matrices)
     ring = min_ring if naive else _ring(budget - fixed, min_ring, max_unit)
     ring = max(min_ring, min(ring if ring_bytes is None else ring_bytes, budget - fixed)) // PAGE * PAGE
-    free = 0 if naive else budget - fixed - ring
-    if not naive and ring_bytes is None and budget - fixed >= sum(_span(PAGE - 1, m.n_bytes)[2] for m in matrices):
+    n_slabs = (1 if naive else config.n_expert_used) if experts is not None else 0
+    free = 0 if naive else budget - fixed - ring  # fixed holds the routers and the first n_slabs slabs
+    everything = sum(_span(PAGE - 1, m.n_bytes)[2] for m in matrices)
+    everything += experts.all_bytes - n_slabs * experts.slab_span if experts else 0
+    if not naive and ring_bytes is None and budget - fixed >= everything:
         ring, free = 0, budget - fixed  # everything fits: nothing to stream
     resident: dict[str, int] = {}
     order = [m for m in matrices if m.group == "attention"] + [m for m in matrices if m.group == "ffn"]
@@ -263,6 +274,9 @@ def plan(config, store, output_name: str, path: str, budget: int, kv_bytes: int,
     rows = max(0, min(head.n_rows, (free - 2 * PAGE) // head.row_bytes)) if free > 2 * PAGE else 0
     if rows:
         resident[head.name] = rows
+        free -= _span(PAGE - 1, rows * head.row_bytes)[2]
+    if experts is not None and not naive:  # experts are read when routed: what is left caches them
+        n_slabs = min(experts.n_keys, n_slabs + max(0, free) // experts.slab_span)
     units = []
     for m in matrices:
         row0 = resident.get(m.name, 0)
@@ -274,13 +288,41 @@ def plan(config, store, output_name: str, path: str, budget: int, kv_bytes: int,
     for g in ("attention", "ffn", "head"):
         ms = [m for m in matrices if m.group == g]
         groups[g] = (sum(resident.get(m.name, 0) * m.row_bytes for m in ms), sum(m.n_bytes for m in ms))
+    if experts is not None:
+        groups["experts"] = (n_slabs * experts.expert_bytes, experts.n_keys * experts.expert_bytes)
+        total += experts.n_keys * experts.expert_bytes
     stream_embedding = not tied or resident.get(head.name, 0) < head.n_rows
     out = OffloadPlan(path=path, budget=budget, kv_bytes=kv_bytes,
                       buffer_bytes=buffer_bytes(config, batch, n_ctx, n_threads) + ring + row_buf, ring_bytes=ring,
                       n_batch=batch, naive=naive, logit_rows=LOGIT_ROWS, resident_rows=resident, units=units,
                       stream_embedding=stream_embedding, embd_offset=embd.offset if stream_embedding else -1,
-                      weight_bytes=total, small_bytes=small, groups=groups)  # fmt: skip
+                      weight_bytes=total, small_bytes=small, groups=groups,
+                      experts=None if experts is None else (experts.offsets.tobytes(), experts.sizes.tobytes(), n_slabs),
+                      expert_cache_bytes=n_slabs * experts.slab_span if experts else 0)  # fmt: skip
     by_name = {m.name: m for m in matrices}
     for name, n_rows in resident.items():
         out.copies[name] = read_direct(path, by_name[name].offset, n_rows * by_name[name].row_bytes)
+    for name in experts.routers if experts is not None else ():
+        info = store.info(name)
+        out.copies[name] = read_direct(path, info.offset, info.n_bytes)
     return out
+
+
+class _Experts:
+    """A mixture-of-experts model's expert slabs in the file: each (layer, expert)'s gate, up and down rows."""
+
+    def __init__(self, config, store):
+        layers = range(config.n_layers)
+        infos = [[store.info(t.format(i=i)) for t in (names.FFN_GATE_EXPS, names.FFN_UP_EXPS, names.FFN_DOWN_EXPS)]
+                 for i in layers]  # fmt: skip
+        X = config.n_expert
+        self.sizes = np.array([[info.n_bytes // X for info in row] for row in infos], dtype=np.int64)  # (layers, 3)
+        self.offsets = np.array([[[info.offset + e * b for info, b in zip(row, sizes)] for e in range(X)]
+                                 for row, sizes in zip(infos, self.sizes.tolist())], dtype=np.int64)  # fmt: skip
+        # a cache slab holds any layer's expert (the largest), at any alignment
+        self.slab_span = int(sum(-(-(PAGE - 1 + self.sizes[:, j].max()) // PAGE) * PAGE for j in range(3)))
+        self.n_keys = config.n_layers * X
+        self.all_bytes = self.n_keys * self.slab_span
+        self.expert_bytes = int(self.sizes.sum()) // config.n_layers  # one expert, averaged over layers
+        self.routers = [names.FFN_GATE_INP.format(i=i) for i in layers]
+        self.router_bytes = sum(_span(PAGE - 1, store.info(n).n_bytes)[2] for n in self.routers)

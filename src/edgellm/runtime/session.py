@@ -21,7 +21,7 @@ class Timings:
     generate_bytes: float = 0.0  # weights + KV cache read by the decode steps (C engine), 0 when unknown
     # under a memory budget, what the decode steps read from the model file: bytes, reads, seconds waited, seconds
     # reads were in flight (runtime/offload.py)
-    storage: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    storage: tuple[float, ...] = (0.0,) * 6  # ... and routed experts found in the cache, routed experts read
     weight_bytes: float = 0.0  # of generate_bytes, the weights
 
     @property
@@ -32,8 +32,9 @@ class Timings:
         """Per decoded token: bytes and reads from storage, the share of weight bytes found in memory, and the
         milliseconds the engine waited for reads (reads in flight meanwhile were hidden behind compute)."""
         n = max(self.n_generated, 1)
-        read, reads, wait, busy = self.storage
+        read, reads, wait, busy, hits, misses = self.storage
         return {
+            "expert_hit_rate": hits / (hits + misses) if hits + misses else None,
             "storage_bytes_per_token": read / n, "reads_per_token": reads / n,
             "cache_hit_rate": max(0.0, 1.0 - read / self.weight_bytes) if self.weight_bytes else None,
             "io_wait_ms_per_token": 1e3 * wait / n, "io_busy_ms_per_token": 1e3 * busy / n,

@@ -465,8 +465,8 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "forward: bad arguments (token id, positions or rows) or out of memory");
         goto done;
     }
-    result = Py_BuildValue("(dddddd)", stats.weight_bytes, stats.kv_bytes, stats.io.bytes, stats.io.reads,
-                           stats.io.wait_s, stats.io.busy_s);
+    result = Py_BuildValue("(dddddddd)", stats.weight_bytes, stats.kv_bytes, stats.io.bytes, stats.io.reads,
+                           stats.io.wait_s, stats.io.busy_s, stats.io.expert_hits, stats.io.expert_misses);
 done:
     PyBuffer_Release(&tokens);
     PyBuffer_Release(&kc);
@@ -505,12 +505,13 @@ static const el_weight *slot_weight(const el_layer *L, int slot) {
  * uses them, ring_bytes, synchronous, embd_offset (-1: embedding rows stay in memory)). The streamed matrices'
  * addresses are dropped: from now on their rows come from the file only. */
 static PyObject *py_model_set_offload(PyObject *self, PyObject *args) {
-    PyObject *capsule, *items;
+    PyObject *capsule, *items, *experts = Py_None;
     const char *path;
     Py_ssize_t ring;
     int sync;
     long long embd_offset;
-    if (!PyArg_ParseTuple(args, "OsO!niL", &capsule, &path, &PyList_Type, &items, &ring, &sync, &embd_offset))
+    if (!PyArg_ParseTuple(args, "OsO!niL|O", &capsule, &path, &PyList_Type, &items, &ring, &sync, &embd_offset,
+                          &experts))
         return NULL;
     el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
     if (!m) return NULL;
@@ -584,6 +585,37 @@ static PyObject *py_model_set_offload(PyObject *self, PyObject *args) {
     if (embd_offset >= 0) {
         m->tok_embd.data = NULL;
         m->embd_offset = embd_offset;
+    }
+    if (experts != Py_None) { /* (offsets: int64, n_layers x n_expert x 3; sizes: int64, n_layers x 3; slabs) */
+        Py_buffer offs, sizes;
+        int n_cached;
+        if (!PyArg_ParseTuple(experts, "y*y*i", &offs, &sizes, &n_cached)) {
+            el_offload_close(o);
+            return NULL;
+        }
+        const size_t want = (size_t)m->n_layers * (m->n_expert > 0 ? m->n_expert : 0) * 3 * sizeof(int64_t);
+        int bad = m->n_expert < 1 || (size_t)offs.len != want ||
+                  (size_t)sizes.len != (size_t)m->n_layers * 3 * sizeof(int64_t);
+        const int64_t *bytes = sizes.buf;
+        for (int l = 0; l < m->n_layers && !bad; l++) {
+            const el_layer *L = &m->layers[l];
+            bad = bytes[l * 3] != (int64_t)(row_bytes(L->gate_exps.type, m->n_embd) * m->n_ff) ||
+                  bytes[l * 3 + 1] != (int64_t)(row_bytes(L->up_exps.type, m->n_embd) * m->n_ff) ||
+                  bytes[l * 3 + 2] != (int64_t)(row_bytes(L->down_exps.type, m->n_ff) * m->n_embd);
+        }
+        if (!bad) bad = el_offload_set_experts(o, m->n_layers, m->n_expert, offs.buf, bytes, n_cached) != 0;
+        PyBuffer_Release(&offs);
+        PyBuffer_Release(&sizes);
+        if (bad) {
+            el_offload_close(o);
+            PyErr_SetString(PyExc_ValueError, "model_set_offload: expert slabs do not match the model (or no memory)");
+            return NULL;
+        }
+        for (int l = 0; l < m->n_layers; l++) { /* experts now come from the cache only */
+            m->layers[l].gate_exps.data = NULL;
+            m->layers[l].up_exps.data = NULL;
+            m->layers[l].down_exps.data = NULL;
+        }
     }
     m->offload = o;
     return PyLong_FromSize_t(el_offload_ring_bytes(o));

@@ -267,6 +267,7 @@ typedef struct {
     double bytes, reads;  /* read from storage (whole 4 KiB pages) */
     double wait_s;        /* the engine waiting for reads */
     double busy_s;        /* reads in flight */
+    double expert_hits, expert_misses; /* mixture of experts: routed experts found in the cache, read */
 } el_io_stats;
 typedef struct el_offload el_offload;
 /* ring_bytes: the streaming buffer (at least one unit); synchronous: read each unit when it is needed, no reader
@@ -283,6 +284,13 @@ const void *el_offload_read_row(el_offload *o, int64_t offset, size_t n); /* val
 void el_offload_stats(el_offload *o, el_io_stats *s);
 const char *el_offload_error(el_offload *o); /* NULL while reads succeed */
 size_t el_offload_ring_bytes(const el_offload *o);
+/* Mixture of experts: experts are read when routed, into a cache of n_cached experts (least often routed
+ * replaced first). offsets: n_layers x n_expert x 3 file offsets of each expert's gate, up and down slabs;
+ * bytes: n_layers x 3, their sizes in each layer. 0, or -1 on bad arguments or out of memory. */
+int el_offload_set_experts(el_offload *o, int n_layers, int n_expert, const int64_t *offsets, const int64_t *bytes,
+                           int n_cached);
+int el_offload_has_experts(const el_offload *o);
+int el_offload_expert(el_offload *o, int layer, int expert, const void *out[3]); /* 0, or -1 on a read error */
 
 /* what one forward call read: weight bytes (matrices, head, embedding rows) and KV cache bytes, and of the
  * weights what came from storage */

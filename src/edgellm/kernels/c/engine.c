@@ -592,15 +592,16 @@ static int moe_ffn(run_ctx *r, const stage_ctx *c, float *scratch) {
         if (!n) continue;
         for (int i = 0; i < n; i++) memcpy(xe + (size_t)i * E, c->h + (size_t)rows[i] * E, sizeof(float) * E);
         r->stats->weight_bytes += (double)(gb + ub + db);
-        rc |= el_matmul(r->pool, L->gate_exps.type, (const char *)L->gate_exps.data + e * gb, F, E, xe, n, c->g, F,
-                        r->qscratch);
-        rc |= el_matmul(r->pool, L->up_exps.type, (const char *)L->up_exps.data + e * ub, F, E, xe, n, c->u, F,
-                        r->qscratch);
+        const void *slab[3] = {(const char *)L->gate_exps.data + e * gb, (const char *)L->up_exps.data + e * ub,
+                               (const char *)L->down_exps.data + e * db};
+        if (el_offload_has_experts(m->offload) && el_offload_expert(m->offload, (int)(L - m->layers), e, slab))
+            return -1; /* streamed: the expert's slabs from the cache, read when missing */
+        rc |= el_matmul(r->pool, L->gate_exps.type, slab[0], F, E, xe, n, c->g, F, r->qscratch);
+        rc |= el_matmul(r->pool, L->up_exps.type, slab[1], F, E, xe, n, c->u, F, r->qscratch);
         stage_ctx ec = *c;
         ec.n_tokens = n;
         el_pool_run(n > 1 ? r->pool : NULL, gate_task, &ec);
-        rc |= el_matmul(r->pool, L->down_exps.type, (const char *)L->down_exps.data + e * db, E, F, c->g, n, de, E,
-                        r->qscratch);
+        rc |= el_matmul(r->pool, L->down_exps.type, slab[2], E, F, c->g, n, de, E, r->qscratch);
         for (int i = 0; i < n; i++) {
             float *o = c->o + (size_t)rows[i] * E;
             const float *d = de + (size_t)i * E;
@@ -753,6 +754,8 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
         stats->io.reads -= io0.reads;
         stats->io.wait_s -= io0.wait_s;
         stats->io.busy_s -= io0.busy_s;
+        stats->io.expert_hits -= io0.expert_hits;
+        stats->io.expert_misses -= io0.expert_misses;
     }
     free(arena);
     free(qscratch);

@@ -35,6 +35,16 @@ struct el_offload {
     int stop, failed;
     char error[256];
     struct stat st;                 /* the file as opened: a change of size or time is an error */
+    /* mixture of experts: each (layer, expert)'s gate, up and down slabs read on demand into a cache of
+     * n_cached slabs, the least often routed expert replaced first (ties: the least recently used) */
+    int n_layers, n_expert, n_cached;
+    int64_t *expert_off;   /* n_layers x n_expert x 3 file offsets */
+    int64_t *expert_bytes; /* n_layers x 3: one expert's gate, up and down bytes in that layer */
+    size_t slab_span[3], slab_bytes;
+    uint8_t *slabs;
+    int *where, *owner;   /* (layer, expert) -> slab or -1; slab -> (layer, expert) or -1 */
+    int64_t *lead3;       /* per slab: bytes before each of its three tensors' data */
+    int64_t *uses, *last_use, tick;
     pthread_t reader;
     int has_reader;
     pthread_mutex_t mu;
@@ -216,6 +226,14 @@ void el_offload_close(el_offload *o) {
     free(o->lead);
     free(o->ring);
     free(o->row_buf);
+    free(o->expert_off);
+    free(o->expert_bytes);
+    free(o->slabs);
+    free(o->where);
+    free(o->owner);
+    free(o->lead3);
+    free(o->uses);
+    free(o->last_use);
     pthread_mutex_destroy(&o->mu);
     pthread_cond_destroy(&o->cv);
     free(o);
@@ -312,3 +330,102 @@ const char *el_offload_error(el_offload *o) {
 }
 
 size_t el_offload_ring_bytes(const el_offload *o) { return o->cap + (o->row_buf ? o->row_cap : 0); }
+
+int el_offload_set_experts(el_offload *o, int n_layers, int n_expert, const int64_t *offsets, const int64_t *bytes,
+                           int n_cached) {
+    if (o->slabs || n_layers < 1 || n_expert < 1 || n_cached < 1) return -1;
+    const size_t keys = (size_t)n_layers * n_expert;
+    for (size_t i = 0; i < keys * 3; i++) {
+        const int64_t b = bytes[(i / 3 / (size_t)n_expert) * 3 + i % 3];
+        if (b <= 0 || offsets[i] < 0 || offsets[i] + b > (int64_t)o->st.st_size) return -1;
+    }
+    o->n_layers = n_layers;
+    o->n_expert = n_expert;
+    o->n_cached = n_cached;
+    o->slab_bytes = 0;
+    for (int j = 0; j < 3; j++) { /* a slab holds the largest layer's tensors, at any lead < ALIGN */
+        o->slab_span[j] = 0;
+        for (int l = 0; l < n_layers; l++) {
+            const size_t span = (size_t)((ALIGN - 1 + bytes[l * 3 + j] + ALIGN - 1) / ALIGN * ALIGN);
+            o->slab_span[j] = span > o->slab_span[j] ? span : o->slab_span[j];
+        }
+        o->slab_bytes += o->slab_span[j];
+    }
+    o->expert_bytes = malloc(sizeof(int64_t) * (size_t)n_layers * 3);
+    if (!o->expert_bytes) return -1;
+    memcpy(o->expert_bytes, bytes, sizeof(int64_t) * (size_t)n_layers * 3);
+    o->expert_off = malloc(sizeof(int64_t) * keys * 3);
+    o->where = malloc(sizeof(int) * keys);
+    o->uses = calloc(keys, sizeof(int64_t));
+    o->owner = malloc(sizeof(int) * (size_t)n_cached);
+    o->lead3 = calloc((size_t)n_cached * 3, sizeof(int64_t));
+    o->last_use = calloc((size_t)n_cached, sizeof(int64_t));
+    if (!o->expert_off || !o->where || !o->uses || !o->owner || !o->lead3 || !o->last_use ||
+        posix_memalign((void **)&o->slabs, ALIGN, o->slab_bytes * (size_t)n_cached))
+        return -1;
+    memcpy(o->expert_off, offsets, sizeof(int64_t) * keys * 3);
+    for (size_t i = 0; i < keys; i++) o->where[i] = -1;
+    for (int i = 0; i < n_cached; i++) o->owner[i] = -1;
+    return 0;
+}
+
+int el_offload_has_experts(const el_offload *o) { return o && o->slabs != NULL; }
+
+int el_offload_expert(el_offload *o, int layer, int expert, const void *out[3]) {
+    if (!o->slabs || layer < 0 || layer >= o->n_layers || expert < 0 || expert >= o->n_expert) return -1;
+    const int key = layer * o->n_expert + expert;
+    o->uses[key]++;
+    o->tick++;
+    int slot = o->where[key];
+    if (slot >= 0) {
+        pthread_mutex_lock(&o->mu);
+        o->io.expert_hits += 1;
+        pthread_mutex_unlock(&o->mu);
+    } else {
+        slot = 0; /* a free slab, else the least often routed (then least recently used) expert's */
+        for (int i = 0; i < o->n_cached; i++) {
+            if (o->owner[i] < 0) {
+                slot = i;
+                break;
+            }
+            const int64_t ui = o->uses[o->owner[i]], us = o->uses[o->owner[slot]];
+            if (ui < us || (ui == us && o->last_use[i] < o->last_use[slot])) slot = i;
+        }
+        if (o->owner[slot] >= 0) o->where[o->owner[slot]] = -1;
+        o->owner[slot] = -1;
+        uint8_t *dst = o->slabs + (size_t)slot * o->slab_bytes;
+        const double t0 = now_s();
+        const char *why = NULL;
+        int rc = 0;
+        double read = 0;
+        for (int j = 0; j < 3 && rc == 0; j++) {
+            const int64_t off = o->expert_off[(size_t)key * 3 + j], at = off / ALIGN * ALIGN;
+            const size_t span = (size_t)((off - at + o->expert_bytes[layer * 3 + j] + ALIGN - 1) / ALIGN * ALIGN);
+            o->lead3[(size_t)slot * 3 + j] = off - at;
+            rc = read_span(o, at, span, dst, &why);
+            dst += o->slab_span[j];
+            read += (double)span;
+        }
+        const double dt = now_s() - t0;
+        pthread_mutex_lock(&o->mu);
+        o->io.busy_s += dt;
+        o->io.wait_s += dt;
+        if (rc) fail(o, why);
+        else {
+            o->io.bytes += read;
+            o->io.reads += 3;
+            o->io.expert_misses += 1;
+        }
+        pthread_mutex_unlock(&o->mu);
+        if (rc) return -1;
+        o->owner[slot] = key;
+        o->where[key] = slot;
+    }
+    o->last_use[slot] = o->tick;
+    const uint8_t *base = o->slabs + (size_t)slot * o->slab_bytes;
+    for (int j = 0; j < 3; j++) {
+        out[j] = base + o->lead3[(size_t)slot * 3 + j];
+        base += o->slab_span[j];
+    }
+    return 0;
+}
