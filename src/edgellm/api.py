@@ -34,6 +34,7 @@ class LLM:
         mem_budget: bytes (or a size such as "60M") that weights, KV cache and buffers must stay within; what does
             not fit is streamed from the model file every token (runtime/offload.py). None: the file is mapped.
         offload_naive: with mem_budget, the naive baseline: every matrix re-read when needed, nothing overlapped.
+        logits_all: with mem_budget, count every prompt position's logits in the buffers (for perplexity).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class LLM:
         head: str | int | None = None,
         mem_budget: str | int | None = None,
         offload_naive: bool = False,
+        logits_all: bool = False,
     ):
         if n_ctx <= 0 or n_batch <= 0:
             raise ConfigError(f"n_ctx and n_batch must be positive (got n_ctx={n_ctx}, n_batch={n_batch})")
@@ -71,12 +73,12 @@ class LLM:
         self.session = Session(self.model, self.n_ctx, n_batch, cache_type)
         self.offload = None  # runtime.offload.OffloadPlan under a memory budget
         if mem_budget is not None or offload_naive:
-            self._plan_offload(mem_budget, offload_naive, sparsity, head)
+            self._plan_offload(mem_budget, offload_naive, sparsity, head, logits_all)
         self.chat_template = self.metadata.get("tokenizer.chat_template") or default_template(
             self.config.architecture
         )
 
-    def _plan_offload(self, mem_budget, naive: bool, sparsity, head) -> None:
+    def _plan_offload(self, mem_budget, naive: bool, sparsity, head, logits_all: bool) -> None:
         from .runtime import offload
 
         if mem_budget is None:
@@ -86,7 +88,8 @@ class LLM:
         cache = self.session.cache
         self.offload = offload.plan(self.config, self.model.store, self.model.output_name, str(self.model_path),
                                     offload.parse_size(mem_budget), cache.k.nbytes + cache.v.nbytes, self.n_ctx,
-                                    self.n_threads, self.session.n_batch, naive)  # fmt: skip
+                                    self.n_threads, self.session.n_batch, naive,
+                                    logits_all=logits_all)  # fmt: skip
         self.session.n_batch = self.offload.n_batch
         self.model.set_offload(self.offload)
         self.model.compiled()  # open the file and start the reader now, not at the first token

@@ -237,3 +237,14 @@ def test_cli_budget_errors_are_one_line(tiny_llama, args, code, message):
     assert out.returncode == code
     assert message in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cli_perplexity_under_a_budget_equals_the_mapped_one(tiny_llama, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the theater in the north and the sea at the other end " * 40)
+    args = ("perplexity", "-m", str(tiny_llama), "-f", str(text), "-c", "32", "--chunks", "3", "--json")
+    plain = _cli(*args)
+    budgeted = _cli(*args, "--mem-budget", "1M")
+    assert plain.returncode == 0 and budgeted.returncode == 0, budgeted.stderr
+    assert json.loads(budgeted.stdout)["ppl"] == json.loads(plain.stdout)["ppl"]
+    assert "mem budget 1.0 MB" in budgeted.stderr

@@ -26,7 +26,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from ..eval.perplexity import perplexity
 
     llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, cache_type=args.cache_type,
-              **sparsity_kwargs(args), **memory_kwargs(args))  # fmt: skip
+              **sparsity_kwargs(args), **memory_kwargs(args), logits_all=True)  # fmt: skip
     report_offload(llm)
     tok = llm.tokenizer
     tokens = text_tokens(args.file, tok)
@@ -39,7 +39,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
 
     result = perplexity(
         llm.model, tokens, args.ctx_size, args.chunks, bos_id=tok.bos_id if tok.add_bos else None, on_chunk=on_chunk,
-        cache_type=args.cache_type, n_batch=llm.offload.logit_rows if llm.offload else 512,
+        cache_type=args.cache_type, n_batch=llm.offload.n_batch if llm.offload else 512,
+        nll_rows=1 if llm.offload else 32,
     )
     bar.close()
     if args.json:

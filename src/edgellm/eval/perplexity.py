@@ -74,9 +74,9 @@ def scored_logits(model, chunk: np.ndarray, n_batch: int = 512, cache_type: str 
             yield logits, chunk[start + lo + 1 : start + hi + 1]
 
 
-def chunk_nll(model, chunk: np.ndarray, n_batch: int = 512, cache_type: str = "f32") -> np.ndarray:
+def chunk_nll(model, chunk: np.ndarray, n_batch: int = 512, cache_type: str = "f32", nll_rows: int = 32) -> np.ndarray:
     """Negative log-likelihood of each token in the second half of `chunk` given what precedes it."""
-    return np.concatenate([token_nll(l, t) for l, t in scored_logits(model, chunk, n_batch, cache_type)])
+    return np.concatenate([token_nll(l, t, nll_rows) for l, t in scored_logits(model, chunk, n_batch, cache_type)])
 
 
 def perplexity(
@@ -88,16 +88,18 @@ def perplexity(
     on_chunk: Callable[[int, int, float], None] | None = None,
     cache_type: str = "f32",
     n_batch: int = 512,
+    nll_rows: int = 32,
 ) -> PerplexityResult:
     """Perplexity over consecutive n_ctx windows of `tokens`; `bos_id` replaces each window's first token.
 
-    `on_chunk(done, total, running_ppl)` is called after each window (progress display).
+    `on_chunk(done, total, running_ppl)` is called after each window (progress display); `n_batch` tokens go
+    through the model at a time and `nll_rows` rows of logits are turned to float64 at a time (memory).
     """
     n_chunks = count_windows(len(tokens), n_ctx, n_chunks)
     nll_sum = nll2_sum = 0.0
     count = 0
     for c in range(n_chunks):
-        nll = chunk_nll(model, window(tokens, c, n_ctx, bos_id), n_batch, cache_type)
+        nll = chunk_nll(model, window(tokens, c, n_ctx, bos_id), n_batch, cache_type, nll_rows)
         nll_sum += float(nll.sum())
         nll2_sum += float(np.square(nll).sum())
         count += len(nll)

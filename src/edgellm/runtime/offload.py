@@ -30,7 +30,6 @@ PAGE = 4096
 UNIT_BYTES = 1 << 20  # streamed matrices are read in units of about this many bytes (whole rows)
 RING_MAX = 16 << 20  # more read-ahead than this buys nothing when storage is the bottleneck
 MIN_BATCH = 16
-LOGIT_ROWS = 1  # rows of logits per forward call when every position needs them (perplexity) under a budget
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
 
@@ -108,7 +107,7 @@ class OffloadPlan:
     ring_bytes: int
     n_batch: int
     naive: bool
-    logit_rows: int
+    logits_all: bool  # every position's logits (perplexity), not the last one's: counted in the buffers
     resident_rows: dict[str, int]  # matrix name -> rows held in memory (a prefix; all rows: fully resident)
     units: list[tuple[int, int, int, int, int]]  # (slot, row0, n_rows, offset, bytes), forward order
     stream_embedding: bool
@@ -167,9 +166,10 @@ def _matrices(config, store, output_name: str) -> list[Matrix]:
     return out
 
 
-def buffer_bytes(config, n_batch: int, n_ctx: int, n_threads: int) -> int:
-    """What the engine allocates for one forward call of n_batch tokens (engine.c el_forward_stats), plus a row of
-    logits and the float64 copies the sampler and perplexity make of it."""
+def buffer_bytes(config, n_batch: int, n_ctx: int, n_threads: int, logits_all: bool = False) -> int:
+    """What the engine allocates for one forward call of n_batch tokens (engine.c el_forward_stats), plus the
+    logits it returns (the last row, or every row with logits_all) and the float64 copies the sampler and
+    perplexity make of one row."""
     c = config
     E, F = c.n_embd, c.n_ff
     QD, KD = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
@@ -178,14 +178,15 @@ def buffer_bytes(config, n_batch: int, n_ctx: int, n_threads: int) -> int:
     floats = n_batch * (2 * E + QD + KD + VD + OD + 2 * F + E) + n_threads * rows * (n_ctx + c.head_dim)
     floats += -(-n_batch // 4) * c.n_head_kv * 16 * rows * (c.head_dim_v + 2) + 2 * n_batch * c.rope_dim
     scratch = n_batch * max(E, F, QD, OD) * 2 + 4 * PAGE  # activations quantized to the dot type
-    return 4 * floats + scratch + (4 + 3 * 8) * LOGIT_ROWS * c.n_vocab
+    return 4 * floats + scratch + (4 * (n_batch if logits_all else 1) + 3 * 8) * c.n_vocab
 
 
 class _Needs:
     """What a budget must hold besides resident weights."""
 
-    def __init__(self, config, store, matrices, kv_bytes, n_ctx, n_threads, naive, unit_bytes):
+    def __init__(self, config, store, matrices, kv_bytes, n_ctx, n_threads, naive, unit_bytes, logits_all=False):
         self.config, self.kv_bytes, self.n_ctx, self.n_threads = config, kv_bytes, n_ctx, n_threads
+        self.logits_all = logits_all
         self.small = 4 * sum(store.info(n).n_bytes for n in store.names() if len(store.info(n).shape) == 1)  # float32
         embd = store.info(names.TOKEN_EMBD)
         self.row_buf = _span(PAGE - 1, embd.n_bytes // embd.shape[0])[2] + PAGE
@@ -199,8 +200,8 @@ class _Needs:
     extra = 0  # mixture of experts: the routers and the fewest expert slabs a token needs
 
     def fixed(self, batch: int) -> int:
-        return (self.kv_bytes + buffer_bytes(self.config, batch, self.n_ctx, self.n_threads) + self.row_buf
-                + self.small + self.extra)  # fmt: skip
+        return (self.kv_bytes + buffer_bytes(self.config, batch, self.n_ctx, self.n_threads, self.logits_all)
+                + self.row_buf + self.small + self.extra)  # fmt: skip
 
 
 def _ring(room: int, min_ring: int, max_unit: int) -> int:
@@ -229,18 +230,20 @@ def minimum_budget(config, store, output_name: str, kv_bytes: int, n_ctx: int, n
 
 
 def plan(config, store, output_name: str, path: str, budget: int, kv_bytes: int, n_ctx: int, n_threads: int,
-         n_batch: int, naive: bool = False, unit_bytes: int = UNIT_BYTES, ring_bytes: int | None = None) -> OffloadPlan:  # fmt: skip
+         n_batch: int, naive: bool = False, unit_bytes: int = UNIT_BYTES, ring_bytes: int | None = None,
+         logits_all: bool = False) -> OffloadPlan:  # fmt: skip
     """Split `budget` bytes; raise BudgetError naming the minimum when even the working set does not fit.
-    unit_bytes: the size of one read; ring_bytes: the streaming buffer (default: chosen from the budget)."""
+    unit_bytes: the size of one read; ring_bytes: the streaming buffer (default: chosen from the budget);
+    logits_all: forward calls return every position's logits (perplexity)."""
     matrices = _matrices(config, store, output_name)
     tied = output_name == names.TOKEN_EMBD
     embd = store.info(names.TOKEN_EMBD)
-    need = _Needs(config, store, matrices, kv_bytes, n_ctx, n_threads, naive, unit_bytes)
+    need = _Needs(config, store, matrices, kv_bytes, n_ctx, n_threads, naive, unit_bytes, logits_all)
     experts = need.experts
     # the prompt batch: the largest (halving the caller's) whose scratch takes <= 1/8 of the budget, or the
     # smallest when even that leaves too little
     batch = n_batch
-    while batch > MIN_BATCH and buffer_bytes(config, batch, n_ctx, n_threads) > budget / 8:
+    while batch > MIN_BATCH and buffer_bytes(config, batch, n_ctx, n_threads, logits_all) > budget / 8:
         batch //= 2
     if need.fixed(batch) + need.min_ring > budget:
         batch = min(n_batch, MIN_BATCH)
@@ -293,8 +296,8 @@ def plan(config, store, output_name: str, path: str, budget: int, kv_bytes: int,
         total += experts.n_keys * experts.expert_bytes
     stream_embedding = not tied or resident.get(head.name, 0) < head.n_rows
     out = OffloadPlan(path=path, budget=budget, kv_bytes=kv_bytes,
-                      buffer_bytes=buffer_bytes(config, batch, n_ctx, n_threads) + ring + row_buf, ring_bytes=ring,
-                      n_batch=batch, naive=naive, logit_rows=LOGIT_ROWS, resident_rows=resident, units=units,
+                      buffer_bytes=buffer_bytes(config, batch, n_ctx, n_threads, logits_all) + ring + row_buf,
+                      ring_bytes=ring, n_batch=batch, naive=naive, logits_all=logits_all, resident_rows=resident, units=units,
                       stream_embedding=stream_embedding, embd_offset=embd.offset if stream_embedding else -1,
                       weight_bytes=total, small_bytes=small, groups=groups,
                       experts=None if experts is None else (experts.offsets.tobytes(), experts.sizes.tobytes(), n_slabs),
