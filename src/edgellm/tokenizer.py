@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import enum
 import heapq
+from array import array
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -565,22 +566,25 @@ def _build_spm(
     if scores is None:
         scores = np.zeros(len(tokens), dtype=np.float32)
 
-    def symbol(text: str) -> bool:  # llama.cpp starts from single characters, tokens or not
-        return text in vocab or len(text) == 1
-
-    splits = [(i, k) for i, text in enumerate(tokens) for k in range(1, len(text))
-              if symbol(text[:k]) and symbol(text[k:])]  # ~0.5 s for Gemma's 262k tokens
-    merged_ids = np.fromiter((i for i, _ in splits), dtype=np.int64, count=len(splits))
-    order = np.argsort(-scores[merged_ids], kind="stable")
-    pairs = [(tokens[i][:k], tokens[i][k:]) for i, k in map(splits.__getitem__, order.tolist())]
+    ids, cuts, missing = array("i"), array("i"), set()
+    for i, text in enumerate(tokens):  # ~1 s for Gemma's 262k tokens (515k splits)
+        for k in range(1, len(text)):
+            a, b = text[:k], text[k:]
+            # llama.cpp starts from single characters, tokens or not
+            if (k == 1 or a in vocab) and (len(b) == 1 or b in vocab):
+                ids.append(i)
+                cuts.append(k)
+                missing.update(h for h in (a, b) if h not in vocab)
+    order = np.argsort(-scores[np.frombuffer(ids, dtype=np.int32)], kind="stable")
     # Characters that only exist as halves of a merge get ids past the vocabulary; left unmerged, encode turns
     # them into byte tokens, as llama.cpp's byte fallback does.
-    # (returned: character -> id).
-    chars = sorted({half for pair in pairs for half in pair if half not in vocab})
-    phantoms = {c: len(tokens) + 1 + j for j, c in enumerate(chars)}
+    phantoms = {c: len(tokens) + 1 + j for j, c in enumerate(sorted(missing))}
     # Byte fallback covers every character when the vocabulary has all 256 <0xXX> tokens (llama.cpp fails
-    # without them; we emit the unknown token).
-    model = _hf_models.BPE(vocab=dict(vocab) | phantoms, merges=pairs, byte_fallback=True, unk_token=unk)
+    # without them; we emit the unknown token). The splits were kept as two int arrays, not half a million
+    # tuples: Gemma's tokenizer then costs ~100 MB less at its peak.
+    pairs = [(tokens[ids[j]][: cuts[j]], tokens[ids[j]][cuts[j] :]) for j in order]
+    del ids, cuts, order
+    model = _hf_models.BPE(vocab=vocab | phantoms, merges=pairs, byte_fallback=True, unk_token=unk)
     return _HFTokenizer(model), phantoms
 
 
