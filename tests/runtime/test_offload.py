@@ -248,3 +248,66 @@ def test_cli_perplexity_under_a_budget_equals_the_mapped_one(tiny_llama, tmp_pat
     assert plain.returncode == 0 and budgeted.returncode == 0, budgeted.stderr
     assert json.loads(budgeted.stdout)["ppl"] == json.loads(plain.stdout)["ppl"]
     assert "mem budget 1.0 MB" in budgeted.stderr
+
+
+def _run_with_timeout(fn, seconds=60):
+    """fn() in a thread: a streaming hang fails the test instead of stopping the suite."""
+    import threading
+
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(value=fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the forward pass hung waiting for streamed weights"
+    return out["value"]
+
+
+def test_skipped_head_and_a_ring_of_little_more_than_one_unit(tiny_llama):
+    """Prompt batches without logits skip the head's units (the engine hands them back unused), and a ring
+    that holds one unit and a bit (a small unit then a large one cannot both fit) still streams."""
+    tokens = np.arange(4, 20)
+
+    def prefill_then_decode(model):
+        cache = KVCache(model.config, N_CTX)
+        model.forward(tokens[:8], cache, None)  # no logits: the head is not computed
+        model.forward(tokens[8:12], cache, None)
+        out = [model.forward(tokens[12:], cache, slice(None))]
+        out += [model.forward(np.array([t]), cache) for t in (5, 6, 7)]
+        return np.concatenate(out)
+
+    model = load(tiny_llama)
+    expected = prefill_then_decode(model)
+    need = offload._Needs(model.config, model.store, offload._matrices(model.config, model.store, model.output_name),
+                          kv_bytes(model), N_CTX, 2, False, 3000)  # fmt: skip
+    one_unit = need.min_ring // 2
+    for ring in (one_unit, one_unit + 4096, 2 * one_unit):
+        plan = make_plan(model, tiny_llama, minimum(model, tiny_llama, unit_bytes=3000) + 4096, unit_bytes=3000)
+        plan.ring_bytes = ring  # below what plan() would choose: the engine alone must cope
+        assert plan.units and max(offload._span(u[3], u[4])[2] for u in plan.units) == one_unit
+        model.set_offload(plan)
+        np.testing.assert_array_equal(_run_with_timeout(lambda: prefill_then_decode(model)), expected)
+
+
+def test_budget_just_above_everything_streams_nothing(tiny_llama):
+    """Around the budget where every weight fits, the plan either streams nothing or keeps a ring to stream with."""
+    model = load(tiny_llama)
+    matrices = offload._matrices(model.config, model.store, model.output_name)
+    low = minimum(model, tiny_llama)
+    everything = sum(offload._span(offload.PAGE - 1, m.n_bytes)[2] for m in matrices)
+    for extra in range(everything - 3 * 4096, everything + 3 * 4096, 1024):
+        plan = make_plan(model, tiny_llama, low + extra)
+        assert (plan.ring_bytes > 0) == bool(plan.units)
+        assert plan.used_bytes <= plan.budget
+
+
+def test_reads_bypass_the_page_cache_where_the_file_system_allows(tiny_llama):
+    model = load(tiny_llama)
+    model.set_offload(make_plan(model, tiny_llama, minimum(model, tiny_llama) + 8 * 4096))
+    compiled = model.compiled()
+    try:
+        fd = os.open(tiny_llama, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+        os.close(fd)
+        supported = hasattr(os, "O_DIRECT")
+    except OSError:
+        supported = False
+    assert compiled.direct_io == supported

@@ -45,6 +45,7 @@ class CompiledModel:
         # their mapped address only until model_set_offload drops it (never read through the mapping)
         self._copies = offload.copies if offload is not None else {}
         self._path = offload.path if offload is not None else store.source
+        self.direct_io = None  # under a budget: whether reads bypass the page cache (O_DIRECT)
         weights = [self._matrix(store, names.TOKEN_EMBD), self._vector(vector(names.OUTPUT_NORM)),
                    self._matrix(store, output_name)]  # fmt: skip
         # RoPE factors (short, long): Llama 3's rope_freqs serve as both; the engine picks by context size
@@ -85,10 +86,13 @@ class CompiledModel:
             self._attach_columns(config, store, np.asarray(thresholds))
         if offload is not None and (offload.units or offload.stream_embedding or offload.experts):
             try:
-                _C.model_set_offload(self._plan, offload.path, offload.units, offload.ring_bytes, int(offload.naive),
-                                     offload.embd_offset, offload.experts)  # fmt: skip
+                held, self.direct_io = _C.model_set_offload(self._plan, offload.path, offload.units,
+                                                            offload.ring_bytes, int(offload.naive), offload.embd_offset,
+                                                            offload.experts)  # fmt: skip
             except OSError as e:
                 raise FormatError(str(e)) from None
+            if held > offload.ring_bytes + offload.row_buffer_bytes:  # the split must count what C allocates
+                raise RuntimeError(f"streaming buffers of {held} bytes exceed the plan's {offload.ring_bytes}")
 
     def _attach_columns(self, config, store, thresholds: np.ndarray) -> None:
         """Column layouts (formats/columns.py) of the matrices whose inputs are sparsified, so that decode steps

@@ -575,22 +575,12 @@ static PyObject *py_model_set_offload(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_OSError, "%s: %s", path, err);
         return NULL;
     }
-    for (int s = 0; s < n_slots; s++) { /* a matrix streamed from row 0 on has no address any more */
-        int first;
-        if (!el_offload_units(o, s, &first) || el_offload_unit(o, first)->row0 > 0) continue;
-        el_weight *w = s == head ? &m->output : (el_weight *)slot_weight(&m->layers[s / EL_COL_SLOTS], s % EL_COL_SLOTS);
-        w->data = NULL;
-    }
-    free(covered);
-    if (embd_offset >= 0) {
-        m->tok_embd.data = NULL;
-        m->embd_offset = embd_offset;
-    }
     if (experts != Py_None) { /* (offsets: int64, n_layers x n_expert x 3; sizes: int64, n_layers x 3; slabs) */
         Py_buffer offs, sizes;
         int n_cached;
         if (!PyArg_ParseTuple(experts, "y*y*i", &offs, &sizes, &n_cached)) {
             el_offload_close(o);
+            free(covered);
             return NULL;
         }
         const size_t want = (size_t)m->n_layers * (m->n_expert > 0 ? m->n_expert : 0) * 3 * sizeof(int64_t);
@@ -608,6 +598,7 @@ static PyObject *py_model_set_offload(PyObject *self, PyObject *args) {
         PyBuffer_Release(&sizes);
         if (bad) {
             el_offload_close(o);
+            free(covered);
             PyErr_SetString(PyExc_ValueError, "model_set_offload: expert slabs do not match the model (or no memory)");
             return NULL;
         }
@@ -617,8 +608,19 @@ static PyObject *py_model_set_offload(PyObject *self, PyObject *args) {
             m->layers[l].down_exps.data = NULL;
         }
     }
+    for (int s = 0; s < n_slots; s++) { /* a matrix streamed from row 0 on has no address any more */
+        int first;
+        if (!el_offload_units(o, s, &first) || el_offload_unit(o, first)->row0 > 0) continue;
+        el_weight *w = s == head ? &m->output : (el_weight *)slot_weight(&m->layers[s / EL_COL_SLOTS], s % EL_COL_SLOTS);
+        w->data = NULL;
+    }
+    free(covered);
+    if (embd_offset >= 0) {
+        m->tok_embd.data = NULL;
+        m->embd_offset = embd_offset;
+    }
     m->offload = o;
-    return PyLong_FromSize_t(el_offload_ring_bytes(o));
+    return Py_BuildValue("(ni)", (Py_ssize_t)el_offload_ring_bytes(o), el_offload_direct(o));
 }
 
 /* model_set_columns(model, list of n_layers * 7 entries: None or a column matrix tuple) */
@@ -672,7 +674,8 @@ static PyObject *py_model_set_head(PyObject *self, PyObject *args) {
             return NULL;
         }
     }
-    if (item != Py_None && !m->output.data) {
+    int first;
+    if (item != Py_None && (!m->output.data || el_offload_units(m->offload, m->n_layers * EL_COL_SLOTS, &first))) {
         PyErr_SetString(PyExc_ValueError, "model_set_head: the candidate head needs the head in memory");
         return NULL;
     }

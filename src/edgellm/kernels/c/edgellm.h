@@ -283,7 +283,8 @@ void el_offload_release(el_offload *o, int u);
 const void *el_offload_read_row(el_offload *o, int64_t offset, size_t n); /* valid until the next call */
 void el_offload_stats(el_offload *o, el_io_stats *s);
 const char *el_offload_error(el_offload *o); /* NULL while reads succeed */
-size_t el_offload_ring_bytes(const el_offload *o);
+size_t el_offload_ring_bytes(const el_offload *o); /* the ring and the row buffer, as allocated */
+int el_offload_direct(const el_offload *o);          /* 1: reads bypass the page cache (O_DIRECT) */
 /* Mixture of experts: experts are read when routed, into a cache of n_cached experts (least often routed
  * replaced first). offsets: n_layers x n_expert x 3 file offsets of each expert's gate, up and down slabs;
  * bytes: n_layers x 3, their sizes in each layer. 0, or -1 on bad arguments or out of memory. */

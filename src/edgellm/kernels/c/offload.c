@@ -109,13 +109,17 @@ static void *reader_main(void *arg) {
     for (;;) {
         const int u = (int)(o->rseq % o->n_units);
         int64_t at, lead;
-        size_t span;
+        size_t span, start, charged;
         unit_span(o, u, &at, &span, &lead);
-        const int wraps = o->tail + span > o->cap; /* the room left at the end is charged to this unit */
-        const size_t start = wraps ? 0 : o->tail, charged = span + (wraps ? o->cap - o->tail : 0);
-        /* wait for room, and never hold the same unit twice */
-        while (!o->stop && !o->failed && (o->fill + charged > o->cap || o->rseq - o->cseq >= o->n_units))
+        for (;;) { /* wait for room, and never hold the same unit twice */
+            if (o->stop || o->failed) break;
+            if (o->fill == 0) o->tail = 0; /* an empty ring starts over: any unit up to cap then fits */
+            const int wraps = o->tail + span > o->cap; /* the room left at the end is charged to this unit */
+            start = wraps ? 0 : o->tail;
+            charged = span + (wraps ? o->cap - o->tail : 0);
+            if (o->fill + charged <= o->cap && o->rseq - o->cseq < o->n_units) break;
             pthread_cond_wait(&o->cv, &o->mu);
+        }
         if (o->stop || o->failed) break;
         pthread_mutex_unlock(&o->mu);
         const double t0 = now_s();
@@ -330,6 +334,8 @@ const char *el_offload_error(el_offload *o) {
 }
 
 size_t el_offload_ring_bytes(const el_offload *o) { return o->cap + (o->row_buf ? o->row_cap : 0); }
+
+int el_offload_direct(const el_offload *o) { return o->direct; }
 
 int el_offload_set_experts(el_offload *o, int n_layers, int n_expert, const int64_t *offsets, const int64_t *bytes,
                            int n_cached) {
