@@ -317,3 +317,24 @@ def test_calibration_pieces(tmp_path):
     gbps, method = storage_read_gbps(tmp_path, n_bytes=16 << 20, block=4 << 20)
     assert gbps > 0 and method in ("O_DIRECT", "posix_fadvise(DONTNEED)")
     assert not list(tmp_path.iterdir())  # its scratch file is gone
+
+
+def test_fit_under_a_budget_gives_commands_that_stream(capsys):
+    """A configuration that streams runs only with the budget it was planned for: the command carries it, with
+    the context and cache type the budget was split for; sparse settings, which the runtime does not stream,
+    are not offered for it."""
+    import shlex
+
+    from edgellm.cli.main import build_parser
+
+    assert main(["fit", "-m", "llama-3.2-3b", "-d", "snapdragon-8-gen-3", "--min-tps", "1", "--mem-budget", "1.5GB",
+                 "--ctx", "256", "--cache-type", "f16", "--json"]) == 0  # fmt: skip
+    rows = json.loads(capsys.readouterr().out)
+    assert any(r["streamed_mb_per_token"] > 0 for r in rows)
+    parser = build_parser()
+    for r in rows:
+        args = parser.parse_args(shlex.split(r["command"])[1:])
+        assert args.mem_budget == 1_500_000_000 and args.ctx_size == 256 and args.cache_type == "f16"
+        assert r["streamed_mb_per_token"] >= 0
+        if r["streamed_mb_per_token"] > 0:
+            assert r["sparsity"] == 0 and r["head"] == 0

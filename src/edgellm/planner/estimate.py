@@ -326,7 +326,8 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
                 f"the KV cache and buffers alone ({(budget - resident_room) / 1e6:.0f} MB) exceed the memory budget "
                 f"({budget / 1e6:.0f} MB): lower --ctx/--prompt or raise --mem-budget"
             )
-        fits = False
+        fits = resident_room >= weights + extra  # with the runtime's leaner budgeted buffers it may still fit
+    if fits is False:
         if rates.storage_gbps is None:
             notes.append("model exceeds memory and storage bandwidth is not published: decode not predicted")
         layers = sum(spec.tensor_bytes(n, r, c) for n, r, c in s.weight_tensors() if n.startswith("blk."))
@@ -397,7 +398,7 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
         device=device.name,
         rates_source=rates.source,
         fits=fits,
-        memory_mb=budget / 1e6 if fits is False else need / 1e6,
+        memory_mb=min(need, budget) / 1e6 if budget is not None else need / 1e6,
         weights_mb=weights / 1e6,
         kv_cache_mb=kv / 1e6,
         budget_mb=budget / 1e6 if budget is not None else None,

@@ -62,6 +62,9 @@ def fit(model_ref: str, device: Device, sc: Scenario, min_tps: float) -> list[di
             e = estimate(spec, device, replace(sc, sparsity=sparsity, head_candidates=head))
             if e.decode_tps is None or e.decode_tps < min_tps:
                 continue
+            streams = e.streamed_mb_per_token > 0
+            if streams and (sparsity or head):
+                continue  # the runtime does not stream with --sparsity or --head (docs/offload.md)
             model, prepare = _model_file(model_ref, spec.shape.name, quant, curve)
             if sparsity or head:
                 prepare.append(_join(["edgellm", "sparsify", "-m", model, "-f", CALIBRATION]
@@ -74,7 +77,10 @@ def fit(model_ref: str, device: Device, sc: Scenario, min_tps: float) -> list[di
                 "decode_tps": round(e.decode_tps, 2), "prefill_tps": None if e.prefill_tps is None else round(e.prefill_tps, 1),
                 "decode_speedup_measured": e.decode_speedup_measured,
                 "kld": None, "quality": "",
-                "model": model, "command": run_command(model, sparsity, head), "prepare": prepare,
+                "model": model, "prepare": prepare,
+                # a budget the user set, or one the weights stream under, goes on the command line
+                "command": run_command(model, sparsity, head, e.budget_mb if streams or sc.mem_budget_gb else None,
+                                       sc.ctx, sc.cache_type),  # fmt: skip
             })  # fmt: skip
     rank = _quality_rank(kld or {}, {r["quant"]: r["bits_per_weight"] for r in rows})
     for r in rows:
@@ -123,10 +129,15 @@ def _measure(kld: float | None, ppl: float | None) -> str:
         else f"ppl +{ppl:.1f} % (measured)"  # fmt: skip
 
 
-def run_command(model: str, sparsity: float = 0.0, head: int = 0) -> str:
-    """`edgellm run` with this model file and read-less setting."""
-    return _join(["edgellm", "run", "-m", model] + (["--sparsity", f"{sparsity:g}"] if sparsity else [])
-                 + (["--head", str(head)] if head else []))  # fmt: skip
+def run_command(model: str, sparsity: float = 0.0, head: int = 0, budget_mb: float | None = None,
+                ctx: int | None = None, cache_type: str | None = None) -> str:  # fmt: skip
+    """`edgellm run` with this model file and read-less setting; with a memory budget (weights streamed from
+    the file) also the context and cache type the budget was split for."""
+    argv = ["edgellm", "run", "-m", model] + (["--sparsity", f"{sparsity:g}"] if sparsity else [])
+    argv += ["--head", str(head)] if head else []
+    if budget_mb is not None:
+        argv += ["--mem-budget", f"{int(budget_mb)}M", "-c", str(ctx), "--cache-type", cache_type]
+    return _join(argv)
 
 
 def _join(argv: list[str]) -> str:
