@@ -10,6 +10,7 @@ import yaml
 from edgellm.cli.main import main
 from edgellm.errors import ConfigError
 from edgellm.formats.quants import GGMLType, get_format
+from edgellm.planner.calibrate import SYN, synthetic_weight_bytes
 from edgellm.planner.device import device_names, load_device
 from edgellm.planner.estimate import (
     KV_BYTES,
@@ -227,8 +228,13 @@ def test_a_calibrated_host_uses_its_measured_rates(tmp_path):
     est = estimate(spec, dev, Scenario(threads=1, ctx=200))
     weights = sum(op.bytes for op in decode_ops(spec, 200) if op.kind == "weights")
     attention = s.n_layer * s.n_head * 200 * 50e-9
-    expected = weights / 10e9 + attention + s.n_layer * 10e-6
+    # the synthetic model's step: its Q8_0 bytes at 10 GB/s plus 10 us per layer; its bytes over that time is
+    # the rate a model's matrices stream at, and no per-layer cost is charged on top
+    syn = synthetic_weight_bytes()
+    stream = syn / (syn / 10e9 + SYN["n_layer"] * 10e-6)
+    expected = weights / stream + attention
     assert 1 / est.decode_tps == pytest.approx(expected, rel=1e-6)
+    assert stream < 10e9
     with pytest.raises(ConfigError, match="calibrated for threads"):
         estimate(spec, dev, Scenario(threads=2))
 
@@ -338,3 +344,15 @@ def test_fit_under_a_budget_gives_commands_that_stream(capsys):
         assert r["streamed_mb_per_token"] >= 0
         if r["streamed_mb_per_token"] > 0:
             assert r["sparsity"] == 0 and r["head"] == 0
+
+
+def test_synthetic_weight_bytes_are_the_calibration_models(tmp_path, monkeypatch):
+    """stream_rate divides by the synthetic model's bytes: they must be the bytes calibrate writes."""
+    from edgellm.formats.gguf import GGUFFile
+    from edgellm.planner import calibrate
+
+    monkeypatch.setitem(calibrate.SYN, "n_layer", 2)
+    monkeypatch.setitem(calibrate.SYN, "d_ff", 256)
+    g = GGUFFile(calibrate.synthetic_model(tmp_path / "syn.gguf"))
+    matrices = sum(t.n_bytes for t in g.tensors.values() if len(t.shape) == 2)
+    assert calibrate.synthetic_weight_bytes() == matrices

@@ -74,6 +74,13 @@ def matmul_gflops(fmt: GGMLType, threads: int, n_out: int = 2048) -> float:
 SYN = dict(n_layer=16, d=768, n_head=12, n_head_kv=4, head_dim=64, d_ff=2048, vocab=2048)
 
 
+def synthetic_weight_bytes() -> int:
+    """Bytes of the synthetic model's matrices (Q8_0), head included."""
+    L, d, h, hk, hd, ff, v = (SYN[k] for k in ("n_layer", "d", "n_head", "n_head_kv", "head_dim", "d_ff", "vocab"))
+    weights = L * (2 * d * h * hd + 2 * d * hk * hd + 3 * d * ff) + v * d
+    return weights * 34 // 32
+
+
 def synthetic_model(path: Path) -> Path:
     """A random llama-architecture GGUF of shape SYN with Q8_0 weights (no tokenizer: the engine needs none)."""
     from ..formats import names

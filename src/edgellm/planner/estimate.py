@@ -16,8 +16,9 @@ measurement says by how much.
 
 Rates come from one of two places:
 - a calibrated host (`edgellm calibrate`): per weight format and thread count, the matrix-vector bandwidth
-  and matrix-matrix FLOP rate edgellm's own kernels reached, and the engine's measured costs per layer
-  and per attended position (calibrate.py measures them on a synthetic model, not on the models scored);
+  and matrix-matrix FLOP rate edgellm's own kernels reached, the rate a whole model's matrices stream at in a
+  decode step (stream_rate) and the engine's measured costs per attended position (calibrate.py measures the
+  last two on a synthetic model, not on the models scored);
 - a spec sheet: peak DRAM bandwidth times MEMORY_EFFICIENCY, a unit's peak int8/fp16 rate times
   COMPUTE_EFFICIENCY. With no published compute peak, prefill is reported as unknown, not guessed.
 """
@@ -105,6 +106,9 @@ class Rates:
     storage_gbps: float | None = None
     source: str = "spec sheet"
     engine: dict[str, float] = field(default_factory=dict)  # calibrated per-layer / per-position costs
+    # calibrated hosts: the rate at which a whole model's matrices stream in a decode step (see stream_rate);
+    # memory-bound products run at it, compute-bound ones at their own matrix x vector rate
+    stream_gbps: float | None = None
 
     def weight_gbps(self, fmt: str) -> float | None:
         return self.matvec_gbps.get(fmt) or _nearest_rate(self.matvec_gbps, fmt) or self.read_gbps
@@ -145,6 +149,22 @@ def rates_for(
     return Rates(read_gbps=read, compute_gflops=compute, storage_gbps=device.storage_read_gbps.value, source=source)
 
 
+def stream_rate(q8_matvec_gbps: float, decode_layer_us: float) -> float:
+    """GB/s at which a decode step streams a model's matrices, from the calibration's synthetic model.
+
+    Calibration times one 96 MB Q8_0 matrix (one long stream) and a synthetic Q8_0 model (many matrices of a
+    few MB, one after another, with the engine's work between them); the model's step exceeds its bytes at the
+    long-stream rate by `decode_layer_us` per layer. That excess is almost all streaming: the engine's own
+    per-layer work measured on a cache-resident model is ~15-30 us, and it grows with the layers' bytes (13, 116
+    and 137 us per layer at widths 256, 768 and 2048 on one host). So the step's bytes over its whole time is
+    the rate a real model's memory-bound products (Q8_0, F16 heads) reach; formats whose kernels are slower than
+    that (most 2-5-bit ones) are limited by their own rate instead, and nothing more is charged per layer."""
+    from .calibrate import synthetic_weight_bytes, SYN
+
+    syn = synthetic_weight_bytes()
+    return syn / (syn / (q8_matvec_gbps * 1e9) + SYN["n_layer"] * decode_layer_us * 1e-6) / 1e9
+
+
 def _calibrated_rates(device: Device, threads: int | None) -> Rates:
     cal = device.calibration
     by_threads = {int(k): v for k, v in cal["threads"].items()}
@@ -159,6 +179,7 @@ def _calibrated_rates(device: Device, threads: int | None) -> Rates:
         storage_gbps=cal.get("storage_read_gbps"),
         source=f"calibrated ({device.path.name}, {t} threads)",
         engine={k: float(c[k]) for k in ENGINE_KEYS},
+        stream_gbps=stream_rate(c["matvec_gbps"]["Q8_0"], float(c["decode_layer_us"])) if "Q8_0" in c["matvec_gbps"] else None,
     )
 
 
@@ -240,8 +261,11 @@ def op_time(op: Op, rates: Rates, decode: bool, head_dim: int = 64) -> tuple[flo
         return max(t, op.bytes / (rates.read_gbps * 1e9)), "attention"
     mem_rate = rates.read_gbps if op.kind == "attention" else rates.weight_gbps(op.fmt)
     if decode and rates.matvec_gbps and op.kind == "weights":
-        # a calibrated matrix-vector rate already folds the arithmetic in: bytes over it is the time
-        return op.bytes / (mem_rate * 1e9), "memory"
+        # a calibrated matrix-vector rate already folds the arithmetic in: bytes over it is the time, and no
+        # product streams faster than a whole model's matrices do (stream_rate)
+        if rates.stream_gbps and rates.stream_gbps < mem_rate:
+            return op.bytes / (rates.stream_gbps * 1e9), "memory"
+        return op.bytes / (mem_rate * 1e9), "compute"
     t_mem = op.bytes / (mem_rate * 1e9) if mem_rate else 0.0
     flops_rate = rates.compute_gflops if op.kind == "attention" else rates.gflops(op.fmt)
     t_cmp = op.flops / (flops_rate * 1e9) if flops_rate else None
@@ -350,7 +374,8 @@ def estimate(spec: ModelSpec, device: Device, sc: Scenario) -> Estimate:
         limits[lim] += t
     t_dram = sum(times.values())
     t_storage = streamed / (rates.storage_gbps * 1e9) if streamed and rates.storage_gbps else 0.0
-    layers_s = s.n_layer * rates.engine.get("decode_layer_us", 0.0) * 1e-6  # norms, RoPE, hand-offs
+    # norms, RoPE, hand-offs: folded into the streaming rate where the host was calibrated (stream_rate)
+    layers_s = 0.0 if rates.stream_gbps else s.n_layer * rates.engine.get("decode_layer_us", 0.0) * 1e-6
     step = max(t_dram, t_storage) + layers_s  # streaming overlaps compute (prefetch)
     if layers_s:
         times["per-layer work"] = layers_s

@@ -46,7 +46,7 @@ def plan_multi(spec: ModelSpec, device: Device, sc: Scenario, n: int, link_gbps:
 
     s = spec.shape
     kv = 2.0 * s.n_head_kv * s.head_dim * (max(sc.ctx, sc.prompt) + 1) * KV_BYTES[sc.cache_type]
-    fixed = rates.engine.get("decode_layer_us", 0.0) * 1e-6
+    fixed = 0.0 if rates.stream_gbps else rates.engine.get("decode_layer_us", 0.0) * 1e-6  # see stream_rate
     layers, bw = layer_costs(spec, decode_ops(spec, sc.ctx, sc.sparsity, sc.cache_type, sc.head_candidates), rates, True, kv, fixed)
     accs = [Accelerator(f"acc{i}", bw, cap, rates.compute_gflops) for i in range(n)]
     opts = [pipeline(layers, accs, link, hidden), tensor_parallel(layers, accs, link, hidden)]
