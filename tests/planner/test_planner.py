@@ -13,6 +13,7 @@ from edgellm.formats.quants import GGMLType, get_format
 from edgellm.planner.calibrate import SYN, synthetic_weight_bytes
 from edgellm.planner.device import device_names, load_device
 from edgellm.planner.estimate import (
+    ENGINE_KEYS,
     KV_BYTES,
     Scenario,
     decode_ops,
@@ -356,3 +357,17 @@ def test_synthetic_weight_bytes_are_the_calibration_models(tmp_path, monkeypatch
     g = GGUFFile(calibrate.synthetic_model(tmp_path / "syn.gguf"))
     matrices = sum(t.n_bytes for t in g.tensors.values() if len(t.shape) == 2)
     assert calibrate.synthetic_weight_bytes() == matrices
+
+
+def test_engine_costs_run_on_a_small_synthetic_model(monkeypatch):
+    """calibrate's engine measurements run end to end (they broke once, silently, when bench's helpers changed)."""
+    from edgellm import kernels
+    from edgellm.planner import calibrate
+
+    if kernels._C is None:
+        pytest.skip("calibration needs the C kernels")
+    for key, value in dict(n_layer=2, d=256, n_head=4, n_head_kv=2, head_dim=64, d_ff=512, vocab=512).items():
+        monkeypatch.setitem(calibrate.SYN, key, value)
+    costs = calibrate.engine_costs(1, matvec_gbps_q8=10.0, matmul_gflops_q8=50.0, depth=64)
+    assert set(costs) == set(ENGINE_KEYS)
+    assert all(np.isfinite(v) and v >= 0 for v in costs.values())

@@ -136,7 +136,7 @@ def engine_costs(threads: int, matvec_gbps_q8: float, matmul_gflops_q8: float, d
     q8 = 34 / 32  # bytes per weight
     # decode: step = weights / bw + L * (fixed + heads * positions * per_position), positions ~ n / 2 near
     weights_s = (L * layer_weights + head_weights) * q8 / (matvec_gbps_q8 * 1e9)
-    per_pos = (far - near) / (L * h * depth)
+    per_pos = max(0.0, (far - near) / (L * h * depth))  # timing noise must not make attention free or negative
     fixed = max(0.0, near - weights_s - L * h * (n / 2) * per_pos) / L
     # prefill of P tokens: matmuls + L * (a * P + b * heads * P^2 / 2): two lengths give a and b
     def rest(t, p):
