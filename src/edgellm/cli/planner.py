@@ -81,6 +81,8 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-t", "--threads", default=None, help="thread counts to measure, e.g. 1,2 (default 1..cores)")
     parser.add_argument("--formats", default=None, help="weight formats to measure (default: all common ones)")
     parser.add_argument("--storage-dir", type=Path, default=None, help="where to time storage reads (default: the --out directory)")
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="measure everything this many times in turn and keep the medians (default 3)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
@@ -103,7 +105,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"unknown weight format '{bad[0]}'; e.g. {', '.join(FORMATS)}")
     storage_dir = args.storage_dir or (args.out.resolve().parent)
-    profile = calibrate(threads, formats, storage_dir, lambda m: print(f"calibrate: {m}", file=sys.stderr, flush=True))
+    profile = calibrate(threads, formats, storage_dir, lambda m: print(f"calibrate: {m}", file=sys.stderr, flush=True),
+                        rounds=args.rounds)  # fmt: skip
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text("# written by `edgellm calibrate`: measured on this machine\n"
                    + yaml.safe_dump(profile, sort_keys=False, default_flow_style=None, width=120), encoding="utf-8")  # fmt: skip

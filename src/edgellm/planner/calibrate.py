@@ -14,6 +14,7 @@ import contextlib
 import mmap
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -136,7 +137,7 @@ def engine_costs(threads: int, matvec_gbps_q8: float, matmul_gflops_q8: float, d
     q8 = 34 / 32  # bytes per weight
     # decode: step = weights / bw + L * (fixed + heads * positions * per_position), positions ~ n / 2 near
     weights_s = (L * layer_weights + head_weights) * q8 / (matvec_gbps_q8 * 1e9)
-    per_pos = max(0.0, (far - near) / (L * h * depth))  # timing noise must not make attention free or negative
+    per_pos = max(0.0, (far - near) / (L * h * depth))  # timing noise must not make it negative
     fixed = max(0.0, near - weights_s - L * h * (n / 2) * per_pos) / L
     # prefill of P tokens: matmuls + L * (a * P + b * heads * P^2 / 2): two lengths give a and b
     def rest(t, p):
@@ -197,23 +198,37 @@ def calibrate(
     formats: tuple[str, ...] = FORMATS,
     storage_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    rounds: int = 3,
 ) -> dict:
-    """The host as a device profile (a dict ready for YAML)."""
+    """The host as a device profile (a dict ready for YAML). Every measurement is repeated in `rounds` rounds
+    that go over all of them in turn, and the median kept: on a shared machine a neighbour's burst then spoils
+    one round of every measurement rather than every round of one (two single-round calibrations of a 2-core
+    VM ten minutes apart differed by up to 1.7x)."""
     if kernels._C is None:
         raise ConfigError("calibrating needs the C kernels (reinstall edgellm with a C compiler)")
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be at least 1, got {rounds}")
     say = progress or (lambda _: None)
     per_threads = {}
     for t in threads:
-        say(f"read bandwidth, {t} thread(s)")
-        entry = {"read_gbps": round(kernels.read_bandwidth_gbps(threads=t), 2), "matvec_gbps": {}, "matmul_gflops": {}}
-        for name in formats:
-            say(f"{name}, {t} thread(s)")
-            fmt = GGMLType[name]
-            entry["matvec_gbps"][name] = round(matvec_gbps(fmt, t), 2)
-            entry["matmul_gflops"][name] = round(matmul_gflops(fmt, t), 1)
-        say(f"engine on a synthetic model, {t} thread(s)")
-        entry.update(engine_costs(t, entry["matvec_gbps"].get("Q8_0") or matvec_gbps(GGMLType.Q8_0, t),
-                                  entry["matmul_gflops"].get("Q8_0") or matmul_gflops(GGMLType.Q8_0, t)))
+        seen: dict[str, list[float]] = {}
+        for r in range(rounds):
+            say(f"round {r + 1}/{rounds}, {t} thread(s): read bandwidth, matrix products of {len(formats)} formats")
+            seen.setdefault("read", []).append(kernels.read_bandwidth_gbps(threads=t))
+            for name in formats:
+                seen.setdefault(f"mv {name}", []).append(matvec_gbps(GGMLType[name], t))
+                seen.setdefault(f"mm {name}", []).append(matmul_gflops(GGMLType[name], t))
+        median = {k: statistics.median(v) for k, v in seen.items()}
+        entry = {"read_gbps": round(median["read"], 2),
+                 "matvec_gbps": {n: round(median[f"mv {n}"], 2) for n in formats},
+                 "matmul_gflops": {n: round(median[f"mm {n}"], 1) for n in formats}}  # fmt: skip
+        q8 = entry["matvec_gbps"].get("Q8_0") or matvec_gbps(GGMLType.Q8_0, t)
+        q8_mm = entry["matmul_gflops"].get("Q8_0") or matmul_gflops(GGMLType.Q8_0, t)
+        costs = []
+        for r in range(rounds):
+            say(f"round {r + 1}/{rounds}, {t} thread(s): the engine on a synthetic model")
+            costs.append(engine_costs(t, q8, q8_mm))
+        entry.update({k: round(statistics.median(c[k] for c in costs), 5) for k in costs[0]})
         per_threads[t] = entry
     say("storage read (O_DIRECT)")
     storage, method = storage_read_gbps(storage_dir or Path(tempfile.gettempdir()))
