@@ -43,14 +43,10 @@ def random_rows(rng: np.random.Generator, ttype: GGMLType, n_rows: int, n_cols: 
 
 def vocabulary(n_vocab: int) -> dict:
     """Byte-level BPE: the 256 byte symbols, two specials, then filler tokens up to the real vocabulary size."""
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    symbols, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            symbols.append(chr(b))
-        else:
-            symbols.append(chr(256 + extra))
-            extra += 1
+    from edgellm.tokenizer import _bytes_to_unicode  # GPT-2's byte -> character table
+
+    table = _bytes_to_unicode()
+    symbols = [table[b] for b in range(256)]
     specials = ["<|begin_of_text|>", "<|end_of_text|>"]
     tokens = symbols + specials + [f"<filler_{i}>" for i in range(n_vocab - len(symbols) - len(specials))]
     types = [1] * len(symbols) + [3, 3] + [4] * (n_vocab - len(symbols) - 2)

@@ -259,25 +259,30 @@ static void release_front(el_offload *o) {
     pthread_cond_broadcast(&o->cv);
 }
 
+/* a read the engine waits for (naive units, embedding rows, routed experts): timed and counted; 0 or -1 */
+static int read_waited(el_offload *o, int64_t at, size_t span, uint8_t *dst) {
+    const double t0 = now_s();
+    const char *why = NULL;
+    const int rc = read_span(o, at, span, dst, &why);
+    const double dt = now_s() - t0;
+    pthread_mutex_lock(&o->mu);
+    o->io.busy_s += dt;
+    o->io.wait_s += dt;
+    if (rc) fail(o, why);
+    else {
+        o->io.bytes += (double)span;
+        o->io.reads += 1;
+    }
+    pthread_mutex_unlock(&o->mu);
+    return rc;
+}
+
 const void *el_offload_acquire(el_offload *o, int u) {
     if (o->synchronous) {
         int64_t at, lead;
         size_t span;
         unit_span(o, u, &at, &span, &lead);
-        const double t0 = now_s();
-        const char *why = NULL;
-        const int rc = read_span(o, at, span, o->ring, &why);
-        const double dt = now_s() - t0;
-        pthread_mutex_lock(&o->mu);
-        o->io.busy_s += dt;
-        o->io.wait_s += dt;
-        if (rc) fail(o, why);
-        else {
-            o->io.bytes += (double)span;
-            o->io.reads += 1;
-        }
-        pthread_mutex_unlock(&o->mu);
-        return rc ? NULL : o->ring + lead;
+        return read_waited(o, at, span, o->ring) ? NULL : o->ring + lead;
     }
     pthread_mutex_lock(&o->mu);
     const double t0 = now_s();
@@ -304,20 +309,7 @@ const void *el_offload_read_row(el_offload *o, int64_t offset, size_t n) {
     const int64_t at = offset / ALIGN * ALIGN, lead = offset - at;
     const size_t span = (size_t)((lead + (int64_t)n + ALIGN - 1) / ALIGN * ALIGN);
     if (!o->row_buf || span > o->row_cap || offset < 0 || offset + (int64_t)n > (int64_t)o->st.st_size) return NULL;
-    const double t0 = now_s();
-    const char *why = NULL;
-    const int rc = read_span(o, at, span, o->row_buf, &why);
-    const double dt = now_s() - t0;
-    pthread_mutex_lock(&o->mu);
-    o->io.busy_s += dt;
-    o->io.wait_s += dt;
-    if (rc) fail(o, why);
-    else {
-        o->io.bytes += (double)span;
-        o->io.reads += 1;
-    }
-    pthread_mutex_unlock(&o->mu);
-    return rc ? NULL : o->row_buf + lead;
+    return read_waited(o, at, span, o->row_buf) ? NULL : o->row_buf + lead;
 }
 
 void el_offload_stats(el_offload *o, el_io_stats *s) {
@@ -400,30 +392,18 @@ int el_offload_expert(el_offload *o, int layer, int expert, const void *out[3]) 
         if (o->owner[slot] >= 0) o->where[o->owner[slot]] = -1;
         o->owner[slot] = -1;
         uint8_t *dst = o->slabs + (size_t)slot * o->slab_bytes;
-        const double t0 = now_s();
-        const char *why = NULL;
         int rc = 0;
-        double read = 0;
         for (int j = 0; j < 3 && rc == 0; j++) {
             const int64_t off = o->expert_off[(size_t)key * 3 + j], at = off / ALIGN * ALIGN;
             const size_t span = (size_t)((off - at + o->expert_bytes[layer * 3 + j] + ALIGN - 1) / ALIGN * ALIGN);
             o->lead3[(size_t)slot * 3 + j] = off - at;
-            rc = read_span(o, at, span, dst, &why);
+            rc = read_waited(o, at, span, dst);
             dst += o->slab_span[j];
-            read += (double)span;
         }
-        const double dt = now_s() - t0;
-        pthread_mutex_lock(&o->mu);
-        o->io.busy_s += dt;
-        o->io.wait_s += dt;
-        if (rc) fail(o, why);
-        else {
-            o->io.bytes += read;
-            o->io.reads += 3;
-            o->io.expert_misses += 1;
-        }
-        pthread_mutex_unlock(&o->mu);
         if (rc) return -1;
+        pthread_mutex_lock(&o->mu);
+        o->io.expert_misses += 1;
+        pthread_mutex_unlock(&o->mu);
         o->owner[slot] = key;
         o->where[key] = slot;
     }
