@@ -69,9 +69,7 @@ def _generate_seconds(model, n_tokens: int, first_token: int, depth: np.ndarray)
     t0 = time.perf_counter()
     for _ in range(n_tokens):
         logits = model.forward(np.array([token]), cache)
-        t.generate_bytes += model.bytes_read()
-        t.weight_bytes += model.weight_bytes_read()
-        t.storage = tuple(a + b for a, b in zip(t.storage, model.storage_read()))
+        t.add_step(model)
         token = int(np.argmax(logits[0]))
     return time.perf_counter() - t0, t
 

@@ -152,22 +152,25 @@ class Transformer:
             logits = np.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
         return logits
 
+    def _last_read(self) -> tuple[float, ...]:
+        """The C engine's account of the last forward call (kernels.plan.CompiledModel.last_read); zeros on the
+        NumPy path."""
+        compiled = self._compiled if self._compiled_path == kernels.active_path() else None
+        return compiled.last_read if compiled is not None else (0.0,) * 8
+
     def bytes_read(self) -> float:
         """Weight and KV cache bytes the last forward call read (C engine; 0 on the NumPy path)."""
-        compiled = self._compiled if self._compiled_path == kernels.active_path() else None
-        return float(sum(compiled.last_read[:2])) if compiled is not None else 0.0
+        return float(sum(self._last_read()[:2]))
 
     def weight_bytes_read(self) -> float:
         """Of bytes_read(), the weights."""
-        compiled = self._compiled if self._compiled_path == kernels.active_path() else None
-        return float(compiled.last_read[0]) if compiled is not None else 0.0
+        return float(self._last_read()[0])
 
     def storage_read(self) -> tuple[float, ...]:
         """What the last forward call read from the model file under a memory budget: (bytes, reads, seconds the
         engine waited, seconds reads were in flight, routed experts found in the cache, routed experts read);
         zeros when every weight is in memory."""
-        compiled = self._compiled if self._compiled_path == kernels.active_path() else None
-        return tuple(compiled.last_read[2:8]) if compiled is not None else (0.0,) * 6
+        return tuple(self._last_read()[2:8])
 
     def _exact_logits(self, h: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """The head's logits of one normed row h for token ids (the candidate head's exact pass)."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BudgetError, ConfigError
+from ..errors import BudgetError, ConfigError, FormatError
 from ..formats import names
 from ..kernels.plan import COLUMN_SLOTS
 
@@ -56,30 +56,33 @@ def _span(offset: int, n: int) -> tuple[int, int, int]:
     return at, lead, -(-(lead + n) // PAGE) * PAGE
 
 
-def read_direct(path: str, offset: int, n: int) -> np.ndarray:
-    """n bytes of the file at offset, read around the page cache into anonymous memory (uint8 view)."""
-    at, lead, span = _span(offset, n)
-    buf = mmap.mmap(-1, span)
-    flags = os.O_RDONLY | getattr(os, "O_DIRECT", 0)
+def read_direct(path: str, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
+    """The bytes of each (offset, n) range of the file, read around the page cache into anonymous memory
+    (uint8 views), through one descriptor."""
+    direct = getattr(os, "O_DIRECT", 0)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, os.O_RDONLY | direct)
     except OSError:  # a file system without O_DIRECT (tmpfs): read, then drop the pages
-        fd = os.open(path, os.O_RDONLY)
-        flags = os.O_RDONLY
+        fd, direct = os.open(path, os.O_RDONLY), 0
+    out = []
     try:
-        view, done = memoryview(buf), 0
-        while done < span:
-            got = os.preadv(fd, [view[done:]], at + done)
-            if got <= 0:
-                break
-            done += got
-        if done < lead + n:
-            raise BudgetError(f"{path}: the file ended while reading it into memory (truncated?)")
-        if not flags & getattr(os, "O_DIRECT", 0) and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, at, span, os.POSIX_FADV_DONTNEED)
+        for offset, n in ranges:
+            at, lead, span = _span(offset, n)
+            buf = mmap.mmap(-1, span)
+            view, done = memoryview(buf), 0
+            while done < span:
+                got = os.preadv(fd, [view[done:]], at + done)
+                if got <= 0:
+                    break
+                done += got
+            if done < lead + n:
+                raise FormatError(f"{path}: the file ended while reading it into memory (truncated?)")
+            if not direct and hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, at, span, os.POSIX_FADV_DONTNEED)
+            out.append(np.frombuffer(buf, dtype=np.uint8, count=n, offset=lead))
     finally:
         os.close(fd)
-    return np.frombuffer(buf, dtype=np.uint8, count=n, offset=lead)
+    return out
 
 
 @dataclass
@@ -214,14 +217,19 @@ def _ring(room: int, min_ring: int, max_unit: int) -> int:
     return int(min(max(min_ring, 4 * max_unit, room // 8), RING_MAX))
 
 
+def _prompt_batch(config, n_batch: int, n_ctx: int, n_threads: int, budget: int, logits_all: bool = False) -> int:
+    """The largest prompt batch (halving the caller's, down to MIN_BATCH) whose scratch takes <= 1/8 of the budget."""
+    while n_batch > MIN_BATCH and buffer_bytes(config, n_batch, n_ctx, n_threads, logits_all) > budget / 8:
+        n_batch //= 2
+    return n_batch
+
+
 def streaming_overhead(config, kv_bytes: int, n_ctx: int, n_threads: int, budget: int, n_batch: int = 1) -> int:
     """What a budget holds besides resident weights when the model streams, for the planner (which has the
     model's shape, not its file): the KV cache, the engine's buffers, the ring, the row buffer and the norms,
     as plan() splits them with units of UNIT_BYTES."""
     small = 4 * (2 * config.n_layers + 1) * config.n_embd
-    batch = n_batch
-    while batch > MIN_BATCH and buffer_bytes(config, batch, n_ctx, n_threads) > budget / 8:
-        batch //= 2
+    batch = _prompt_batch(config, n_batch, n_ctx, n_threads, budget)
     fixed = kv_bytes + buffer_bytes(config, batch, n_ctx, n_threads) + 3 * PAGE + 4 * config.n_embd + small
     min_ring = 2 * (UNIT_BYTES + PAGE)
     return fixed + _ring(budget - fixed, min_ring, UNIT_BYTES)
@@ -245,12 +253,8 @@ def plan(config, store, output_name: str, path: str, budget: int, kv_bytes: int,
     embd = store.info(names.TOKEN_EMBD)
     need = _Needs(config, store, matrices, kv_bytes, n_ctx, n_threads, naive, unit_bytes, logits_all)
     experts = need.experts
-    # the prompt batch: the largest (halving the caller's) whose scratch takes <= 1/8 of the budget, or the
-    # smallest when even that leaves too little
-    batch = n_batch
-    while batch > MIN_BATCH and buffer_bytes(config, batch, n_ctx, n_threads, logits_all) > budget / 8:
-        batch //= 2
-    if need.fixed(batch) + need.min_ring > budget:
+    batch = _prompt_batch(config, n_batch, n_ctx, n_threads, budget, logits_all)
+    if need.fixed(batch) + need.min_ring > budget:  # even that leaves too little: the smallest batch
         batch = min(n_batch, MIN_BATCH)
     fixed = need.fixed(batch)
     if budget < fixed + need.min_ring:
@@ -314,11 +318,9 @@ def plan(config, store, output_name: str, path: str, budget: int, kv_bytes: int,
                       expert_cache_bytes=n_slabs * experts.slab_span if experts else 0,
                       row_buffer_bytes=row_buf)  # fmt: skip
     by_name = {m.name: m for m in matrices}
-    for name, n_rows in resident.items():
-        out.copies[name] = read_direct(path, by_name[name].offset, n_rows * by_name[name].row_bytes)
-    for name in experts.routers if experts is not None else ():
-        info = store.info(name)
-        out.copies[name] = read_direct(path, info.offset, info.n_bytes)
+    ranges = {name: (by_name[name].offset, rows * by_name[name].row_bytes) for name, rows in resident.items()}
+    ranges |= {name: (store.info(name).offset, store.info(name).n_bytes) for name in (experts.routers if experts else ())}
+    out.copies = dict(zip(ranges, read_direct(path, list(ranges.values()))))
     return out
 
 

@@ -28,6 +28,12 @@ class Timings:
     def bytes_read_per_token(self) -> float | None:
         return self.generate_bytes / self.n_generated if self.generate_bytes and self.n_generated else None
 
+    def add_step(self, model) -> None:
+        """Count what the model's last decode step read (bytes_read_per_token, storage_stats)."""
+        self.generate_bytes += model.bytes_read()
+        self.weight_bytes += model.weight_bytes_read()
+        self.storage = tuple(a + b for a, b in zip(self.storage, model.storage_read()))
+
     def storage_stats(self) -> dict:
         """Per decoded token: bytes and reads from storage, the share of weight bytes found in memory, and the
         milliseconds the engine waited for reads (reads in flight meanwhile were hidden behind compute)."""
@@ -96,9 +102,7 @@ class Session:
     def step(self, token: int) -> np.ndarray:
         """Append one token; return the logits after it."""
         logits = self.model.forward(np.asarray([token]), self.cache)[0]
-        self.timings.generate_bytes += self.model.bytes_read()
-        self.timings.weight_bytes += self.model.weight_bytes_read()
-        self.timings.storage = tuple(a + b for a, b in zip(self.timings.storage, self.model.storage_read()))
+        self.timings.add_step(self.model)
         self.tokens.append(token)
         return logits
 
