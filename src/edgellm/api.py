@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from typing import Any, Iterator, Sequence
 
-from . import hub, kernels
+from . import hub
 from .chat_template import default_template, render_chat
 from .errors import ConfigError, UnsupportedError
 from .formats.gguf import GGUFFile
@@ -55,6 +56,7 @@ class LLM:
     ):
         if n_ctx <= 0 or n_batch <= 0:
             raise ConfigError(f"n_ctx and n_batch must be positive (got n_ctx={n_ctx}, n_batch={n_batch})")
+        self._n_batch_default = n_batch
         self.model_path = hub.resolve(model, pull=pull)
         self.gguf = GGUFFile(self.model_path)
         self.metadata = self.gguf.metadata
@@ -67,10 +69,16 @@ class LLM:
                       None if head is None else str(head))  # fmt: skip
         self.n_ctx = min(n_ctx, self.config.n_ctx_train)
         self.n_threads = n_threads or os.cpu_count() or 1
-        kernels.set_threads(self.n_threads)
+        self.model.n_threads = self.n_threads  # this model's own pool: another LLM in the process keeps its own
         self.seed = seed
         self.cache_type = cache_type
-        self.session = Session(self.model, self.n_ctx, n_batch, cache_type)
+        # Each generation runs on a sequence (a Session: KV cache and its tokens) of its own, checked out for its
+        # duration, so threads and interleaved generators never share a cache; idle ones are kept for their
+        # prefixes. Under a memory budget the one sequence the budget counts is shared in turn.
+        self._idle = [Session(self.model, self.n_ctx, n_batch, cache_type)]
+        self._sequences = threading.BoundedSemaphore(1 if mem_budget is not None else MAX_SEQUENCES)
+        self._lock = threading.Lock()
+        self._local = threading.local()  # this thread's last generation: session, finish_reason, generated
         self.offload = None  # runtime.offload.OffloadPlan under a memory budget
         if mem_budget is not None or offload_naive:
             self._plan_offload(mem_budget, offload_naive, sparsity, head, logits_all)
@@ -85,12 +93,13 @@ class LLM:
             raise ConfigError("offload_naive (--offload-naive) needs a memory budget (--mem-budget SIZE)")
         if sparsity is not None or head is not None:
             raise UnsupportedError("--mem-budget with --sparsity or --head is not supported yet; use one or the other")
-        cache = self.session.cache
+        session = self._idle[0]
+        cache = session.cache
         self.offload = offload.plan(self.config, self.model.store, self.model.output_name, str(self.model_path),
                                     offload.parse_size(mem_budget), cache.k.nbytes + cache.v.nbytes, self.n_ctx,
-                                    self.n_threads, self.session.n_batch, naive,
+                                    self.n_threads, session.n_batch, naive,
                                     logits_all=logits_all)  # fmt: skip
-        self.session.n_batch = self.offload.n_batch
+        session.n_batch = self.offload.n_batch
         self.model.set_offload(self.offload)
         self.model.compiled()  # open the file and start the reader now, not at the first token
 
@@ -103,11 +112,57 @@ class LLM:
     def detokenize(self, tokens: Sequence[int]) -> bytes:
         return b"".join(self.tokenizer.token_bytes(t) for t in tokens)
 
+    # -- sequences -----------------------------------------------------------------------------------
+    @property
+    def session(self) -> Session:
+        """The sequence this thread's last generation ran on (its timings), or an idle one."""
+        return getattr(self._local, "session", None) or self._idle[0]
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why this thread's last generation ended: "stop" or "length"."""
+        return getattr(self._local, "finish_reason", None)
+
+    @property
+    def generated(self) -> list[int]:
+        """The tokens this thread's last stream_text produced."""
+        return getattr(self._local, "generated", [])
+
+    def _checkout(self, ids: Sequence[int]) -> Session:
+        """A sequence for a new generation: the idle one sharing the longest prefix with `ids`, else a new one."""
+        self._sequences.acquire()
+        with self._lock:
+            if not self._idle:
+                return Session(self.model, self.n_ctx, self._n_batch, self.cache_type)
+            best = max(self._idle, key=lambda s: common_prefix(s.tokens, ids))
+            self._idle.remove(best)
+            return best
+
+    def _checkin(self, session: Session) -> None:
+        with self._lock:
+            self._idle.append(session)
+            del self._idle[:-MAX_IDLE_SEQUENCES]  # the most recently used are kept
+        self._sequences.release()
+
+    @property
+    def _n_batch(self) -> int:
+        return self.offload.n_batch if self.offload is not None else self._n_batch_default
+
     # -- generation ----------------------------------------------------------------------------------
     def generate(self, tokens: Sequence[int], max_tokens: int | None = None, **sampling: Any) -> Iterator[int]:
-        """Yield token ids after `tokens` until an end-of-generation token or `max_tokens`."""
+        """Yield token ids after `tokens` until an end-of-generation token or `max_tokens`. Each generator runs on a
+        sequence of its own: generators may be interleaved and used from several threads."""
         sampler = make_sampler(SamplingParams(**_sampling_args(sampling, self.seed)))
-        return self.session.generate(tokens, sampler, max_tokens, self.tokenizer.eog_ids)
+        return self._generate(list(tokens), sampler, max_tokens)
+
+    def _generate(self, tokens: list[int], sampler, max_tokens: int | None) -> Iterator[int]:
+        session = self._checkout(tokens)
+        self._local.session = session
+        try:
+            yield from session.generate(tokens, sampler, max_tokens, self.tokenizer.eog_ids)
+        finally:
+            self._local.finish_reason = session.finish_reason if hasattr(session, "finish_reason") else None
+            self._checkin(session)
 
     def stream_text(
         self, prompt_ids: Sequence[int], max_tokens: int | None, stop: Sequence[str] = (), **sampling: Any
@@ -117,17 +172,18 @@ class LLM:
         decoder = StreamDecoder(self.tokenizer)
         pending = ""
         n = 0
-        self.finish_reason = "length"
-        self.generated: list[int] = []
-        for token in self.generate(prompt_ids, max_tokens, **sampling):
+        self._local.generated = generated = []
+        tokens = self.generate(prompt_ids, max_tokens, **sampling)
+        for token in tokens:
             n += 1
-            self.generated.append(token)
+            generated.append(token)
             pending += decoder.feed(token)
             cut = _first_stop(pending, stops)
             if cut is not None:
+                tokens.close()  # the sequence is free again
+                self._local.finish_reason = "stop"
                 if pending[:cut]:
                     yield pending[:cut], n
-                self.finish_reason = "stop"
                 return
             keep = _stop_prefix_len(pending, stops)
             if len(pending) > keep:
@@ -136,7 +192,6 @@ class LLM:
         pending += decoder.flush()
         if pending:
             yield pending, n
-        self.finish_reason = self.session.finish_reason
 
     def create_completion(
         self,
@@ -233,6 +288,20 @@ class LLM:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+MAX_SEQUENCES = 16  # generations running at once on one LLM (each holds a KV cache)
+MAX_IDLE_SEQUENCES = 4  # finished sequences kept for their prefixes
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens a and b share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _sampling_args(sampling: dict, default_seed: int | None) -> dict:

@@ -311,9 +311,9 @@ static void test_columns(const el_col_kernels *generic) {
         xs[j] = rnd_normal();
     }
     for (int kind = EL_COL_U4; kind <= EL_COL_I8; kind++) {
-        check(el_col.dot[kind] != generic->dot[kind], "column kind %d: NEON path did not register a kernel", kind);
+        check(el_col->dot[kind] != generic->dot[kind], "column kind %d: NEON path did not register a kernel", kind);
         int32_t a[N], b[N];
-        el_col.dot[kind](N, a, CH / 4, xq, q, N / 2);
+        el_col->dot[kind](N, a, CH / 4, xq, q, N / 2);
         generic->dot[kind](N, b, CH / 4, xq, q, N / 2);
         check(memcmp(a, b, sizeof(a)) == 0, "column kind %d: NEON dot differs from generic", kind);
     }
@@ -330,7 +330,7 @@ static void test_columns(const el_col_kernels *generic) {
                     memcpy(rows[j] + 4 * i, &f, 4);
                 }
         float a[N], b[N];
-        el_col.axpy[kind](N, a, CH, xs, q);
+        el_col->axpy[kind](N, a, CH, xs, q);
         generic->axpy[kind](N, b, CH, xs, q);
         float worst = 0.0f;
         for (int i = 0; i < N; i++) worst = fabsf(a[i] - b[i]) > worst ? fabsf(a[i] - b[i]) : worst;
@@ -345,7 +345,7 @@ static void test_columns(const el_col_kernels *generic) {
         m[i] = el_fp32_to_fp16(rnd_uniform(-0.1f, 0.1f));
         ya[i] = yb[i] = rnd_normal();
     }
-    el_col.scale(N, ya, acc, 0.02f, d, m, 1.5f);
+    el_col->scale(N, ya, acc, 0.02f, d, m, 1.5f);
     generic->scale(N, yb, acc, 0.02f, d, m, 1.5f);
     float worst = 0.0f;
     for (int i = 0; i < N; i++) worst = fabsf(ya[i] - yb[i]) > worst ? fabsf(ya[i] - yb[i]) : worst;
@@ -367,7 +367,7 @@ int main(void) {
     el_set_isa(EL_ISA_GENERIC);
     el_type_traits generic_tab[EL_TYPE_COUNT];
     memcpy(generic_tab, el_traits, sizeof(generic_tab));
-    const el_col_kernels generic_cols = el_col;
+    const el_col_kernels generic_cols = *el_col;
     el_set_isa(EL_ISA_NEON);
 
     test_quantizers();

@@ -6,6 +6,8 @@ memory-mapped weight views (and float32 copies of the tiny norm/bias vectors) al
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..errors import FormatError
@@ -39,7 +41,8 @@ def engine_supports(store, tensor_names) -> bool:
 
 
 class CompiledModel:
-    def __init__(self, config, store, output_name: str, vector, thresholds: np.ndarray | None = None, offload=None):
+    def __init__(self, config, store, output_name: str, vector, thresholds: np.ndarray | None = None, offload=None,
+                 path: str | None = None):
         self._keep: list[np.ndarray] = []
         # under a memory budget (runtime/offload.py): resident matrices are the plan's copies, streamed ones keep
         # their mapped address only until model_set_offload drops it (never read through the mapping)
@@ -79,9 +82,9 @@ class CompiledModel:
         self.config = config
         extra = () if thresholds is None else (np.ascontiguousarray(thresholds, dtype=np.float32).tobytes(),)
         self._plan = _C.model_create(params, flags, weights, *extra)
-        # weight and KV cache bytes the last forward call read; of the weights, what came from storage: bytes,
-        # reads, seconds the engine waited, seconds reads were in flight; routed experts found in the cache, read
-        self.last_read = (0.0,) * 8
+        self.path = path or active_path()  # the plan's own kernel path and thread pool (not the process's)
+        _C.model_set_path(self._plan, self.path)
+        self._local = threading.local()  # each calling thread's last_read
         if thresholds is not None:
             self._attach_columns(config, store, np.asarray(thresholds))
         if offload is not None and (offload.units or offload.stream_embedding or offload.experts):
@@ -93,6 +96,13 @@ class CompiledModel:
                 raise FormatError(str(e)) from None
             if held > offload.ring_bytes + offload.row_buffer_bytes:  # the split must count what C allocates
                 raise RuntimeError(f"streaming buffers of {held} bytes exceed the plan's {offload.ring_bytes}")
+
+    @property
+    def last_read(self) -> tuple[float, ...]:
+        """What this thread's last forward call read: weight and KV cache bytes; of the weights, what came from
+        storage: bytes, reads, seconds the engine waited, seconds reads were in flight; routed experts found in the
+        cache, read."""
+        return getattr(self._local, "last_read", (0.0,) * 8)
 
     def _attach_columns(self, config, store, thresholds: np.ndarray) -> None:
         """Column layouts (formats/columns.py) of the matrices whose inputs are sparsified, so that decode steps
@@ -146,11 +156,23 @@ class CompiledModel:
         return int(GGMLType.F32), values.ctypes.data, 1, values.size
 
     def forward(self, tokens: np.ndarray, cache, row0: int, n_rows: int, n_threads: int) -> np.ndarray:
-        logits = np.empty((n_rows, self.config.n_vocab), dtype=np.float32)
-        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        """Run `tokens` after what `cache` holds; logits of batch rows row0 .. row0 + n_rows - 1."""
+        return self.forward_batch([(tokens, cache)], np.arange(row0, row0 + n_rows), n_threads)
+
+    def forward_batch(self, seqs, rows: np.ndarray, n_threads: int) -> np.ndarray:
+        """Several sequences in one pass: `seqs` is [(tokens, cache), ...] with caches of one type and size; their
+        tokens are laid side by side (so every weight is read once for all), each attends over its own cache.
+        Returns logits of the batch rows `rows` (indices into the tokens side by side)."""
+        rows = np.ascontiguousarray(rows, dtype=np.int32)
+        logits = np.empty((len(rows), self.config.n_vocab), dtype=np.float32)
+        tokens = np.ascontiguousarray(np.concatenate([np.asarray(t) for t, _ in seqs]), dtype=np.int32)
+        first = seqs[0][1]
+        if any(c.type != first.type or c.n_ctx != first.n_ctx for _, c in seqs):
+            raise ValueError("sequences batched together need caches of one type and size")
+        items = [(c.k, c.v, c.n_past, len(t)) for t, c in seqs]
         try:
-            self.last_read = _C.forward(self._plan, tokens, cache.n_past, cache.k, cache.v, int(cache.type),
-                                        cache.n_ctx, row0, n_rows, logits, n_threads)  # fmt: skip
+            self._local.last_read = _C.forward(self._plan, tokens, items, int(first.type), first.n_ctx, rows, logits,
+                                        n_threads)  # fmt: skip
         except OSError as e:  # a streamed read failed: the file went away, shrank or changed under the run
             raise FormatError(f"{self._path}: {e}; reload the model (a cached model: 'edgellm pull' checks it)") from None
         return logits

@@ -7,6 +7,7 @@ whole matrix (let alone the model) is ever kept.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -19,40 +20,38 @@ DEQUANT_TILE_BYTES = 16 << 20
 # Queries per attention block, bounding the (heads, queries, keys) score tensor on long prompts.
 ATTN_QUERY_BLOCK = 256
 
+# The hooks belong to the thread (context) that set them, so one model's calibration in one thread leaves
+# another thread's model alone.
 # Called as observer(weight_name, x) with every linear's input while set (importance matrices).
-_observer = None
+_observer: ContextVar = ContextVar("edgellm_observer", default=None)
+# weight name -> magnitude threshold: inputs below it are zeroed before the product (activation sparsity)
+_thresholds: ContextVar = ContextVar("edgellm_thresholds", default={})
 
 
 @contextmanager
 def observe_linear_inputs(observer):
-    """Within the block, every `linear` call reports its input activations to `observer(name, x)`."""
-    global _observer
-    previous, _observer = _observer, observer
+    """Within the block, every `linear` call in this thread reports its input activations to `observer(name, x)`."""
+    token = _observer.set(observer)
     try:
         yield
     finally:
-        _observer = previous
-
-
-# weight name -> magnitude threshold: inputs below it are zeroed before the product (activation sparsity)
-_thresholds: dict[str, float] = {}
+        _observer.reset(token)
 
 
 @contextmanager
 def sparsify_linear_inputs(thresholds: dict[str, float]):
-    """Within the block, each `linear` whose weight has a threshold sees its inputs with every entry of
-    smaller magnitude set to zero (TEAL's training-free activation sparsity, on the NumPy path)."""
-    global _thresholds
-    previous, _thresholds = _thresholds, dict(thresholds)
+    """Within the block, each `linear` in this thread whose weight has a threshold sees its inputs with every entry
+    of smaller magnitude set to zero (TEAL's training-free activation sparsity, on the NumPy path)."""
+    token = _thresholds.set(dict(thresholds))
     try:
         yield
     finally:
-        _thresholds = previous
+        _thresholds.reset(token)
 
 
 def observing() -> bool:
-    """Whether a hook (observer or thresholds) is active: the C engine then steps aside."""
-    return _observer is not None or bool(_thresholds)
+    """Whether a hook (observer or thresholds) is active in this thread: the C engine then steps aside."""
+    return _observer.get() is not None or bool(_thresholds.get())
 
 
 def linear(x: np.ndarray, store, name: str) -> np.ndarray:
@@ -60,10 +59,11 @@ def linear(x: np.ndarray, store, name: str) -> np.ndarray:
 
     Runs the C kernel on the packed blocks when one is active, else the NumPy reference.
     """
-    if name in _thresholds:
-        x = np.where(np.abs(x) < np.float32(_thresholds[name]), np.float32(0), x)
-    if _observer is not None:
-        _observer(name, x)
+    thresholds, observer = _thresholds.get(), _observer.get()
+    if name in thresholds:
+        x = np.where(np.abs(x) < np.float32(thresholds[name]), np.float32(0), x)
+    if observer is not None:
+        observer(name, x)
     info = store.info(name)
     return linear_packed(x, store.raw(name), info.type, *info.shape)
 

@@ -5,8 +5,9 @@ Forward works on a batch of new tokens (prefill) or one (decode) after whatever 
 
 from __future__ import annotations
 
+import threading
 from contextlib import nullcontext
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -49,6 +50,11 @@ class Transformer:
         self.sparsity = None  # model.sparsity.Thresholds: activation sparsity on both paths, or None (dense)
         self.head = None  # sparse.head.CandidateHead: logits from a cheap head + exact candidates, or None
         self.offload = None  # runtime.offload.OffloadPlan: weights streamed from the file, or None (all mapped)
+        # this model's run context: kernel threads and path (None: the process defaults, kernels.threads() and
+        # kernels.active_path()); another model in the process keeps its own
+        self.n_threads: int | None = None
+        self.kernel_path: str | None = None
+        self._plan_lock = threading.Lock()  # the C plan is built once, whichever thread asks first
 
     @classmethod
     def from_store(cls, metadata: Mapping[str, Any], store) -> "Transformer":
@@ -105,9 +111,18 @@ class Transformer:
         self._compiled = None
         self._compiled_path = None
 
+    def threads(self) -> int:
+        return self.n_threads or kernels.threads()
+
+    def path(self) -> str:
+        return self.kernel_path or kernels.active_path()
+
     def compiled(self):
         """The C engine's plan for this model, or None when the NumPy reference path runs."""
-        path = kernels.active_path()
+        with self._plan_lock:
+            return self._compiled_for(self.path())
+
+    def _compiled_for(self, path: str):
         if self._compiled_path != path:
             from ..kernels.plan import CompiledModel, engine_supports
 
@@ -117,7 +132,7 @@ class Transformer:
                 raise UnsupportedError("--mem-budget needs the C engine (a compiled kernel for every tensor)")
             self._compiled = None  # a streaming plan holds a file and a reader thread: one at a time
             self._compiled = CompiledModel(self.config, self.store, self.output_name, self._vec, thresholds,
-                                           self.offload) if usable else None  # fmt: skip
+                                           self.offload, path) if usable else None  # fmt: skip
             self._compiled_path = path
             if self._compiled is not None and self.head is not None:
                 self._compiled.set_head(self.head.type, self.head.raw, self.head.n_candidates, self.head.proj)
@@ -152,10 +167,34 @@ class Transformer:
             logits = np.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
         return logits
 
+    def forward_batch(self, batch: Sequence[tuple[np.ndarray, Any]], want_logits: Sequence[bool]) -> np.ndarray:
+        """Several sequences, each (tokens, its own KVCache), in one pass: the C engine reads every weight once for
+        all of them (continuous batching); the NumPy path runs them one by one (the reference). Returns the logits
+        after each sequence's last token, (n_seqs, n_vocab) (rows whose want_logits is False are not computed)."""
+        for tokens, cache in batch:
+            cache.reserve(len(tokens))
+            if len(tokens) and (min(tokens) < 0 or max(tokens) >= self.config.n_vocab):
+                raise ValueError(f"token id out of range 0..{self.config.n_vocab - 1}")
+        compiled = None if layers.observing() else self.compiled()
+        out = np.zeros((len(batch), self.config.n_vocab), dtype=np.float32)
+        if compiled is None:
+            for i, ((tokens, cache), want) in enumerate(zip(batch, want_logits)):
+                logits = self.forward(np.asarray(tokens), cache, slice(-1, None) if want else None)
+                if want:
+                    out[i] = logits[0]
+            return out
+        ends = np.cumsum([len(t) for t, _ in batch]) - 1
+        picked = [i for i, want in enumerate(want_logits) if want]
+        logits = compiled.forward_batch(batch, ends[picked], self.threads())
+        for tokens, cache in batch:
+            cache.advance(len(tokens))
+        out[picked] = logits
+        return out
+
     def _last_read(self) -> tuple[float, ...]:
-        """The C engine's account of the last forward call (kernels.plan.CompiledModel.last_read); zeros on the
-        NumPy path."""
-        compiled = self._compiled if self._compiled_path == kernels.active_path() else None
+        """The C engine's account of this thread's last forward call (kernels.plan.CompiledModel.last_read); zeros
+        on the NumPy path."""
+        compiled = self._compiled if self._compiled_path == self.path() else None
         return compiled.last_read if compiled is not None else (0.0,) * 8
 
     def bytes_read(self) -> float:
@@ -185,7 +224,7 @@ class Transformer:
         rows = range(len(tokens))[logits_rows] if logits_rows is not None else range(0)
         if rows.step != 1:
             raise ValueError("logits_rows must be a contiguous slice")
-        logits = compiled.forward(tokens, cache, rows.start if len(rows) else 0, len(rows), kernels.threads())
+        logits = compiled.forward(tokens, cache, rows.start if len(rows) else 0, len(rows), self.threads())
         cache.advance(len(tokens))
         return logits
 

@@ -2,20 +2,48 @@
  * around every kernel so other Python threads (the server) keep running. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
 #include <stdlib.h>
 
 #include "edgellm.h"
 
-static el_pool *pool = NULL;
-
-static el_pool *get_pool(int n_threads) {
+/* (re)sized to n_threads; the caller holds the lock that guards *pool */
+static el_pool *sized_pool(el_pool **pool, int n_threads) {
     if (n_threads < 1) n_threads = 1;
-    if (!pool || el_pool_size(pool) != n_threads) {
-        el_pool_free(pool);
-        pool = el_pool_create(n_threads);
+    if (!*pool || el_pool_size(*pool) != n_threads) {
+        el_pool_free(*pool);
+        *pool = el_pool_create(n_threads);
     }
-    return pool;
+    return *pool;
 }
+
+/* Standalone kernels (matmul, quantize, ...) share one pool on the process's default path; calls from several
+ * Python threads take turns. A model plan has a pool and a path of its own (model_obj). */
+static el_pool *shared = NULL;
+static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static el_pool *get_pool(int n_threads) { return sized_pool(&shared, n_threads); }
+
+/* run `call` with the GIL released and the shared pool held (n_threads workers, default path) */
+#define SHARED_POOL_CALL(call)                 \
+    Py_BEGIN_ALLOW_THREADS                      \
+    pthread_mutex_lock(&shared_lock);          \
+    el_use_isa(el_default_isa());              \
+    call;                                      \
+    pthread_mutex_unlock(&shared_lock);        \
+    Py_END_ALLOW_THREADS
+
+/* A model plan with its run context: its kernel path and thread pool, so two models in one process do not
+ * disturb each other; `lock` makes forward calls on one model (from any thread) take turns. */
+typedef struct {
+    el_model m; /* first: the capsule's pointer is the plan's */
+    enum el_isa isa;
+    el_pool *pool;
+    pthread_mutex_t lock;
+} model_obj;
+
+/* this thread runs the calling function on the process's default kernel path */
+#define USE_DEFAULT_PATH() el_use_isa(el_default_isa())
 
 static int check_type(int type) {
     if (type < 0 || type >= EL_TYPE_COUNT || !el_traits[type].name) {
@@ -30,6 +58,7 @@ static size_t row_bytes(int type, int n) {
 }
 
 static PyObject *py_capabilities(PyObject *self, PyObject *args) {
+    USE_DEFAULT_PATH();
     PyObject *compiled = PyList_New(0), *supported = PyList_New(0);
     for (int i = 0; i < EL_ISA_COUNT; i++) {
         PyObject *name = PyUnicode_FromString(el_isa_names[i]);
@@ -59,6 +88,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_type_info(PyObject *self, PyObject *args) {
+    USE_DEFAULT_PATH();
     int type;
     if (!PyArg_ParseTuple(args, "i", &type)) return NULL;
     if (check_type(type)) return NULL;
@@ -71,6 +101,7 @@ static PyObject *py_type_info(PyObject *self, PyObject *args) {
 
 /* matmul(type, w, n_rows, n_cols, x, n_tokens, out, n_threads) */
 static PyObject *py_matmul(PyObject *self, PyObject *args) {
+    USE_DEFAULT_PATH();
     int type, n_rows, n_cols, n_tokens, n_threads;
     Py_buffer w, x, out;
     if (!PyArg_ParseTuple(args, "iy*iiy*iw*i", &type, &w, &n_rows, &n_cols, &x, &n_tokens, &out, &n_threads))
@@ -99,10 +130,8 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
         goto done;
     }
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = el_matmul(get_pool(n_threads), (enum el_type)type, w.buf, n_rows, n_cols, x.buf, n_tokens, out.buf,
-                   n_rows, scratch);
-    Py_END_ALLOW_THREADS
+    SHARED_POOL_CALL(rc = el_matmul(get_pool(n_threads), (enum el_type)type, w.buf, n_rows, n_cols, x.buf, n_tokens,
+                                    out.buf, n_rows, scratch));
     if (rc != 0) {
         PyErr_SetString(PyExc_RuntimeError, "matmul failed");
         goto done;
@@ -118,6 +147,7 @@ done:
 
 /* dot(type, w, y, n, nc, by, bs): the raw kernel, s[c * bs] = dot(w, y + c * by bytes); returns nc floats */
 static PyObject *py_dot(PyObject *self, PyObject *args) {
+    USE_DEFAULT_PATH();
     int type, n, nc;
     Py_ssize_t by, bs;
     Py_buffer w, y;
@@ -151,6 +181,7 @@ done:
 /* mix(type, x, p, n, nr, m, bx): the weighted-rows kernel of a KV cache type, out[r, d] = sum_j p[r, j] x_j[d]
  * with x_j row j (n elements, bx bytes apart) and p float32 (nr x m); returns nr * n floats */
 static PyObject *py_mix(PyObject *self, PyObject *args) {
+    USE_DEFAULT_PATH();
     int type, n, nr, m;
     Py_ssize_t bx;
     Py_buffer x, p;
@@ -183,6 +214,7 @@ done:
 /* dot_rows(type, x, y, n, nr, m, bx, by): attention's scores kernel, out[r, j] = dot(x_j, y_r) for m rows x_j
  * of `type` (bx bytes apart) and nr rows y_r of its dot type (by bytes apart); returns nr * m floats */
 static PyObject *py_dot_rows(PyObject *self, PyObject *args) {
+    USE_DEFAULT_PATH();
     int type, n, nr, m;
     Py_ssize_t bx, by;
     Py_buffer x, y;
@@ -215,6 +247,7 @@ done:
 
 /* quantize_row(dot_type, x, out): activation quantizer of a dot type (Q8_0, Q8_1, Q8_K) */
 static PyObject *py_quantize_row(PyObject *self, PyObject *args) {
+    USE_DEFAULT_PATH();
     int type;
     Py_buffer x, out;
     if (!PyArg_ParseTuple(args, "iy*w*", &type, &x, &out)) return NULL;
@@ -236,6 +269,7 @@ done:
 
 /* dequantize_row(type, w, out): k = len(out) / 4 weights */
 static PyObject *py_dequantize_row(PyObject *self, PyObject *args) {
+    USE_DEFAULT_PATH();
     int type;
     Py_buffer w, out;
     if (!PyArg_ParseTuple(args, "iy*w*", &type, &w, &out)) return NULL;
@@ -275,6 +309,7 @@ static void quantize_worker(void *ctx, int ith, int nth) {
 }
 
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
+    USE_DEFAULT_PATH();
     int type, n_threads;
     long long n_rows, n_per_row;
     Py_buffer x, out;
@@ -293,9 +328,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
         goto done;
     }
     quantize_task task = {type, x.buf, imp.buf, out.buf, n_rows, n_per_row, row_bytes(type, (int)n_per_row), 0};
-    Py_BEGIN_ALLOW_THREADS
-    el_pool_run(get_pool(n_threads), quantize_worker, &task);
-    Py_END_ALLOW_THREADS
+    SHARED_POOL_CALL(el_pool_run(get_pool(n_threads), quantize_worker, &task));
     if (task.failed) {
         PyErr_Format(PyExc_ValueError, "no quantizer for %s", el_traits[type].name);
         goto done;
@@ -316,6 +349,9 @@ done:
 static void model_destroy(PyObject *capsule) {
     el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
     if (!m) return;
+    model_obj *mo = (model_obj *)m;
+    el_pool_free(mo->pool);
+    pthread_mutex_destroy(&mo->lock);
     free(m->layers);
     free(m->flags);
     free(m->thresholds);
@@ -356,7 +392,8 @@ static PyObject *py_model_create(PyObject *self, PyObject *args) {
     Py_buffer flags, thresholds = {0};
     if (!PyArg_ParseTuple(args, "O!y*O!|y*", &PyDict_Type, &params, &flags, &PyList_Type, &weights, &thresholds))
         return NULL;
-    el_model *m = calloc(1, sizeof(el_model));
+    model_obj *mo = calloc(1, sizeof(model_obj));
+    el_model *m = mo ? &mo->m : NULL;
     int ok = m != NULL;
     ok = ok && !get_int(params, "n_layers", &m->n_layers) && !get_int(params, "n_embd", &m->n_embd) &&
          !get_int(params, "n_ff", &m->n_ff) && !get_int(params, "n_head", &m->n_head) &&
@@ -421,40 +458,93 @@ static PyObject *py_model_create(PyObject *self, PyObject *args) {
         ok = 0;
     }
     if (!ok) {
-        if (m) { free(m->layers); free(m->flags); free(m->thresholds); free(m); }
+        if (m) { free(m->layers); free(m->flags); free(m->thresholds); free(mo); }
         return NULL;
     }
+    mo->isa = el_default_isa();
+    pthread_mutex_init(&mo->lock, NULL);
     return PyCapsule_New(m, "edgellm.model", model_destroy);
 }
 
-/* forward(model, tokens int32, n_past, k_cache, v_cache, kv_type, n_ctx, out_row0, n_out_rows, logits, n_threads) */
-static PyObject *py_forward(PyObject *self, PyObject *args) {
+/* model_set_path(model, name): the kernel path this model runs on */
+static PyObject *py_model_set_path(PyObject *self, PyObject *args) {
     PyObject *capsule;
-    Py_buffer tokens, kc, vc, logits;
-    int n_past, kv_type, n_ctx, row0, n_rows, n_threads;
-    if (!PyArg_ParseTuple(args, "Oy*iw*w*iiiiw*i", &capsule, &tokens, &n_past, &kc, &vc, &kv_type, &n_ctx, &row0,
-                          &n_rows, &logits, &n_threads))
+    const char *name;
+    if (!PyArg_ParseTuple(args, "Os", &capsule, &name)) return NULL;
+    el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
+    if (!m) return NULL;
+    for (int i = 0; i < EL_ISA_COUNT; i++) {
+        if (strcmp(name, el_isa_names[i]) == 0 && el_cpu_supports((enum el_isa)i)) {
+            model_obj *mo = (model_obj *)m;
+            Py_BEGIN_ALLOW_THREADS
+            pthread_mutex_lock(&mo->lock);
+            mo->isa = (enum el_isa)i;
+            pthread_mutex_unlock(&mo->lock);
+            Py_END_ALLOW_THREADS
+            Py_RETURN_NONE;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "kernel path '%s' is not available on this CPU/build", name);
+    return NULL;
+}
+
+/* forward(model, tokens int32, seqs [(k_cache, v_cache, n_past, n_tokens), ...], kv_type, n_ctx, out_rows int32,
+ * logits, n_threads): the sequences' tokens side by side, each sequence over its own cache */
+static PyObject *py_forward(PyObject *self, PyObject *args) {
+    PyObject *capsule, *items;
+    Py_buffer tokens, rows, logits;
+    int kv_type, n_ctx, n_threads;
+    if (!PyArg_ParseTuple(args, "Oy*O!iiy*w*i", &capsule, &tokens, &PyList_Type, &items, &kv_type, &n_ctx, &rows,
+                          &logits, &n_threads))
         return NULL;
     PyObject *result = NULL;
+    const Py_ssize_t n_seqs = PyList_GET_SIZE(items);
+    el_seq *seqs = calloc(n_seqs > 0 ? (size_t)n_seqs : 1, sizeof(el_seq));
+    Py_buffer *bufs = calloc(n_seqs > 0 ? 2 * (size_t)n_seqs : 1, sizeof(Py_buffer));
+    Py_ssize_t n_held = 0; /* cache buffers acquired so far */
     el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
     if (!m) goto done;
-    const int n_tokens = (int)(tokens.len / (Py_ssize_t)sizeof(int32_t));
-    const size_t kd = (size_t)m->n_head_kv * m->head_dim, vd = (size_t)m->n_head_kv * m->head_dim_v;
+    if (!seqs || !bufs) {
+        PyErr_NoMemory();
+        goto done;
+    }
     if (kv_type != EL_F32 && kv_type != EL_F16 && kv_type != EL_Q8_0) {
         PyErr_SetString(PyExc_ValueError, "forward: the KV cache must be F32, F16 or Q8_0");
         goto done;
     }
-    if ((size_t)kc.len < (size_t)m->n_layers * n_ctx * row_bytes(kv_type, (int)kd) ||
-        (size_t)vc.len < (size_t)m->n_layers * n_ctx * row_bytes(kv_type, (int)vd) ||
+    const size_t kd = (size_t)m->n_head_kv * m->head_dim, vd = (size_t)m->n_head_kv * m->head_dim_v;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t s = 0; s < n_seqs; s++) {
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(items, s), "w*w*ii", &bufs[2 * s], &bufs[2 * s + 1], &seqs[s].n_past,
+                              &seqs[s].n_tokens))
+            goto done;
+        n_held = s + 1;
+        if (n_ctx < 1 || (size_t)bufs[2 * s].len < (size_t)m->n_layers * n_ctx * row_bytes(kv_type, (int)kd) ||
+            (size_t)bufs[2 * s + 1].len < (size_t)m->n_layers * n_ctx * row_bytes(kv_type, (int)vd)) {
+            PyErr_SetString(PyExc_ValueError, "forward: cache buffer too small");
+            goto done;
+        }
+        seqs[s].k_cache = bufs[2 * s].buf;
+        seqs[s].v_cache = bufs[2 * s + 1].buf;
+        total += seqs[s].n_tokens > 0 ? seqs[s].n_tokens : 0;
+    }
+    const int n_rows = (int)(rows.len / (Py_ssize_t)sizeof(int32_t));
+    if (tokens.len != total * (Py_ssize_t)sizeof(int32_t) ||
         (size_t)logits.len < (size_t)n_rows * m->n_vocab * sizeof(float)) {
-        PyErr_SetString(PyExc_ValueError, "forward: cache or logits buffer too small");
+        PyErr_SetString(PyExc_ValueError, "forward: tokens do not match the sequences, or logits buffer too small");
         goto done;
     }
     int rc;
     el_stats stats;
+    model_obj *mo = (model_obj *)m;
     Py_BEGIN_ALLOW_THREADS
-    rc = el_forward_stats(m, get_pool(n_threads), tokens.buf, n_tokens, n_past, kc.buf, vc.buf, kv_type, n_ctx, row0,
-                          n_rows, logits.buf, &stats);
+    pthread_mutex_lock(&mo->lock);
+    el_use_isa(mo->isa);
+    el_pool *pool = sized_pool(&mo->pool, n_threads);
+    rc = pool ? el_forward_batch(m, pool, tokens.buf, seqs, (int)n_seqs, kv_type, n_ctx, rows.buf, n_rows, logits.buf,
+                                 &stats)
+              : -1;
+    pthread_mutex_unlock(&mo->lock);
     Py_END_ALLOW_THREADS
     const char *io_error = m->offload ? el_offload_error(m->offload) : NULL;
     if (rc != 0 && io_error) {
@@ -468,9 +558,12 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     result = Py_BuildValue("(dddddddd)", stats.weight_bytes, stats.kv_bytes, stats.io.bytes, stats.io.reads,
                            stats.io.wait_s, stats.io.busy_s, stats.io.expert_hits, stats.io.expert_misses);
 done:
+    for (Py_ssize_t i = 0; i < 2 * n_held; i++)
+        if (bufs[i].obj) PyBuffer_Release(&bufs[i]);
+    free(bufs);
+    free(seqs);
     PyBuffer_Release(&tokens);
-    PyBuffer_Release(&kc);
-    PyBuffer_Release(&vc);
+    PyBuffer_Release(&rows);
     PyBuffer_Release(&logits);
     return result;
 }
@@ -687,6 +780,7 @@ static PyObject *py_model_set_head(PyObject *self, PyObject *args) {
 
 /* sparse_matvec(column matrix tuple, x float32, threshold, y float32 out, n_threads) -> bytes read */
 static PyObject *py_sparse_matvec(PyObject *self, PyObject *args) {
+    USE_DEFAULT_PATH();
     PyObject *item;
     Py_buffer x, y;
     float threshold;
@@ -701,9 +795,7 @@ static PyObject *py_sparse_matvec(PyObject *self, PyObject *args) {
     }
     double bytes = 0.0;
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = el_sparse_matvec(get_pool(n_threads), &c, x.buf, threshold, y.buf, &bytes);
-    Py_END_ALLOW_THREADS
+    SHARED_POOL_CALL(rc = el_sparse_matvec(get_pool(n_threads), &c, x.buf, threshold, y.buf, &bytes));
     if (rc != 0) {
         PyErr_SetString(PyExc_ValueError, "sparse_matvec: bad matrix or threshold");
         goto done;
@@ -721,9 +813,7 @@ static PyObject *py_read_bandwidth(PyObject *self, PyObject *args) {
     int n_threads, reps;
     if (!PyArg_ParseTuple(args, "y*ii", &buf, &n_threads, &reps)) return NULL;
     double gbps;
-    Py_BEGIN_ALLOW_THREADS
-    gbps = el_read_bandwidth(get_pool(n_threads), buf.buf, (size_t)buf.len, reps < 1 ? 1 : reps);
-    Py_END_ALLOW_THREADS
+    SHARED_POOL_CALL(gbps = el_read_bandwidth(get_pool(n_threads), buf.buf, (size_t)buf.len, reps < 1 ? 1 : reps));
     PyBuffer_Release(&buf);
     return PyFloat_FromDouble(gbps);
 }
@@ -731,7 +821,8 @@ static PyObject *py_read_bandwidth(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"read_bandwidth", py_read_bandwidth, METH_VARARGS, "Memory read bandwidth over a buffer, GB/s."},
     {"model_create", py_model_create, METH_VARARGS, "Build a whole-model plan from weight addresses."},
-    {"forward", py_forward, METH_VARARGS, "Run tokens through a model plan, filling the KV cache and logits."},
+    {"forward", py_forward, METH_VARARGS, "Run sequences' tokens through a model plan, filling their KV caches and logits."},
+    {"model_set_path", py_model_set_path, METH_VARARGS, "The kernel path a model plan runs on."},
     {"model_set_offload", py_model_set_offload, METH_VARARGS, "Stream some matrices from the model file."},
     {"model_set_columns", py_model_set_columns, METH_VARARGS, "Attach column layouts for sparse decode products."},
     {"model_set_head", py_model_set_head, METH_VARARGS, "Attach a cheap head and a candidate count (None: off)."},

@@ -9,9 +9,13 @@
 #include <sys/auxv.h>
 #endif
 
-el_type_traits el_traits[EL_TYPE_COUNT];
+static el_type_traits tables[EL_ISA_COUNT][EL_TYPE_COUNT];
+static el_col_kernels col_tables[EL_ISA_COUNT];
+_Thread_local const el_type_traits *el_traits = tables[EL_ISA_GENERIC];
+_Thread_local const el_col_kernels *el_col = &col_tables[EL_ISA_GENERIC];
+static _Thread_local enum el_isa current = EL_ISA_GENERIC;
 const char *el_isa_names[EL_ISA_COUNT] = {"generic", "avx2", "avx512", "neon"};
-static enum el_isa current = EL_ISA_GENERIC;
+static enum el_isa default_isa = EL_ISA_GENERIC;
 static int initialised = 0;
 
 void el_fp16_init_table(void);
@@ -52,39 +56,55 @@ int el_cpu_supports(enum el_isa isa) {
     }
 }
 
-int el_set_isa(enum el_isa isa) {
-    if (isa < 0 || isa >= EL_ISA_COUNT || !el_cpu_supports(isa)) return -1;
-    memset(el_traits, 0, sizeof(el_traits));
-    el_register_generic(el_traits);
-    el_register_columns_generic(&el_col);
+/* fills one path's tables (each kernel it lacks falls back to generic) */
+static void fill_tables(enum el_isa isa) {
+    el_type_traits *t = tables[isa];
+    el_col_kernels *c = &col_tables[isa];
+    el_register_generic(t);
+    el_register_columns_generic(c);
     switch (isa) {
     case EL_ISA_AVX512:
-        el_register_avx2(el_traits);
-        el_register_avx512(el_traits);
-        el_register_columns_avx2(&el_col);
-        el_register_columns_avx512(&el_col);
+        el_register_avx2(t);
+        el_register_avx512(t);
+        el_register_columns_avx2(c);
+        el_register_columns_avx512(c);
         break;
     case EL_ISA_AVX2:
-        el_register_avx2(el_traits);
-        el_register_columns_avx2(&el_col);
+        el_register_avx2(t);
+        el_register_columns_avx2(c);
         break;
     case EL_ISA_NEON:
-        el_register_neon(el_traits);
-        el_register_columns_neon(&el_col);
+        el_register_neon(t);
+        el_register_columns_neon(c);
         break;
     default: break;
     }
+}
+
+int el_use_isa(enum el_isa isa) {
+    if (isa < 0 || isa >= EL_ISA_COUNT || !el_cpu_supports(isa)) return -1;
+    el_traits = tables[isa];
+    el_col = &col_tables[isa];
     current = isa;
     return 0;
 }
 
+int el_set_isa(enum el_isa isa) {
+    if (el_use_isa(isa) != 0) return -1;
+    default_isa = isa;
+    return 0;
+}
+
 enum el_isa el_current_isa(void) { return current; }
+enum el_isa el_default_isa(void) { return default_isa; }
 
 void el_init(void) {
     if (initialised) return;
     initialised = 1;
     el_fp16_init_table();
     el_nl_init_scales();
+    for (int isa = 0; isa < EL_ISA_COUNT; isa++)
+        if (el_cpu_supports((enum el_isa)isa)) fill_tables((enum el_isa)isa);
     for (int isa = EL_ISA_COUNT - 1; isa >= 0; isa--) {
         if (el_cpu_supports((enum el_isa)isa) && el_set_isa((enum el_isa)isa) == 0) return;
     }

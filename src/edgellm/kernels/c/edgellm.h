@@ -132,14 +132,19 @@ static inline void el_dot_rows(const el_type_traits *t, int n, int m, float *s, 
 /* ISA paths, in order of preference. */
 enum el_isa { EL_ISA_GENERIC = 0, EL_ISA_AVX2 = 1, EL_ISA_AVX512 = 2, EL_ISA_NEON = 3, EL_ISA_COUNT = 4 };
 
-extern el_type_traits el_traits[EL_TYPE_COUNT];
+/* The kernel table of the calling thread: one table per path, filled once at init, so that two models in one
+ * process can run on different paths. A thread picks its path with el_use_isa (a model's own, or the process
+ * default); el_pool_run hands the caller's path to its workers. */
+extern _Thread_local const el_type_traits *el_traits;
 extern const char *el_isa_names[EL_ISA_COUNT];
 
-/* CPU detection and the dispatch table. */
+/* CPU detection and the dispatch tables. */
 int el_cpu_supports(enum el_isa isa);
 int el_isa_compiled(enum el_isa isa);
-int el_set_isa(enum el_isa isa); /* fills el_traits for that path (falls back per kernel to generic); 0 on success */
-enum el_isa el_current_isa(void);
+int el_set_isa(enum el_isa isa); /* the process default path (and this thread's); 0 on success */
+enum el_isa el_default_isa(void);
+int el_use_isa(enum el_isa isa); /* this thread's path; 0 on success */
+enum el_isa el_current_isa(void); /* this thread's path */
 void el_init(void);
 
 /* fp16 <-> fp32 (portable; ISA files may use F16C / NEON conversions). */
@@ -222,7 +227,7 @@ typedef struct {
     el_col_float_fn axpy[2]; /* F16, F32 */
     el_col_scale_fn scale;
 } el_col_kernels;
-extern el_col_kernels el_col;
+extern _Thread_local const el_col_kernels *el_col; /* this thread's path's column kernels */
 void el_register_columns_generic(el_col_kernels *k);
 void el_register_columns_avx2(el_col_kernels *k);
 void el_register_columns_avx512(el_col_kernels *k);
@@ -346,6 +351,17 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
 int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past,
                      void *k_cache, void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows,
                      float *logits, el_stats *stats);
+
+/* One sequence of a batch: n_tokens new tokens at positions n_past.. of its own cache (laid out as above). */
+typedef struct {
+    void *k_cache, *v_cache;
+    int n_past, n_tokens;
+} el_seq;
+
+/* Several sequences in one pass (continuous batching): their tokens side by side (sequence by sequence) share
+ * every weight read, and each attends over its own cache. Logits of the batch rows out_rows[0..n_out_rows). */
+int el_forward_batch(const el_model *m, el_pool *pool, const int32_t *tokens, const el_seq *seqs, int n_seqs,
+                     int kv_type, int n_ctx, const int32_t *out_rows, int n_out_rows, float *logits, el_stats *stats);
 
 #ifdef __cplusplus
 }

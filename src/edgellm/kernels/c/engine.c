@@ -41,7 +41,7 @@ static inline float fast_expf(float x) {
 /* cos/sin of every (position, pair) of this batch, T x n_rot/2 each, as ggml_rope_ext: pair i turns by
  * position * base^(-2i/n_rot) / factors[i], times scale; with YaRN (ext_factor) the angle blends from the original
  * one (pairs below yarn_low) to the interpolated one (above yarn_high); cos and sin are multiplied by mscale. */
-static void rope_table(float *cs, float *sn, int n_tokens, int n_past, const el_model *m, float base, float scale,
+static void rope_table(float *cs, float *sn, int n_tokens, const int *pos, const el_model *m, float base, float scale,
                        const float *factors) {
     const int n_rot = m->rope_dim, half = n_rot / 2;
     const double span = m->rope_yarn_high - m->rope_yarn_low > 0.001 ? m->rope_yarn_high - m->rope_yarn_low : 0.001;
@@ -52,7 +52,7 @@ static void rope_table(float *cs, float *sn, int n_tokens, int n_past, const el_
         const double mix = m->rope_ext_factor * ramp; /* weight of the original angle */
         const double f = freq * (scale * (1.0 - mix) + mix);
         for (int t = 0; t < n_tokens; t++) {
-            const double theta = (n_past + t) * f;
+            const double theta = pos[t] * f;
             cs[(size_t)t * half + i] = (float)(cos(theta) * m->rope_mscale);
             sn[(size_t)t * half + i] = (float)(sin(theta) * m->rope_mscale);
         }
@@ -406,9 +406,9 @@ static size_t max_scratch(const el_model *m, int n_tokens) {
 typedef struct {
     const el_model *m;
     const el_layer *L;
-    int n_tokens, n_past, kv_type;
+    int n_tokens, kv_type;
     float *x, *h, *q, *k, *v, *o, *g, *u;
-    char *kc, *vc;
+    char **kc, **vc; /* per token: where its keys and values go in its sequence's cache (this layer) */
     const float *cs, *sn; /* RoPE table of this layer's base */
     const el_weight *norm; /* the norm applied by residual_norm_task */
 } stage_ctx;
@@ -424,7 +424,6 @@ static void qkv_task(void *vctx, int ith, int nth) {
     const el_model *m = c->m;
     const el_layer *L = c->L;
     const int QD = m->n_head * m->head_dim, KD = m->n_head_kv * m->head_dim, VD = m->n_head_kv * m->head_dim_v;
-    const size_t k_row = kv_bytes(c->kv_type, (size_t)KD), v_row = kv_bytes(c->kv_type, (size_t)VD);
     const int half = m->rope_dim / 2;
     int t0, t1;
     token_range(c->n_tokens, ith, nth, &t0, &t1);
@@ -440,8 +439,8 @@ static void qkv_task(void *vctx, int ith, int nth) {
             rope(kt, m->n_head_kv, m->head_dim, m->rope_dim, c->cs + (size_t)t * half, c->sn + (size_t)t * half,
                  m->rope_neox);
         }
-        store_kv(c->kc + (size_t)(c->n_past + t) * k_row, kt, KD, c->kv_type);
-        store_kv(c->vc + (size_t)(c->n_past + t) * v_row, vt, VD, c->kv_type);
+        store_kv(c->kc[t], kt, KD, c->kv_type);
+        store_kv(c->vc[t], vt, VD, c->kv_type);
     }
 }
 
@@ -620,34 +619,62 @@ int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_to
 int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past,
                      void *k_cache, void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows,
                      float *logits, el_stats *stats) {
+    const el_seq seq = {k_cache, v_cache, n_past, n_tokens};
+    if (out_row0 < 0 || n_out_rows < 0 || out_row0 + n_out_rows > n_tokens) return -1;
+    int32_t *rows = malloc(sizeof(int32_t) * (size_t)(n_out_rows > 0 ? n_out_rows : 1));
+    if (!rows) return -1;
+    for (int i = 0; i < n_out_rows; i++) rows[i] = out_row0 + i;
+    const int rc = el_forward_batch(m, pool, tokens, &seq, 1, kv_type, n_ctx, rows, n_out_rows, logits, stats);
+    free(rows);
+    return rc;
+}
+
+int el_forward_batch(const el_model *m, el_pool *pool, const int32_t *tokens, const el_seq *seqs, int n_seqs,
+                     int kv_type, int n_ctx, const int32_t *out_rows, int n_out_rows, float *logits, el_stats *stats) {
     el_stats ignored;
     if (!stats) stats = &ignored;
     memset(stats, 0, sizeof(*stats));
-    if (n_tokens <= 0 || n_past < 0 || n_past + n_tokens > n_ctx || out_row0 < 0 ||
-        out_row0 + n_out_rows > n_tokens || (kv_type != EL_F32 && kv_type != EL_F16 && kv_type != EL_Q8_0))
-        return -1;
+    if (n_seqs < 1 || n_out_rows < 0 || (kv_type != EL_F32 && kv_type != EL_F16 && kv_type != EL_Q8_0)) return -1;
     if (kv_type == EL_Q8_0 && (m->head_dim % QK8_0 || m->head_dim_v % QK8_0)) return -1;
+    int n_tokens = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        const el_seq *q = &seqs[s];
+        if (q->n_tokens <= 0 || q->n_past < 0 || q->n_past + q->n_tokens > n_ctx || !q->k_cache || !q->v_cache) return -1;
+        n_tokens += q->n_tokens;
+    }
     for (int t = 0; t < n_tokens; t++)
         if (tokens[t] < 0 || tokens[t] >= m->n_vocab) return -1;
+    for (int i = 0; i < n_out_rows; i++)
+        if (out_rows[i] < 0 || out_rows[i] >= n_tokens) return -1;
     const int E = m->n_embd, F = m->n_ff, half = m->rope_dim / 2;
     const int QD = m->n_head * m->head_dim, KD = m->n_head_kv * m->head_dim, VD = m->n_head_kv * m->head_dim_v;
     const int OD = m->n_head * m->head_dim_v;
+    const size_t k_row = kv_bytes(kv_type, (size_t)KD), v_row = kv_bytes(kv_type, (size_t)VD);
     const int nth = el_pool_size(pool);
     const size_t T = (size_t)n_tokens;
-    const int n_kv = n_past + n_tokens;
-    const int R = attn_rows(m), n_tiles = (n_tokens + Q_TILE - 1) / Q_TILE;
-    const int max_split = attn_splits(m, n_tokens, n_kv, 0);
+    const int R = attn_rows(m);
+    size_t attn_part = 0; /* the largest sequence's partial outputs (sequences are attended one after another) */
+    for (int s = 0; s < n_seqs; s++) {
+        const int nt = seqs[s].n_tokens, tiles = (nt + Q_TILE - 1) / Q_TILE;
+        const size_t p = (size_t)tiles * m->n_head_kv * attn_splits(m, nt, seqs[s].n_past + nt, 0) * R *
+                         (m->head_dim_v + 2);
+        attn_part = p > attn_part ? p : attn_part;
+    }
     const size_t attn_scratch = (size_t)R * (n_ctx + m->head_dim); /* per thread */
-    const size_t attn_part = (size_t)n_tiles * m->n_head_kv * max_split * R * (m->head_dim_v + 2);
     const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + nth * attn_scratch + attn_part + 4 * T * half +
                           moe_floats(m, T);
     float *arena = malloc(floats * sizeof(float));
     void *qscratch = malloc(max_scratch(m, n_tokens) + 64);
+    /* per token: its position, and where its keys and values go in the current layer */
+    int *pos = malloc(sizeof(int) * T);
+    char **slots = malloc(sizeof(char *) * 2 * T);
     /* a Q8_0 cache is read by the Q8_0 dot kernel, so the queries are quantized to Q8_0 too (as llama.cpp) */
     char *q8 = kv_type == EL_Q8_0 ? malloc(kv_bytes(EL_Q8_0, T * (size_t)QD) + 64) : NULL;
-    if (!arena || !qscratch || (kv_type == EL_Q8_0 && !q8)) {
+    if (!arena || !qscratch || !pos || !slots || (kv_type == EL_Q8_0 && !q8)) {
         free(arena);
         free(qscratch);
+        free(pos);
+        free(slots);
         free(q8);
         return -1;
     }
@@ -655,6 +682,9 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
     float *g = att + T * OD, *u = g + T * F, *o = u + T * F, *scores = o + T * E;
     float *part = scores + nth * attn_scratch, *cs = part + attn_part, *sn = cs + T * half;
     float *cs_swa = sn + T * half, *sn_swa = cs_swa + T * half, *moe = sn_swa + T * half;
+    char **kslot = slots, **vslot = slots + T;
+    for (int s = 0, t = 0; s < n_seqs; s++)
+        for (int i = 0; i < seqs[s].n_tokens; i++) pos[t++] = seqs[s].n_past + i;
     run_ctx r = {pool, qscratch, stats};
     int rc = 0;
     el_io_stats io0 = {0};
@@ -665,8 +695,8 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
     const el_weight *fw = m->rope_factors_long.data && padded_ctx > m->n_ctx_orig ? &m->rope_factors_long
                                                                                  : &m->rope_factors_short;
     const float *factors = fw->data;
-    rope_table(cs, sn, n_tokens, n_past, m, m->rope_base, m->rope_scale, factors);
-    if (m->rope_base_swa > 0) rope_table(cs_swa, sn_swa, n_tokens, n_past, m, m->rope_base_swa, 1.0f, factors);
+    rope_table(cs, sn, n_tokens, pos, m, m->rope_base, m->rope_scale, factors);
+    if (m->rope_base_swa > 0) rope_table(cs_swa, sn_swa, n_tokens, pos, m, m->rope_base_swa, 1.0f, factors);
 
     /* embeddings */
     const el_type_traits *et = &el_traits[m->tok_embd.type];
@@ -689,9 +719,12 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
         const el_layer *L = &m->layers[l];
         const int swa = m->flags[l] & EL_LAYER_SWA, no_rope = m->flags[l] & EL_LAYER_NO_ROPE;
         const int own_base = swa && m->rope_base_swa > 0;
-        char *kc = (char *)k_cache + (size_t)l * n_ctx * kv_bytes(kv_type, (size_t)KD);
-        char *vc = (char *)v_cache + (size_t)l * n_ctx * kv_bytes(kv_type, (size_t)VD);
-        stage_ctx sc = {m, L, n_tokens, n_past, kv_type, x, h, q, k, v, o, g, u, kc, vc,
+        for (int s = 0, t = 0; s < n_seqs; s++)
+            for (int i = 0; i < seqs[s].n_tokens; i++, t++) {
+                kslot[t] = (char *)seqs[s].k_cache + ((size_t)l * n_ctx + (size_t)pos[t]) * k_row;
+                vslot[t] = (char *)seqs[s].v_cache + ((size_t)l * n_ctx + (size_t)pos[t]) * v_row;
+            }
+        stage_ctx sc = {m, L, n_tokens, kv_type, x, h, q, k, v, o, g, u, kslot, vslot,
                         no_rope ? NULL : own_base ? cs_swa : cs, no_rope ? NULL : own_base ? sn_swa : sn, NULL};
 
         const float *th = m->thresholds ? m->thresholds + (size_t)l * EL_SPARSE_GROUPS : NULL;
@@ -705,12 +738,17 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
         el_pool_run(n_tokens > 1 ? pool : NULL, qkv_task, &sc);
         if (q8) el_traits[EL_Q8_0].from_float(q, q8, (int64_t)T * QD);
         const int window = swa ? m->sliding_window : 0;
-        attn_ctx ac = {m, q, q8, kc, vc, att, part, scores, n_tokens, n_past, window, n_ctx, kv_type,
-                       attn_splits(m, n_tokens, n_kv, window)};
-        el_pool_run(pool, attn_task, &ac);
-        stats->kv_bytes += (double)(n_kv - first_key(n_kv - 1, window)) *
-                           (double)(kv_bytes(kv_type, (size_t)KD) + kv_bytes(kv_type, (size_t)VD));
-        el_pool_run(n_tokens > 1 || ac.n_split > 1 ? pool : NULL, attn_merge_task, &ac);
+        for (int s = 0, t0 = 0; s < n_seqs; t0 += seqs[s].n_tokens, s++) { /* each sequence over its own cache */
+            const int nt = seqs[s].n_tokens, n_past = seqs[s].n_past, n_kv = n_past + nt;
+            const char *kc = (const char *)seqs[s].k_cache + (size_t)l * n_ctx * k_row;
+            const char *vc = (const char *)seqs[s].v_cache + (size_t)l * n_ctx * v_row;
+            attn_ctx ac = {m, q + (size_t)t0 * QD, q8 ? q8 + kv_bytes(EL_Q8_0, (size_t)t0 * QD) : NULL, kc, vc,
+                           att + (size_t)t0 * OD, part, scores, nt, n_past, window, n_ctx, kv_type,
+                           attn_splits(m, nt, n_kv, window)};
+            el_pool_run(pool, attn_task, &ac);
+            stats->kv_bytes += (double)(n_kv - first_key(n_kv - 1, window)) * (double)(k_row + v_row);
+            el_pool_run(nt > 1 || ac.n_split > 1 ? pool : NULL, attn_merge_task, &ac);
+        }
         sparsify(att, T * OD, t_att);
         rc |= linear_sparse(&r, m, l, 3, &L->wo, att, n_tokens, o, t_att);
         if (L->attn_post_norm.data) {
@@ -740,7 +778,8 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
     }
 
     if (rc == 0 && n_out_rows > 0) {
-        norm_rows(h, x + (size_t)out_row0 * E, &m->output_norm, n_out_rows, E, m->norm_eps);
+        for (int i = 0; i < n_out_rows; i++)
+            rms_norm(h + (size_t)i * E, x + (size_t)out_rows[i] * E, m->output_norm.data, E, m->norm_eps);
         if (m->output_approx.data) rc |= candidate_head(&r, m, h, n_out_rows, logits);
         else rc |= linear_slot(&r, m, m->n_layers * EL_COL_SLOTS, &m->output, h, n_out_rows, logits);
         if (m->final_softcap > 0) {
@@ -759,6 +798,8 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
     }
     free(arena);
     free(qscratch);
+    free(pos);
+    free(slots);
     free(q8);
     return rc ? -1 : 0;
 }

@@ -13,7 +13,6 @@
 #define COL_CHUNK 1024 /* outputs per accumulator pass: 4 KB stay in L1 */
 #define MAX_GROUP 32
 
-el_col_kernels el_col;
 
 size_t el_col_stride(int kind, int n_rows) {
     switch (kind) {
@@ -101,12 +100,12 @@ static void sparse_task(void *vctx, int ith, int nth) {
             if (!nj) continue;
             for (int j = 0; j < nj; j++) ptrs[j] = w->q + (size_t)c->idx[j0 + j] * stride + off;
             if (floats) {
-                el_col.axpy[w->kind - EL_COL_F16](n, facc, nj, c->xs + j0, ptrs);
+                el_col->axpy[w->kind - EL_COL_F16](n, facc, nj, c->xs + j0, ptrs);
                 for (int r = 0; r < n; r++) y[r] += facc[r];
             } else {
-                el_col.dot[w->kind](n, acc, nj / 4, c->xq + j0, ptrs, hoff);
+                el_col->dot[w->kind](n, acc, nj / 4, c->xq + j0, ptrs, hoff);
                 const size_t s = (size_t)g * w->n_rows + r0;
-                el_col.scale(n, y, acc, c->scale[g], w->d + s, w->m ? w->m + s : NULL, c->sum[g]);
+                el_col->scale(n, y, acc, c->scale[g], w->d + s, w->m ? w->m + s : NULL, c->sum[g]);
             }
         }
     }

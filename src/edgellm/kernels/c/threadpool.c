@@ -23,6 +23,7 @@ struct el_pool {
     pthread_t *threads;
     el_task_fn fn;
     void *ctx;
+    enum el_isa isa; /* the caller's kernel path, taken by every worker for the job */
     atomic_int generation;
     atomic_int n_done;
     atomic_int n_sleeping;
@@ -56,6 +57,7 @@ static void *worker_main(void *varg) {
         }
         if (atomic_load(&pool->stop)) return NULL;
         seen = atomic_load(&pool->generation);
+        el_use_isa(pool->isa);
         pool->fn(pool->ctx, ith, pool->n_threads);
         atomic_fetch_add(&pool->n_done, 1);
     }
@@ -112,6 +114,7 @@ void el_pool_run(el_pool *pool, el_task_fn fn, void *ctx) {
     }
     pool->fn = fn;
     pool->ctx = ctx;
+    pool->isa = el_current_isa();
     atomic_store(&pool->n_done, 0);
     atomic_fetch_add(&pool->generation, 1);
     wake_sleepers(pool);
