@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgellm import LLM
-from edgellm.api import _stop_prefix_len
+from edgellm.runtime.stops import stop_prefix_len as _stop_prefix_len
 from edgellm.errors import BudgetError, ConfigError
 
 

@@ -15,6 +15,7 @@ from .formats.gguf import GGUFFile
 from .model.transformer import Transformer
 from .runtime.sampling import SamplingParams, make_sampler
 from .runtime.session import Session
+from .runtime.stops import StopText
 from .runtime.store import MappedStore
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -36,6 +37,8 @@ class LLM:
             not fit is streamed from the model file every token (runtime/offload.py). None: the file is mapped.
         offload_naive: with mem_budget, the naive baseline: every matrix re-read when needed, nothing overlapped.
         logits_all: with mem_budget, count every prompt position's logits in the buffers (for perplexity).
+        n_parallel: sequences that run at once (the server's slots): with mem_budget, the budget holds this many
+            KV caches, and at most this many generations run at once.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class LLM:
         mem_budget: str | int | None = None,
         offload_naive: bool = False,
         logits_all: bool = False,
+        n_parallel: int = 1,
     ):
         if n_ctx <= 0 or n_batch <= 0:
             raise ConfigError(f"n_ctx and n_batch must be positive (got n_ctx={n_ctx}, n_batch={n_batch})")
@@ -76,7 +80,8 @@ class LLM:
         # duration, so threads and interleaved generators never share a cache; idle ones are kept for their
         # prefixes. Under a memory budget the one sequence the budget counts is shared in turn.
         self._idle = [Session(self.model, self.n_ctx, n_batch, cache_type)]
-        self._sequences = threading.BoundedSemaphore(1 if mem_budget is not None else MAX_SEQUENCES)
+        self.n_parallel = max(1, n_parallel)
+        self._sequences = threading.BoundedSemaphore(self.n_parallel if mem_budget is not None else MAX_SEQUENCES)
         self._lock = threading.Lock()
         self._local = threading.local()  # this thread's last generation: session, finish_reason, generated
         self.offload = None  # runtime.offload.OffloadPlan under a memory budget
@@ -96,7 +101,7 @@ class LLM:
         session = self._idle[0]
         cache = session.cache
         self.offload = offload.plan(self.config, self.model.store, self.model.output_name, str(self.model_path),
-                                    offload.parse_size(mem_budget), cache.k.nbytes + cache.v.nbytes, self.n_ctx,
+                                    offload.parse_size(mem_budget), self.n_parallel * cache.n_bytes, self.n_ctx,
                                     self.n_threads, session.n_batch, naive,
                                     logits_all=logits_all)  # fmt: skip
         session.n_batch = self.offload.n_batch
@@ -168,30 +173,28 @@ class LLM:
         self, prompt_ids: Sequence[int], max_tokens: int | None, stop: Sequence[str] = (), **sampling: Any
     ) -> Iterator[tuple[str, int]]:
         """Yield (text delta, n_tokens so far), cutting at the first stop string (which is not emitted)."""
-        stops = [s for s in stop if s]
+        text = StopText(stop)
         decoder = StreamDecoder(self.tokenizer)
-        pending = ""
         n = 0
         self._local.generated = generated = []
         tokens = self.generate(prompt_ids, max_tokens, **sampling)
         for token in tokens:
             n += 1
             generated.append(token)
-            pending += decoder.feed(token)
-            cut = _first_stop(pending, stops)
-            if cut is not None:
+            delta = text.feed(decoder.feed(token))
+            if text.stopped:
                 tokens.close()  # the sequence is free again
                 self._local.finish_reason = "stop"
-                if pending[:cut]:
-                    yield pending[:cut], n
+                if delta:
+                    yield delta, n
                 return
-            keep = _stop_prefix_len(pending, stops)
-            if len(pending) > keep:
-                yield pending[: len(pending) - keep], n
-                pending = pending[len(pending) - keep :]
-        pending += decoder.flush()
-        if pending:
-            yield pending, n
+            if delta:
+                yield delta, n
+        tail = text.feed(decoder.flush()) + text.flush()
+        if text.stopped:
+            self._local.finish_reason = "stop"
+        if tail:
+            yield tail, n
 
     def create_completion(
         self,
@@ -229,7 +232,8 @@ class LLM:
 
     __call__ = create_completion
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **extra: Any) -> str:
+        """The prompt text of `messages`; `extra` become template variables (tools, ...)."""
         if not self.chat_template:
             raise ConfigError(f"{self.model_path.name} has no chat template; use a plain completion instead")
         tok = self.tokenizer
@@ -239,6 +243,7 @@ class LLM:
             add_generation_prompt=add_generation_prompt,
             bos_token=tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
             eos_token=tok.token_text(tok.eos_id) if tok.eos_id is not None else "",
+            **extra,
         )
 
     def create_chat_completion(
@@ -317,22 +322,6 @@ def _sampling_args(sampling: dict, default_seed: int | None) -> dict:
 
 def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
-
-
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _stop_prefix_len(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest tail of `text` that could still grow into a stop string."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
 
 
 def _starts_with_bos(text: str, tok: Tokenizer) -> bool:

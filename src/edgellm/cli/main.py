@@ -10,6 +10,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "generate text from a prompt"),
     "chat": ("chat", "interactive chat with the model's chat template"),
+    "serve": ("serve", "OpenAI-compatible HTTP server with continuous batching and a chat page"),
     "pull": ("models", "download a model into the cache"),
     "list": ("models", "list cached and catalog models"),
     "show": ("models", "describe a model file"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -30,6 +32,8 @@ REF = "ref"
 REF_F32 = "ref-f32"
 NUMPY_PATHS = (REF, REF_F32)
 _state = {"path": REF, "threads": os.cpu_count() or 1}
+# a model's own path while its NumPy forward runs in this thread (Transformer.kernel_path); None: the default
+_thread_path: ContextVar[str | None] = ContextVar("edgellm_kernel_path", default=None)
 
 
 def _choose(requested: str, disabled: set[str]) -> str:
@@ -60,7 +64,17 @@ def use(path: str = "auto") -> str:
 
 
 def active_path() -> str:
-    return _state["path"]
+    return _thread_path.get() or _state["path"]
+
+
+@contextmanager
+def path_in_this_thread(path: str):
+    """Within the block, this thread's kernel calls use `path` (a model's own) instead of the process default."""
+    token = _thread_path.set(path)
+    try:
+        yield
+    finally:
+        _thread_path.reset(token)
 
 
 def set_threads(n_threads: int | None) -> None:
@@ -69,7 +83,7 @@ def set_threads(n_threads: int | None) -> None:
 
 def emulates_activation_rounding() -> bool:
     """Whether the NumPy path rounds activations to 8 bits as the C kernels do."""
-    return _state["path"] == REF
+    return active_path() == REF
 
 
 def threads() -> int:
@@ -86,7 +100,7 @@ def capabilities() -> dict:
 
 
 def has_matmul(type_id: int) -> bool:
-    if _state["path"] in NUMPY_PATHS:
+    if active_path() in NUMPY_PATHS:
         return False
     try:
         return _C.type_info(int(type_id))["has_dot"]

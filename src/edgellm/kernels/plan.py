@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import FormatError
 from ..formats import names
 from ..formats.quants import GGMLType
-from . import _C, NUMPY_PATHS, active_path, has_matmul
+from . import _C, NUMPY_PATHS, active_path
 
 # el_layer field order in edgellm.h
 LAYER_FIELDS = [
@@ -29,13 +29,13 @@ COLUMN_GROUPS = [0, 0, 0, 1, 2, 2, 3]
 LAYER_SWA, LAYER_NO_ROPE = 1, 2  # EL_LAYER_* in edgellm.h
 
 
-def engine_supports(store, tensor_names) -> bool:
-    """Whether the C engine has a kernel for every matrix (and a row gather for the embedding)."""
-    if _C is None or active_path() in NUMPY_PATHS:
+def engine_supports(store, tensor_names, path: str) -> bool:
+    """Whether the C engine on `path` has a kernel for every matrix (and a row gather for the embedding)."""
+    if _C is None or path in NUMPY_PATHS:
         return False
     for name in tensor_names:
         info = store.info(name)
-        if len(info.shape) >= 2 and not has_matmul(info.type):
+        if len(info.shape) >= 2 and not _C.type_info(int(info.type))["has_dot"]:
             return False
     return _C.type_info(int(store.info(names.TOKEN_EMBD).type))["has_to_float"]
 

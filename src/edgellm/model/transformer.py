@@ -126,7 +126,7 @@ class Transformer:
         if self._compiled_path != path:
             from ..kernels.plan import CompiledModel, engine_supports
 
-            usable = engine_supports(self.store, self._expected_shapes())
+            usable = engine_supports(self.store, self._expected_shapes(), path)
             thresholds = None if self.sparsity is None else self.sparsity.thresholds
             if not usable and self.offload is not None:
                 raise UnsupportedError("--mem-budget needs the C engine (a compiled kernel for every tensor)")
@@ -149,6 +149,11 @@ class Transformer:
         compiled = None if layers.observing() else self.compiled()  # the C engine runs without hooks
         if compiled is not None:
             return self._forward_compiled(compiled, tokens, cache, logits_rows)
+        with kernels.path_in_this_thread(self.path()):
+            return self._forward_numpy(tokens, cache, logits_rows)
+
+    def _forward_numpy(self, tokens: np.ndarray, cache, logits_rows: slice | None) -> np.ndarray:
+        c = self.config
         positions = np.arange(cache.n_past, cache.n_past + len(tokens))
         x = self.embed(tokens)  # (n_tokens, n_embd)
         sparse = layers.sparsify_linear_inputs(self.sparsity.by_weight()) if self.sparsity is not None else nullcontext()

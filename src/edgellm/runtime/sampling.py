@@ -1,5 +1,5 @@
 """Token samplers over one row of logits, in llama.cpp's default chain order:
-repetition penalty -> top-k -> top-p -> min-p -> temperature -> draw.
+logit bias -> penalties (repetition, frequency, presence) -> top-k -> top-p -> min-p -> temperature -> draw.
 
 Each filter is one function returning masked logits (-inf for removed tokens); `make_sampler` chains them.
 """
@@ -21,7 +21,10 @@ class SamplingParams:
     top_p: float = 0.95  # 1.0 disables
     min_p: float = 0.05  # 0.0 disables
     repeat_penalty: float = 1.0  # 1.0 disables
-    repeat_last_n: int = 64  # how many recent tokens the penalty looks at
+    repeat_last_n: int = 64  # how many recent tokens the penalties look at
+    frequency_penalty: float = 0.0  # subtracted once per occurrence in the recent tokens (OpenAI)
+    presence_penalty: float = 0.0  # subtracted once if present in the recent tokens (OpenAI)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit); -100 bans, +100 forces
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -32,6 +35,9 @@ class SamplingParams:
             (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
             (self.repeat_penalty > 0, "repeat_penalty must be > 0"),
             (self.repeat_last_n >= 0, "repeat_last_n must be >= 0"),
+            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be in [-2, 2]"),
+            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be in [-2, 2]"),
+            (all(-100.0 <= b <= 100.0 for _, b in self.logit_bias), "logit_bias values must be in [-100, 100]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -50,6 +56,18 @@ def repetition_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float
     out = logits.copy()
     seen = out[ids]
     out[ids] = np.where(seen > 0, seen / penalty, seen * penalty)
+    return out
+
+
+def frequency_presence_penalty(logits: np.ndarray, recent: Sequence[int], frequency: float,
+                               presence: float) -> np.ndarray:
+    """Subtract frequency x count + presence x (count > 0) from each recently seen token's logit (OpenAI's
+    definition, applied over the same window as the repetition penalty, as llama.cpp does)."""
+    if (frequency == 0.0 and presence == 0.0) or not len(recent):
+        return logits
+    ids, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
+    out = logits.copy()
+    out[ids] -= np.float32(frequency) * counts + np.float32(presence)
     return out
 
 
@@ -99,16 +117,40 @@ class Sampler:
             lambda x: min_p(x, params.min_p),
         ]
 
-    def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+    def __call__(self, logits: np.ndarray, history: Sequence[int] = (), allowed: np.ndarray | None = None) -> int:
+        """The next token; `allowed` (a boolean mask over the vocabulary, from a grammar) rules out the rest."""
+        return self.draw(self.adjust(logits, history, allowed))
+
+    def adjust(self, logits: np.ndarray, history: Sequence[int] = (), allowed: np.ndarray | None = None) -> np.ndarray:
+        """The logits the filters draw from: bias, penalties and the grammar's mask applied (their log-softmax is
+        what the server reports as logprobs)."""
         p = self.params
+        logits = np.asarray(logits, dtype=np.float32)
+        if p.logit_bias:
+            logits = logits.copy()
+            for token, bias in p.logit_bias:
+                if 0 <= token < logits.size:
+                    logits[token] += np.float32(bias)
         recent = history[-p.repeat_last_n :] if p.repeat_last_n else ()
-        logits = repetition_penalty(np.asarray(logits, dtype=np.float32), recent, p.repeat_penalty)
+        logits = repetition_penalty(logits, recent, p.repeat_penalty)
+        logits = frequency_presence_penalty(logits, recent, p.frequency_penalty, p.presence_penalty)
+        if allowed is not None:
+            logits = np.where(allowed[: logits.size], logits, -np.inf).astype(np.float32)
+        return logits
+
+    def draw(self, logits: np.ndarray) -> int:
+        p = self.params
         if p.greedy:
             return int(np.argmax(logits))
         for f in self.filters:
             logits = f(logits)
         probs = _probs(logits / p.temperature)
         return int(self.rng.choice(probs.size, p=probs))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - np.max(logits)
+    return z - np.log(np.exp(z).sum())
 
 
 def make_sampler(params: SamplingParams | None = None, **overrides) -> Sampler:

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server: continuous batching (scheduler), structured output (grammar), the app."""
