@@ -91,6 +91,15 @@ def stop_server(server: LiveServer) -> None:
 
 
 @pytest.fixture(scope="session")
+def long_llama(tmp_path_factory):
+    """A tiny random model with a 32k-token context: generations that run long enough to be interrupted."""
+    from fixtures.tiny import build_tiny_gguf
+
+    path = tmp_path_factory.mktemp("long") / "long-llama.gguf"
+    return build_tiny_gguf(path, arch="llama", meta_extra={"llama.context_length": 32768})
+
+
+@pytest.fixture(scope="session")
 def tiny_server(tiny_llama):
     """A server on the tiny random model: protocol and limits, seconds to start."""
     server = start_server(tiny_llama, "--parallel", "4", "--ctx-size", "256", "--threads", "1")

@@ -181,7 +181,7 @@ class Transformer:
             if len(tokens) and (min(tokens) < 0 or max(tokens) >= self.config.n_vocab):
                 raise ValueError(f"token id out of range 0..{self.config.n_vocab - 1}")
         compiled = None if layers.observing() else self.compiled()
-        out = np.zeros((len(batch), self.config.n_vocab), dtype=np.float32)
+        out = np.zeros((len(batch), self.config.n_vocab), dtype=np.float32)  # rows not wanted stay zero
         if compiled is None:
             for i, ((tokens, cache), want) in enumerate(zip(batch, want_logits)):
                 logits = self.forward(np.asarray(tokens), cache, slice(-1, None) if want else None)
@@ -193,6 +193,8 @@ class Transformer:
         logits = compiled.forward_batch(batch, ends[picked], self.threads())
         for tokens, cache in batch:
             cache.advance(len(tokens))
+        if len(picked) == len(batch):
+            return logits
         out[picked] = logits
         return out
 

@@ -14,6 +14,9 @@ import numpy as np
 from ..errors import ConfigError
 
 
+MIN_TEMPERATURE = 1e-4
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.8
@@ -45,7 +48,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        """Temperatures this small leave only the most likely token (dividing by them would overflow)."""
+        return self.temperature < MIN_TEMPERATURE or self.top_k == 1
 
 
 def repetition_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float) -> np.ndarray:
@@ -54,9 +58,13 @@ def repetition_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float
         return logits
     ids = np.unique(np.asarray(recent, dtype=np.int64))
     out = logits.copy()
-    seen = out[ids]
-    out[ids] = np.where(seen > 0, seen / penalty, seen * penalty)
+    seen = out[ids].astype(np.float64)
+    with np.errstate(over="ignore"):
+        out[ids] = np.clip(np.where(seen > 0, seen / penalty, seen * penalty), -FLOAT_MAX, FLOAT_MAX)
     return out
+
+
+FLOAT_MAX = float(np.finfo(np.float32).max) / 4  # penalised logits stay finite whatever the penalty
 
 
 def frequency_presence_penalty(logits: np.ndarray, recent: Sequence[int], frequency: float,
@@ -76,6 +84,14 @@ def top_k(logits: np.ndarray, k: int) -> np.ndarray:
         return logits
     kth = np.partition(logits, -k)[-k]
     return np.where(logits >= kth, logits, -np.inf)
+
+
+def candidates(logits: np.ndarray, k: int) -> np.ndarray:
+    """Indices (ascending) of the tokens top_k(logits, k) keeps, ties included; the finite ones when k is off."""
+    if k <= 0 or k >= logits.size:
+        return np.flatnonzero(np.isfinite(logits))
+    kth = np.partition(logits, -k)[-k]
+    return np.flatnonzero((logits >= kth) & np.isfinite(logits))
 
 
 def _probs(logits: np.ndarray) -> np.ndarray:
@@ -139,13 +155,18 @@ class Sampler:
         return logits
 
     def draw(self, logits: np.ndarray) -> int:
+        """The filters and the draw on the top-k candidates only (a few dozen values instead of the vocabulary,
+        as llama.cpp does). The candidates stay in vocabulary order, so the draw maps the random number to the same
+        token the whole filtered vocabulary would (the dropped tokens have probability zero)."""
         p = self.params
         if p.greedy:
             return int(np.argmax(logits))
-        for f in self.filters:
-            logits = f(logits)
-        probs = _probs(logits / p.temperature)
-        return int(self.rng.choice(probs.size, p=probs))
+        ids = candidates(logits, p.top_k)
+        kept = logits[ids]
+        for f in self.filters[1:]:
+            kept = f(kept)
+        probs = _probs(kept / p.temperature)
+        return int(ids[self.rng.choice(probs.size, p=probs)])
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

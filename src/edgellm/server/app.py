@@ -66,7 +66,8 @@ _STATUS_TYPES = {401: "authentication_error", 404: "not_found_error", 405: "inva
 
 
 class _BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes is answered 413 before it is read whole."""
+    """ASGI middleware: a request body over `limit` bytes is answered 413, from its Content-Length when declared,
+    else as soon as the bytes received pass the limit; the app sees the body (at most `limit` bytes) replayed."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -77,18 +78,25 @@ class _BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await _send_json(send, 413, f"request body over {self.limit} bytes")
-        seen = 0
-
-        async def limited():
-            nonlocal seen
+        body, more = bytearray(), True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise APIError(413, f"request body over {self.limit} bytes")
-            return message
+            if message["type"] != "http.request":  # the client left
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await _send_json(send, 413, f"request body over {self.limit} bytes")
+        sent = False
 
-        return await self.app(scope, limited, send)
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # then whatever comes next (a disconnect)
+
+        return await self.app(scope, replay, send)
 
 
 async def _send_json(send, status: int, message: str) -> None:
@@ -179,10 +187,7 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
             if request.headers.get("authorization", "") != f"Bearer {key}":
                 return error_body(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
                                   "authentication_error", code="invalid_api_key")  # fmt: skip
-        try:
-            response = await call_next(request)
-        except APIError as e:  # raised while the body was read (size limit)
-            response = error_body(e.status, e.message, e.type)
+        response = await call_next(request)
         state.http_errors[response.status_code] = state.http_errors.get(response.status_code, 0) + 1
         return response
 
@@ -228,7 +233,7 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
-        return HTMLResponse(resources.files("edgellm.server").joinpath("static/index.html").read_text())
+        return HTMLResponse(resources.files("edgellm.server").joinpath("static/index.html").read_text(encoding="utf-8"))
 
     # -- generation ----------------------------------------------------------------------------------
     @app.post("/v1/completions")

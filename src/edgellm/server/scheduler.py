@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -159,6 +160,7 @@ class Scheduler:
             try:
                 self._step()
             except Exception as e:  # a bug must not leave clients hanging: fail the running requests, go on
+                logging.getLogger("edgellm.server").exception("batching step failed")
                 for slot in self.slots:
                     if slot.busy:
                         slot.request.emit({"type": "error", "message": f"internal error: {e}"})

@@ -39,6 +39,7 @@ typedef struct {
     el_model m; /* first: the capsule's pointer is the plan's */
     enum el_isa isa;
     el_pool *pool;
+    el_scratch scratch; /* the forward pass's buffers, reused from call to call */
     pthread_mutex_t lock;
 } model_obj;
 
@@ -351,6 +352,7 @@ static void model_destroy(PyObject *capsule) {
     if (!m) return;
     model_obj *mo = (model_obj *)m;
     el_pool_free(mo->pool);
+    el_scratch_free(&mo->scratch);
     pthread_mutex_destroy(&mo->lock);
     free(m->layers);
     free(m->flags);
@@ -541,7 +543,7 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     pthread_mutex_lock(&mo->lock);
     el_use_isa(mo->isa);
     el_pool *pool = sized_pool(&mo->pool, n_threads);
-    rc = pool ? el_forward_batch(m, pool, tokens.buf, seqs, (int)n_seqs, kv_type, n_ctx, rows.buf, n_rows, logits.buf,
+    rc = pool ? el_forward_batch(m, pool, &mo->scratch, tokens.buf, seqs, (int)n_seqs, kv_type, n_ctx, rows.buf, n_rows, logits.buf,
                                  &stats)
               : -1;
     pthread_mutex_unlock(&mo->lock);

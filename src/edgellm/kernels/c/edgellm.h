@@ -358,10 +358,20 @@ typedef struct {
     int n_past, n_tokens;
 } el_seq;
 
+/* Working buffers kept between forward calls (freed with el_scratch_free): a new buffer of megabytes each call
+ * would cost the kernel's page zeroing every step. */
+typedef struct {
+    void *ptr[5];
+    size_t size[5];
+} el_scratch;
+void el_scratch_free(el_scratch *s);
+
 /* Several sequences in one pass (continuous batching): their tokens side by side (sequence by sequence) share
- * every weight read, and each attends over its own cache. Logits of the batch rows out_rows[0..n_out_rows). */
-int el_forward_batch(const el_model *m, el_pool *pool, const int32_t *tokens, const el_seq *seqs, int n_seqs,
-                     int kv_type, int n_ctx, const int32_t *out_rows, int n_out_rows, float *logits, el_stats *stats);
+ * every weight read, and each attends over its own cache. Logits of the batch rows out_rows[0..n_out_rows).
+ * scratch may be NULL (buffers allocated for this call only). */
+int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, const int32_t *tokens, const el_seq *seqs,
+                     int n_seqs, int kv_type, int n_ctx, const int32_t *out_rows, int n_out_rows, float *logits,
+                     el_stats *stats);
 
 #ifdef __cplusplus
 }

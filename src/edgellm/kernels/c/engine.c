@@ -624,13 +624,29 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
     int32_t *rows = malloc(sizeof(int32_t) * (size_t)(n_out_rows > 0 ? n_out_rows : 1));
     if (!rows) return -1;
     for (int i = 0; i < n_out_rows; i++) rows[i] = out_row0 + i;
-    const int rc = el_forward_batch(m, pool, tokens, &seq, 1, kv_type, n_ctx, rows, n_out_rows, logits, stats);
+    const int rc = el_forward_batch(m, pool, NULL, tokens, &seq, 1, kv_type, n_ctx, rows, n_out_rows, logits, stats);
     free(rows);
     return rc;
 }
 
-int el_forward_batch(const el_model *m, el_pool *pool, const int32_t *tokens, const el_seq *seqs, int n_seqs,
-                     int kv_type, int n_ctx, const int32_t *out_rows, int n_out_rows, float *logits, el_stats *stats) {
+/* buffer i of at least n bytes: the scratch's own (grown, kept for the next call), or a new one to free */
+static void *scratch_get(el_scratch *s, int i, size_t n) {
+    if (!s) return malloc(n);
+    if (s->size[i] < n) {
+        free(s->ptr[i]);
+        s->ptr[i] = malloc(n);
+        s->size[i] = s->ptr[i] ? n : 0;
+    }
+    return s->ptr[i];
+}
+
+void el_scratch_free(el_scratch *s) {
+    for (int i = 0; i < 5; i++) free(s->ptr[i]);
+}
+
+int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, const int32_t *tokens, const el_seq *seqs,
+                     int n_seqs, int kv_type, int n_ctx, const int32_t *out_rows, int n_out_rows, float *logits,
+                     el_stats *stats) {
     el_stats ignored;
     if (!stats) stats = &ignored;
     memset(stats, 0, sizeof(*stats));
@@ -663,19 +679,21 @@ int el_forward_batch(const el_model *m, el_pool *pool, const int32_t *tokens, co
     const size_t attn_scratch = (size_t)R * (n_ctx + m->head_dim); /* per thread */
     const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + nth * attn_scratch + attn_part + 4 * T * half +
                           moe_floats(m, T);
-    float *arena = malloc(floats * sizeof(float));
-    void *qscratch = malloc(max_scratch(m, n_tokens) + 64);
+    float *arena = scratch_get(scratch, 0, floats * sizeof(float));
+    void *qscratch = scratch_get(scratch, 1, max_scratch(m, n_tokens) + 64);
     /* per token: its position, and where its keys and values go in the current layer */
-    int *pos = malloc(sizeof(int) * T);
-    char **slots = malloc(sizeof(char *) * 2 * T);
+    int *pos = scratch_get(scratch, 2, sizeof(int) * T);
+    char **slots = scratch_get(scratch, 3, sizeof(char *) * 2 * T);
     /* a Q8_0 cache is read by the Q8_0 dot kernel, so the queries are quantized to Q8_0 too (as llama.cpp) */
-    char *q8 = kv_type == EL_Q8_0 ? malloc(kv_bytes(EL_Q8_0, T * (size_t)QD) + 64) : NULL;
+    char *q8 = kv_type == EL_Q8_0 ? scratch_get(scratch, 4, kv_bytes(EL_Q8_0, T * (size_t)QD) + 64) : NULL;
     if (!arena || !qscratch || !pos || !slots || (kv_type == EL_Q8_0 && !q8)) {
-        free(arena);
-        free(qscratch);
-        free(pos);
-        free(slots);
-        free(q8);
+        if (!scratch) {
+            free(arena);
+            free(qscratch);
+            free(pos);
+            free(slots);
+            free(q8);
+        }
         return -1;
     }
     float *x = arena, *h = x + T * E, *q = h + T * E, *k = q + T * QD, *v = k + T * KD, *att = v + T * VD;
@@ -796,10 +814,12 @@ int el_forward_batch(const el_model *m, el_pool *pool, const int32_t *tokens, co
         stats->io.expert_hits -= io0.expert_hits;
         stats->io.expert_misses -= io0.expert_misses;
     }
-    free(arena);
-    free(qscratch);
-    free(pos);
-    free(slots);
-    free(q8);
+    if (!scratch) {
+        free(arena);
+        free(qscratch);
+        free(pos);
+        free(slots);
+        free(q8);
+    }
     return rc ? -1 : 0;
 }
