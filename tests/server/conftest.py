@@ -7,9 +7,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,11 @@ class LiveServer:
     url: str
     process: subprocess.Popen
     api_key: str | None = None
+    log_path: str | None = None
+
+    def log(self) -> str:
+        """What the server printed."""
+        return Path(self.log_path).read_text(errors="replace") if self.log_path else ""
 
     def get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
         req = urllib.request.Request(self.url + path)
@@ -66,12 +73,13 @@ def start_server(model, *args: str, api_key: str | None = None, env: dict | None
     cmd = [sys.executable, "-m", "edgellm", "serve", "-m", str(model), "--port", str(port), *args]
     if api_key:
         cmd += ["--api-key", api_key]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    server = LiveServer(f"http://127.0.0.1:{port}", proc, api_key)
+    log = tempfile.NamedTemporaryFile(prefix="edgellm-serve-", suffix=".log", delete=False)  # a pipe could fill up
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    server = LiveServer(f"http://127.0.0.1:{port}", proc, api_key, log.name)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read().decode(errors='replace')}")
+            raise RuntimeError(f"server exited: {server.log()}")
         try:
             if server.get("/health", timeout=2)[0] == 200:
                 return server
@@ -88,6 +96,8 @@ def stop_server(server: LiveServer) -> None:
         server.process.wait(10)
     except subprocess.TimeoutExpired:
         server.process.kill()
+    if server.log_path:
+        os.unlink(server.log_path)
 
 
 @pytest.fixture(scope="session")

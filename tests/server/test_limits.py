@@ -143,7 +143,10 @@ def test_a_full_queue_answers_503_and_a_late_request_504(long_llama):
         conn, response, events = _stream(server, {"prompt": "the", "max_tokens": 32000}, 2)
         code, body = server.post("/v1/completions", {"prompt": "a", "max_tokens": 2})
         assert code == 503 and "busy" in body["error"]["message"]
-        assert server.metrics()["edgellm_requests_rejected_total"] == 1
+        extra, refused, _ = _stream(server, {"prompt": "a", "max_tokens": 2})  # refused before the stream starts
+        assert refused.status == 503
+        extra.close()
+        assert server.metrics()["edgellm_requests_rejected_total"] == 2
         tail = response.read().decode()
         assert '"type":"timeout"' in tail and tail.rstrip().endswith("data: [DONE]")
         conn.close()

@@ -252,8 +252,8 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": state.model_id}  # fmt: skip
         request = _request(state, body, ids, body.max_tokens, body.logprobs)
-        if body.stream:
-            return _sse(_completion_stream(state, request, head, body, http), request)
+        if body.stream:  # queued before the response starts, so a full queue is still a 503
+            return _sse(_completion_stream(state, _attach(state, request), head, body), request)
         events = await _collect(state, request, http)
         text, lp = _join(events, llm, body.logprobs is not None)
         if body.echo and isinstance(prompt, str):
@@ -278,7 +278,7 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_id,
                 "system_fingerprint": "edgellm"}  # fmt: skip
         if body.stream:
-            return _sse(_chat_stream(state, request, head, body, http, bool(extra)), request)
+            return _sse(_chat_stream(state, _attach(state, request), head, body, bool(extra)), request)
         events = await _collect(state, request, http)
         content, lp = _join(events, llm, body.logprobs)
         done = events[-1]
@@ -367,8 +367,9 @@ def _request(state: ServerState, body: schemas.Sampling, ids: list[int], max_tok
                    deadline=time.monotonic() + state.config.timeout)  # fmt: skip
 
 
-def _attach(state: ServerState, request: Request) -> asyncio.Queue:
-    """Route the scheduler's events for `request` into an asyncio queue of this event loop; queue it."""
+def _attach(state: ServerState, request: Request) -> tuple[Request, asyncio.Queue]:
+    """Route the scheduler's events for `request` into an asyncio queue of this event loop; queue the request (a
+    503 when the queue is full)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -383,12 +384,12 @@ def _attach(state: ServerState, request: Request) -> asyncio.Queue:
         state.scheduler.submit(request)
     except QueueFull as e:
         raise APIError(503, f"server busy: {e}", "server_unavailable") from None
-    return queue
+    return request, queue
 
 
 async def _collect(state: ServerState, request: Request, http: HTTPRequest) -> list[dict]:
     """Every event of a non-streamed request; a client that goes away cancels it."""
-    queue = _attach(state, request)
+    _, queue = _attach(state, request)
     events = []
     try:
         while True:
@@ -444,8 +445,7 @@ def _sse(chunks: AsyncIterator[dict], request: Request) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
 
 
-async def _events(state: ServerState, request: Request) -> AsyncIterator[dict]:
-    queue = _attach(state, request)
+async def _events(state: ServerState, request: Request, queue: asyncio.Queue) -> AsyncIterator[dict]:
     try:
         while True:
             event = await queue.get()
@@ -464,10 +464,10 @@ def _stream_error(event: dict, state: ServerState) -> dict:
                       "type": "timeout", "param": None, "code": None}}  # fmt: skip
 
 
-async def _completion_stream(state, request, head, body, http) -> AsyncIterator[dict]:
+async def _completion_stream(state, queued: tuple, head, body) -> AsyncIterator[dict]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     extra = {"usage": None} if include_usage else {}
-    async for event in _events(state, request):
+    async for event in _events(state, *queued):
         if event["type"] == "error" or event.get("finish_reason") == "timeout":
             yield _stream_error(event, state)
             return
@@ -490,14 +490,14 @@ def _logprobs_chunk(event: dict, llm) -> dict | None:
             "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]}], "text_offset": []}  # fmt: skip
 
 
-async def _chat_stream(state, request, head, body, http, tools: bool) -> AsyncIterator[dict]:
+async def _chat_stream(state, queued: tuple, head, body, tools: bool) -> AsyncIterator[dict]:
     head = head | {"object": "chat.completion.chunk"}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     extra = {"usage": None} if include_usage else {}
     yield head | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                "finish_reason": None}]} | extra  # fmt: skip
     content = ""
-    async for event in _events(state, request):
+    async for event in _events(state, *queued):
         if event["type"] == "error" or event.get("finish_reason") == "timeout":
             yield _stream_error(event, state)
             return
