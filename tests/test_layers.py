@@ -17,7 +17,7 @@ LAYERS = [
     {"runtime"},
     {"eval", "quant", "sparse"},
     {"planner"},
-    {"api", "cli", "__init__"},
+    {"api", "server", "cli", "__init__", "__main__"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -138,7 +138,7 @@ class LLM:
         self._sequences.acquire()
         with self._lock:
             if not self._idle:
-                return Session(self.model, self.n_ctx, self._n_batch, self.cache_type)
+                return Session(self.model, self.n_ctx, self.n_batch, self.cache_type)
             best = max(self._idle, key=lambda s: common_prefix(s.tokens, ids))
             self._idle.remove(best)
             return best
@@ -150,7 +150,8 @@ class LLM:
         self._sequences.release()
 
     @property
-    def _n_batch(self) -> int:
+    def n_batch(self) -> int:
+        """Prompt tokens per forward pass (a memory budget may have made it smaller)."""
         return self.offload.n_batch if self.offload is not None else self._n_batch_default
 
     # -- generation ----------------------------------------------------------------------------------

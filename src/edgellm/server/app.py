@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -128,7 +129,9 @@ class ServerState:
         try:
             self.llm = LLM(c.model, n_ctx=c.ctx_size, n_threads=c.threads, n_batch=c.n_batch, cache_type=c.cache_type,
                            sparsity=c.sparsity, mem_budget=c.mem_budget, n_parallel=c.parallel)  # fmt: skip
-            self.scheduler = Scheduler(self.llm, c.parallel, c.n_batch, c.queue_size)
+            self.scheduler = Scheduler(self.llm, c.parallel, self.llm.n_batch, c.queue_size)
+            if self.llm.offload is not None:
+                print(self.llm.offload.summary(), file=sys.stderr)
             self.ready.set()
         except EdgeLLMError as e:
             self.error = str(e)
