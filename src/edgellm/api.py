@@ -14,7 +14,7 @@ from .errors import ConfigError, UnsupportedError
 from .formats.gguf import GGUFFile
 from .model.transformer import Transformer
 from .runtime.sampling import SamplingParams, make_sampler
-from .runtime.session import Session
+from .runtime.session import Session, common_prefix
 from .runtime.stops import StopText
 from .runtime.store import MappedStore
 from .tokenizer import StreamDecoder, Tokenizer
@@ -298,16 +298,6 @@ class LLM:
 
 MAX_SEQUENCES = 16  # generations running at once on one LLM (each holds a KV cache)
 MAX_IDLE_SEQUENCES = 4  # finished sequences kept for their prefixes
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens a and b share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _sampling_args(sampling: dict, default_seed: int | None) -> dict:

@@ -56,6 +56,16 @@ class Timings:
         return self.n_generated / self.generate_seconds if self.generate_seconds else 0.0
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens a and b share (what a KV cache holding a can keep for b)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class Session:
     def __init__(self, model, n_ctx: int, n_batch: int = 512, cache_type: str = "f32"):
         self.model = model
@@ -63,11 +73,15 @@ class Session:
         self.n_batch = n_batch
         self.cache = KVCache(model.config, n_ctx, cache_type=cache_type)
         self.tokens: list[int] = []  # what the cache holds, in order
+        # (n, logits after tokens[:n]) of the last prompt: the same prompt again gets these very logits (its last
+        # token re-run alone would round differently from the batch it came in, and a seed would not repeat)
+        self._prompt_logits: tuple[int, np.ndarray] | None = None
         self.timings = Timings()
 
     def reset(self) -> None:
         self.cache.truncate(0)
         self.tokens = []
+        self._prompt_logits = None
 
     def eval_prompt(self, ids: Sequence[int]) -> np.ndarray:
         """Make the cache hold exactly `ids`; return the logits after the last one."""
@@ -79,12 +93,16 @@ class Session:
                 f"prompt has {len(ids)} tokens, more than the context size {self.n_ctx}; "
                 "shorten the prompt or raise the context size (--ctx-size)"
             )
-        common = 0
-        for a, b in zip(self.tokens, ids):
-            if a != b:
-                break
-            common += 1
+        common = common_prefix(self.tokens, ids)
+        stored = self._prompt_logits
+        if common == len(ids) and stored is not None and stored[0] == common:
+            self.cache.truncate(common)
+            self.tokens = ids
+            self.timings = Timings()
+            return stored[1].copy()
         common = min(common, len(ids) - 1)  # always run the last token to get its logits
+        if stored is not None and stored[0] > common:
+            self._prompt_logits = None
         self.cache.truncate(common)
         self.tokens = ids[:common]
         t0 = time.perf_counter()
@@ -97,6 +115,7 @@ class Session:
             if last:
                 logits = out[0]
         self.timings = Timings(n_prompt=len(ids) - common, prompt_seconds=time.perf_counter() - t0)
+        self._prompt_logits = (len(ids), logits.copy())
         return logits
 
     def step(self, token: int) -> np.ndarray:

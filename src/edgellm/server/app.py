@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..errors import BudgetError, ConfigError, EdgeLLMError
+from ..errors import ConfigError, EdgeLLMError
 from ..runtime.sampling import SamplingParams, make_sampler
 from . import schemas
 from .scheduler import QueueFull, Request, Scheduler
@@ -602,4 +602,4 @@ def serve(config: ServerConfig) -> None:
                 timeout_graceful_shutdown=5)  # fmt: skip
 
 
-__all__ = ["ServerConfig", "create_app", "serve", "BudgetError"]
+__all__ = ["ServerConfig", "create_app", "serve"]

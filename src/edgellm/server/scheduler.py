@@ -21,6 +21,7 @@ import numpy as np
 
 from ..runtime.kv_cache import KVCache
 from ..runtime.sampling import Sampler, log_softmax
+from ..runtime.session import common_prefix
 from ..runtime.stops import StopText
 from ..tokenizer import StreamDecoder
 
@@ -223,11 +224,11 @@ class Scheduler:
                     self.metrics.requests["cancelled" if r.cancelled else "timeout"] += 1
                     continue
                 free = [s for s in self.slots if not s.busy]
-                slot = max(free, key=lambda s: (_common(s.tokens, r.prompt), -len(s.tokens)))
+                slot = max(free, key=lambda s: (common_prefix(s.tokens, r.prompt), -len(s.tokens)))
                 self._start(slot, r)
 
     def _start(self, slot: Slot, r: Request) -> None:
-        common = _common(slot.tokens, r.prompt)
+        common = common_prefix(slot.tokens, r.prompt)
         stored = slot.prompt_logits
         if common == len(r.prompt) and stored is not None and stored[0] == common:
             slot.ready_logits = stored[1]  # the same prompt again: its logits as first computed
@@ -312,12 +313,3 @@ class Scheduler:
         else:  # the cache holds slot.tokens exactly (a sampled token not fed yet is not in it)
             slot.cache.truncate(len(slot.tokens))
         slot.request, slot.pending, slot.decoder, slot.text, slot.ready_logits = None, [], None, None, None
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

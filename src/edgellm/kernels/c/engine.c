@@ -629,9 +629,8 @@ int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, in
     return rc;
 }
 
-/* buffer i of at least n bytes: the scratch's own (grown, kept for the next call), or a new one to free */
+/* buffer i of the scratch, grown to at least n bytes (kept for the next call) */
 static void *scratch_get(el_scratch *s, int i, size_t n) {
-    if (!s) return malloc(n);
     if (s->size[i] < n) {
         free(s->ptr[i]);
         s->ptr[i] = malloc(n);
@@ -679,6 +678,8 @@ int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, cons
     const size_t attn_scratch = (size_t)R * (n_ctx + m->head_dim); /* per thread */
     const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + nth * attn_scratch + attn_part + 4 * T * half +
                           moe_floats(m, T);
+    el_scratch own = {0}; /* without a caller's scratch: buffers for this call only */
+    if (!scratch) scratch = &own;
     float *arena = scratch_get(scratch, 0, floats * sizeof(float));
     void *qscratch = scratch_get(scratch, 1, max_scratch(m, n_tokens) + 64);
     /* per token: its position, and where its keys and values go in the current layer */
@@ -687,13 +688,7 @@ int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, cons
     /* a Q8_0 cache is read by the Q8_0 dot kernel, so the queries are quantized to Q8_0 too (as llama.cpp) */
     char *q8 = kv_type == EL_Q8_0 ? scratch_get(scratch, 4, kv_bytes(EL_Q8_0, T * (size_t)QD) + 64) : NULL;
     if (!arena || !qscratch || !pos || !slots || (kv_type == EL_Q8_0 && !q8)) {
-        if (!scratch) {
-            free(arena);
-            free(qscratch);
-            free(pos);
-            free(slots);
-            free(q8);
-        }
+        el_scratch_free(&own);
         return -1;
     }
     float *x = arena, *h = x + T * E, *q = h + T * E, *k = q + T * QD, *v = k + T * KD, *att = v + T * VD;
@@ -814,12 +809,6 @@ int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, cons
         stats->io.expert_hits -= io0.expert_hits;
         stats->io.expert_misses -= io0.expert_misses;
     }
-    if (!scratch) {
-        free(arena);
-        free(qscratch);
-        free(pos);
-        free(slots);
-        free(q8);
-    }
+    el_scratch_free(&own);
     return rc ? -1 : 0;
 }
