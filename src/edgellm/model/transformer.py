@@ -181,8 +181,8 @@ class Transformer:
             if len(tokens) and (min(tokens) < 0 or max(tokens) >= self.config.n_vocab):
                 raise ValueError(f"token id out of range 0..{self.config.n_vocab - 1}")
         compiled = None if layers.observing() else self.compiled()
-        out = np.zeros((len(batch), self.config.n_vocab), dtype=np.float32)  # rows not wanted stay zero
         if compiled is None:
+            out = np.zeros((len(batch), self.config.n_vocab), dtype=np.float32)  # rows not wanted stay zero
             for i, ((tokens, cache), want) in enumerate(zip(batch, want_logits)):
                 logits = self.forward(np.asarray(tokens), cache, slice(-1, None) if want else None)
                 if want:
@@ -195,6 +195,7 @@ class Transformer:
             cache.advance(len(tokens))
         if len(picked) == len(batch):
             return logits
+        out = np.zeros((len(batch), self.config.n_vocab), dtype=np.float32)  # rows not wanted stay zero
         out[picked] = logits
         return out
 
