@@ -112,3 +112,57 @@ def test_syntax_error_is_one_line_with_template_line():
     with pytest.raises(ConfigError, match=r"^chat template error: .+ \(template line 2\)$") as info:
         render_chat("ok\n{% for %}", CHAT)
     assert "\n" not in str(info.value)
+
+
+# Templates come with model files, from strangers: each of these hung or ended in a traceback before renderings
+# were bounded. Each runs in a thread so that a hang fails the test instead of stalling it.
+HOSTILE = {
+    "nested loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "huge power": "{{ 7 ** (7**10) }}",
+    "huge range": "{{ range(10**9) | list | length }}",
+    "endless macro": "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+    "float repeat": "{{ 'x' * 3e9 }}",
+    "huge repeat": "{{ 'x' * 3000000000 }}",
+    "long output": "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}",
+    "division by zero": "{{ 1 // 0 }}",
+    "huge center": "{{ 'x' | center(1000000000) }}",
+    "huge ljust": "{{ 'x'.ljust(1000000000) }}",
+    "huge percent width": "{{ '%*s' % (1000000000, 'x') }}",
+    "huge format width": "{{ '{:>1000000000}'.format(1) }}",
+    "growing replace": "{{ ('x' * 1000000) | replace('x', 'yy') }}",
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_templates_end_in_one_line_errors_within_the_limits(name):
+    import threading
+    import time
+
+    MAX_SECONDS = 1.0  # edgellm.chat_template.MAX_SECONDS
+
+    outcome = []
+
+    def render():
+        t0 = time.perf_counter()
+        try:
+            render_chat(HOSTILE[name], [{"role": "user", "content": "hi"}], name="evil.gguf's chat template")
+            outcome.append(("rendered", time.perf_counter() - t0))
+        except ConfigError as e:
+            outcome.append((str(e), time.perf_counter() - t0))
+        except BaseException as e:  # noqa: BLE001 - anything else is what the test looks for
+            outcome.append((f"{type(e).__name__} escaped", time.perf_counter() - t0))
+
+    thread = threading.Thread(target=render, daemon=True)
+    thread.start()
+    thread.join(MAX_SECONDS + 4)
+    assert outcome, f"{name}: still rendering after {MAX_SECONDS + 4} s"
+    message, seconds = outcome[0]
+    assert message.startswith("evil.gguf's chat template error: ") and "\n" not in message, message
+    assert seconds < MAX_SECONDS + 1.0
+
+
+def test_the_limits_leave_real_templates_alone():
+    text = render_chat("{{ 'a'|center(5) }}|{{ '%5s' % 'x' }}|{{ '{:>3}'.format(1) }}|{{ 'ab'|replace('a', 'c') }}|"
+                       "{{ messages[0]['content']|indent(2) }}|{{ 2 ** 10 }}|{{ [1] * 3 }}",
+                       [{"role": "user", "content": "hi"}])  # fmt: skip
+    assert text == "  a  |    x|  1|cb|hi|1024|[1, 1, 1]"

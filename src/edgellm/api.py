@@ -244,6 +244,7 @@ class LLM:
             add_generation_prompt=add_generation_prompt,
             bos_token=tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
             eos_token=tok.token_text(tok.eos_id) if tok.eos_id is not None else "",
+            name=f"{self.model_path.name}'s chat template",
             **extra,
         )
 
