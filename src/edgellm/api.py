@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any, Iterator, Sequence
 
-from . import hub
+from . import hub, kernels
 from .chat_template import default_template, render_chat
 from .errors import ConfigError, UnsupportedError
 from .formats.gguf import GGUFFile
@@ -72,7 +72,7 @@ class LLM:
         profile.apply(self.model, self.model_path, None if sparsity is None else str(sparsity),
                       None if head is None else str(head))  # fmt: skip
         self.n_ctx = min(n_ctx, self.config.n_ctx_train)
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = kernels.usable_threads(n_threads)
         self.model.n_threads = self.n_threads  # this model's own pool: another LLM in the process keeps its own
         self.seed = seed
         self.cache_type = cache_type

@@ -88,7 +88,7 @@ def test_a_bad_calibration_block_is_a_clear_error(tmp_path):
         load_device(write_profile(tmp_path, doc, "h3.yaml"))
     doc = json.loads(json.dumps(MINIMAL))
     doc["energy"] = {"dram_pj_per_bit": "lots"}
-    with pytest.raises(ConfigError, match="energy.dram_pj_per_bit' must be a number"):
+    with pytest.raises(ConfigError, match="energy.dram_pj_per_bit' must be a finite number"):
         load_device(write_profile(tmp_path, doc, "h4.yaml"))
     doc["energy"] = {"dram_pj": 3}
     with pytest.raises(ConfigError, match="unknown field 'energy.dram_pj'"):

@@ -14,7 +14,9 @@ def _thread_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected thread counts like 1,2 — got '{text}'") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"thread counts must be positive integers, got '{text}'")
-    return values
+    from .. import kernels
+
+    return sorted({kernels.usable_threads(v) for v in values})
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:

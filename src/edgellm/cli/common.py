@@ -16,9 +16,9 @@ def bounded(cast, low=None, high=None, *, low_open=False, high_open=False, what=
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
-        if value != value or (low is not None and (value < low or (low_open and value == low))) or (
-            high is not None and (value > high or (high_open and value == high))
-        ):
+        if value != value or value in (float("inf"), float("-inf")) or (
+            low is not None and (value < low or (low_open and value == low))
+        ) or (high is not None and (value > high or (high_open and value == high))):
             raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
         return value
 
@@ -100,19 +100,19 @@ def add_cache_type_argument(parser: argparse.ArgumentParser) -> None:
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sampling")
     g.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (-1: until done)")
-    g.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy)")
-    g.add_argument("--top-k", type=int, default=40)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--min-p", type=float, default=0.05)
-    g.add_argument("--repeat-penalty", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    g.add_argument("--temp", type=non_negative_float, default=0.8, help="temperature (0: greedy)")
+    g.add_argument("--top-k", type=non_negative_int, default=40, help="0: off")
+    g.add_argument("--top-p", type=bounded(float, 0.0, 1.0, low_open=True, what="a number in (0, 1]"), default=0.95)
+    g.add_argument("--min-p", type=bounded(float, 0.0, 1.0, what="a number in [0, 1]"), default=0.05)
+    g.add_argument("--repeat-penalty", type=positive_float, default=1.0)
+    g.add_argument("--seed", type=int, default=None, help="random seed (default and -1: random, as llama.cpp)")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-        repeat_penalty=args.repeat_penalty, seed=args.seed,
+        repeat_penalty=args.repeat_penalty, seed=None if args.seed == -1 else args.seed,
     )  # fmt: skip
 
 
@@ -145,5 +145,6 @@ def progress_bar(unit: str, desc: str | None = None):
 
 
 def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, ensure_ascii=False, indent=1)
+    """Strict JSON: a NaN or infinity is an error here rather than a token no JSON parser accepts."""
+    json.dump(obj, sys.stdout, ensure_ascii=False, indent=1, allow_nan=False)
     sys.stdout.write("\n")

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = lambda message, *_, **__: f"edgellm: warning: {message}\n"
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -70,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"edgellm {name}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # anything else is a bug of ours, but still one line (the traceback with --debug)
+        if args.debug:
+            raise
+        print(f"edgellm {name}: error: {type(e).__name__}: {_one_line(e)} (an internal error: run with --debug for "
+              "the traceback and report it)", file=sys.stderr)  # fmt: skip
         return 1
 
 

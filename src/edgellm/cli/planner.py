@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -23,9 +24,12 @@ def _size_gb(text: str) -> float:
     t = text.strip().upper().removesuffix("B")
     scale = {"K": 1e-6, "M": 1e-3, "G": 1.0, "T": 1e3}
     try:
-        return float(t[:-1]) * scale[t[-1]] if t and t[-1] in scale else float(t)
+        gb = float(t[:-1]) * scale[t[-1]] if t and t[-1] in scale else float(t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a size like 8GB or 512MB, got '{text}'") from None
+    if not math.isfinite(gb) or gb <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size like 8GB or 512MB, got '{text}'")
+    return gb
 
 
 # --- devices ---

@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - exercised only on installs without a c
 REF = "ref"
 REF_F32 = "ref-f32"
 NUMPY_PATHS = (REF, REF_F32)
-_state = {"path": REF, "threads": os.cpu_count() or 1}
+_state = {"path": REF, "threads": 1}
 # a model's own path while its NumPy forward runs in this thread (Transformer.kernel_path); None: the default
 _thread_path: ContextVar[str | None] = ContextVar("edgellm_kernel_path", default=None)
 
@@ -77,8 +77,29 @@ def path_in_this_thread(path: str):
         _thread_path.reset(token)
 
 
+def cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def usable_threads(n_threads: int | None) -> int:
+    """n_threads (default: every core), capped at the cores with a warning: more workers than cores wait on each
+    other at every step of the pool."""
+    n = max(1, int(n_threads or cores()))
+    if n > cores():
+        warnings.warn(f"{n} threads requested but this machine gives {cores()} cores; using {cores()}",
+                      RuntimeWarning, stacklevel=3)  # fmt: skip
+        n = cores()
+    return n
+
+
 def set_threads(n_threads: int | None) -> None:
-    _state["threads"] = max(1, int(n_threads or os.cpu_count() or 1))
+    """The default thread count of kernels called without a model's own (not capped: tests oversubscribe on
+    purpose; user-facing entry points go through usable_threads)."""
+    _state["threads"] = max(1, int(n_threads or cores()))
 
 
 def emulates_activation_rounding() -> bool:
@@ -117,6 +138,7 @@ def matmul(x: np.ndarray, raw: np.ndarray, type_id: int, n_out: int, n_in: int) 
 
 
 use(os.environ.get("EDGELLM_KERNELS", "auto"))
+_state["threads"] = cores()
 
 
 def read_bandwidth_gbps(n_bytes: int = 1 << 30, threads: int | None = None, repetitions: int = 5) -> float:

@@ -8,6 +8,8 @@ A profile written by `edgellm calibrate` also carries `calibration`: what edgell
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -132,8 +134,8 @@ def _mapping(raw, name: str, path: Path) -> dict:
 
 
 def _number(raw, name: str, path: Path, positive: bool = False) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        raise ConfigError(f"{path}: field '{name}' must be a number, got {raw!r}")
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        raise ConfigError(f"{path}: field '{name}' must be a finite number, got {raw!r}")
     if raw < 0 or (positive and raw == 0):
         raise ConfigError(f"{path}: field '{name}' must be {'positive' if positive else 'non-negative'}, got {raw}")
     return float(raw)
@@ -210,6 +212,8 @@ def _figure(raw, name: str, path: Path) -> Figure:
             raise ConfigError(f"{path}: field '{name}.value' must be a number, got {raw['value']!r}") from None
     else:
         raise ConfigError(f"{path}: field '{name}' must be a number or {{value, source, tag}}, got {raw!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}: field '{name}' must be a finite number, got {value}")
     if value <= 0:
         raise ConfigError(f"{path}: field '{name}' must be positive, got {value} (write null if it is not published)")
     src = raw if isinstance(raw, dict) else {}
