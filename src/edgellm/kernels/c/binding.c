@@ -10,7 +10,7 @@
 /* (re)sized to n_threads; the caller holds the lock that guards *pool */
 static el_pool *sized_pool(el_pool **pool, int n_threads) {
     if (n_threads < 1) n_threads = 1;
-    if (!*pool || el_pool_size(*pool) != n_threads) {
+    if (!*pool || el_pool_threads(*pool) != n_threads) {
         el_pool_free(*pool);
         *pool = el_pool_create(n_threads);
     }

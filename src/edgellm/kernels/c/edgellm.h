@@ -170,12 +170,15 @@ void el_quantize_row_q8_K_generic(const float *x, void *y, int64_t k);
 int el_quantize_rows(enum el_type type, const float *x, void *y, int64_t n_rows, int64_t n_per_row,
                      const float *importance);
 
-/* Thread pool: persistent workers; el_pool_run calls fn(ctx, ith, nth) on every thread (caller is ith 0). */
+/* Thread pool: persistent workers; el_pool_run calls fn(ctx, ith, nth) once for each of nth = el_pool_size(pool)
+ * slices of the job (ith = 0 .. nth - 1), on whichever threads are free (threadpool.c). Per-slice buffers are
+ * sized by el_pool_size. */
 typedef struct el_pool el_pool;
 typedef void (*el_task_fn)(void *ctx, int ith, int nth);
 el_pool *el_pool_create(int n_threads);
 void el_pool_free(el_pool *pool);
-int el_pool_size(const el_pool *pool);
+int el_pool_size(const el_pool *pool);    /* slices a job is cut into */
+int el_pool_threads(const el_pool *pool); /* threads, the caller's included */
 void el_pool_run(el_pool *pool, el_task_fn fn, void *ctx);
 
 /* Matrix products: out[t, r] = dot(W row r, x row t) for t < n_tokens, r < n_rows.

@@ -1,9 +1,20 @@
-/* A persistent thread pool. Workers spin briefly on a generation counter (ops come microseconds apart
- * during a forward pass), then sleep on a condition variable so an idle pool costs nothing. */
+/* A persistent thread pool that holds up when the device is busy.
+ *
+ * A job is cut into slices (SLICES_PER_THREAD per thread) that any thread claims while some are left, so a worker
+ * the OS has descheduled does not hold back a share fixed in advance: the others take its slices. Only a slice
+ * already claimed must be waited for. When the caller still spends much of its time waiting for such stragglers
+ * (another process wants the cores), the pool runs jobs on the calling thread alone for a while, then tries all its
+ * threads again. Workers spin briefly on a generation counter (jobs come microseconds apart during a forward
+ * pass), then sleep on a condition variable so an idle pool costs nothing.
+ *
+ * Tasks see (slice, number of slices) as (ith, nth): every task's result depends only on its partition of the
+ * work, never on which thread ran it, so results do not depend on the thread count or on the adaptation. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "edgellm.h"
 
@@ -17,27 +28,66 @@
 #endif
 
 #define SPIN_ROUNDS 20000
+#define SLICES_PER_THREAD 4
+/* adaptation: a window of WINDOW jobs straggles when the caller spent more than STALL_BUDGET_S, and more than
+ * STRAGGLE of its time, in stalls (waits for a claimed slice longer than STALL_S: a descheduled worker, not the last
+ * slice finishing). After STRAGGLING_WINDOWS in a row (a virtual machine's occasional hiccup is one), the next jobs
+ * run on the calling thread alone: SOLO_JOBS of them, doubled each time all threads straggle again right after
+ * (up to SOLO_MAX), back to SOLO_JOBS after a window without trouble. */
+#define WINDOW 128
+#define STRAGGLE 0.25
+#define STALL_S 100e-6
+#define STALL_BUDGET_S 1e-3
+#define STRAGGLING_WINDOWS 2
+#define SOLO_JOBS 4096
+#define SOLO_MAX (1 << 20)
 
 struct el_pool {
-    int n_threads;
+    int n_threads, n_slices;
     pthread_t *threads;
     el_task_fn fn;
     void *ctx;
     enum el_isa isa; /* the caller's kernel path, taken by every worker for the job */
+    _Atomic uint64_t claim; /* (job generation << 32) | next slice to claim */
+    atomic_int n_done; /* slices of the current job finished */
     atomic_int generation;
-    atomic_int n_done;
     atomic_int n_sleeping;
     atomic_int stop;
     pthread_mutex_t mutex;
     pthread_cond_t wake;
+    /* adaptation (the caller's thread only) */
+    int solo; /* jobs left to run alone */
+    int solo_next; /* how many the next straggling sends alone */
+    int straggled; /* straggling windows in a row */
+    int window_jobs;
+    double window_time, window_stalls;
 };
 
 typedef struct { el_pool *pool; int ith; } worker_arg;
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* claim and run slices of job `gen` while there are any */
+static void run_slices(el_pool *pool, uint32_t gen) {
+    for (;;) {
+        uint64_t c = atomic_load(&pool->claim);
+        if ((uint32_t)(c >> 32) != gen || (uint32_t)c >= (uint32_t)pool->n_slices) return;
+        if (!atomic_compare_exchange_weak(&pool->claim, &c, c + 1)) continue;
+        /* the job's fields were written before its claim word was published, and stay until all its slices are
+         * done, which this one is not */
+        el_use_isa(pool->isa);
+        pool->fn(pool->ctx, (int)(uint32_t)c, pool->n_slices);
+        atomic_fetch_add(&pool->n_done, 1);
+    }
+}
+
 static void *worker_main(void *varg) {
     worker_arg *arg = varg;
     el_pool *pool = arg->pool;
-    const int ith = arg->ith;
     free(arg);
     int seen = 0;
     for (;;) {
@@ -57,9 +107,7 @@ static void *worker_main(void *varg) {
         }
         if (atomic_load(&pool->stop)) return NULL;
         seen = atomic_load(&pool->generation);
-        el_use_isa(pool->isa);
-        pool->fn(pool->ctx, ith, pool->n_threads);
-        atomic_fetch_add(&pool->n_done, 1);
+        run_slices(pool, (uint32_t)seen);
     }
 }
 
@@ -81,6 +129,7 @@ el_pool *el_pool_create(int n_threads) {
             break;
         }
     }
+    pool->n_slices = pool->n_threads > 1 ? pool->n_threads * SLICES_PER_THREAD : 1;
     return pool;
 }
 
@@ -105,19 +154,49 @@ void el_pool_free(el_pool *pool) {
     free(pool);
 }
 
-int el_pool_size(const el_pool *pool) { return pool ? pool->n_threads : 1; }
+int el_pool_size(const el_pool *pool) { return pool ? pool->n_slices : 1; }
+
+int el_pool_threads(const el_pool *pool) { return pool ? pool->n_threads : 1; }
+
+/* after a job run by every thread: when stalls take too much time, go solo */
+static void adapt(el_pool *pool, double work, double wait) {
+    pool->window_time += work + wait;
+    if (wait > STALL_S) pool->window_stalls += wait;
+    if (++pool->window_jobs < WINDOW) return;
+    const int straggling = pool->window_stalls > STALL_BUDGET_S && pool->window_stalls > STRAGGLE * pool->window_time;
+    pool->straggled = straggling ? pool->straggled + 1 : 0;
+    if (pool->straggled >= STRAGGLING_WINDOWS) {
+        pool->solo = pool->solo_next > 0 ? pool->solo_next : SOLO_JOBS;
+        pool->solo_next = pool->solo < SOLO_MAX / 2 ? 2 * pool->solo : SOLO_MAX;
+        pool->straggled = 0;
+    } else if (!straggling) {
+        pool->solo_next = SOLO_JOBS; /* a whole window without trouble: the cores are free again */
+    }
+    pool->window_jobs = 0;
+    pool->window_time = pool->window_stalls = 0.0;
+}
 
 void el_pool_run(el_pool *pool, el_task_fn fn, void *ctx) {
     if (!pool || pool->n_threads == 1) {
         fn(ctx, 0, 1);
         return;
     }
+    if (pool->solo > 0) { /* the others are busy elsewhere: the same slices, on this thread */
+        pool->solo--;
+        for (int s = 0; s < pool->n_slices; s++) fn(ctx, s, pool->n_slices);
+        return;
+    }
     pool->fn = fn;
     pool->ctx = ctx;
     pool->isa = el_current_isa();
     atomic_store(&pool->n_done, 0);
-    atomic_fetch_add(&pool->generation, 1);
+    const uint32_t gen = (uint32_t)atomic_load(&pool->generation) + 1;
+    atomic_store(&pool->claim, (uint64_t)gen << 32); /* the job, published before workers are told of it */
+    atomic_store(&pool->generation, (int)gen);
     wake_sleepers(pool);
-    fn(ctx, 0, pool->n_threads);
-    while (atomic_load(&pool->n_done) < pool->n_threads - 1) CPU_RELAX();
+    const double t0 = now_s();
+    run_slices(pool, gen);
+    const double t1 = now_s();
+    while (atomic_load(&pool->n_done) < pool->n_slices) CPU_RELAX();
+    adapt(pool, t1 - t0, now_s() - t1);
 }
