@@ -63,8 +63,6 @@ struct el_pool {
     double window_time, window_stalls;
 };
 
-typedef struct { el_pool *pool; int ith; } worker_arg;
-
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -86,9 +84,7 @@ static void run_slices(el_pool *pool, uint32_t gen) {
 }
 
 static void *worker_main(void *varg) {
-    worker_arg *arg = varg;
-    el_pool *pool = arg->pool;
-    free(arg);
+    el_pool *pool = varg;
     int seen = 0;
     for (;;) {
         int spins = 0;
@@ -120,11 +116,7 @@ el_pool *el_pool_create(int n_threads) {
     pthread_cond_init(&pool->wake, NULL);
     pool->threads = calloc((size_t)n_threads, sizeof(pthread_t));
     for (int i = 1; i < n_threads; i++) {
-        worker_arg *arg = malloc(sizeof(worker_arg));
-        arg->pool = pool;
-        arg->ith = i;
-        if (pthread_create(&pool->threads[i], NULL, worker_main, arg) != 0) {
-            free(arg);
+        if (pthread_create(&pool->threads[i], NULL, worker_main, pool) != 0) {
             pool->n_threads = i; /* run with the threads we got */
             break;
         }
