@@ -245,3 +245,38 @@ def _answers(server) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_a_non_streamed_client_that_leaves_frees_its_slot(long_llama):
+    """A client waiting for a whole (non-streamed) answer that hangs up cancels it too, while tokens keep coming."""
+    server = start_server(long_llama, "--parallel", "2", "--ctx-size", "32768", "--threads", "1")
+    try:
+        url = urlparse(server.url)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "the", "max_tokens": 32000}),
+                     {"Content-Type": "application/json"})  # fmt: skip
+        _wait_for(lambda: server.metrics()["edgellm_slots_busy"] == 1, 10)
+        conn.sock.shutdown(2)
+        conn.close()
+        took = _wait_for(lambda: server.metrics()["edgellm_slots_busy"] == 0, 10)
+        assert took < 1.0
+        assert server.metrics()['edgellm_requests_total{reason="cancelled"}'] == 1
+    finally:
+        stop_server(server)
+
+
+def test_requests_abandoned_in_the_queue_leave_it(long_llama):
+    """Clients that gave up while waiting no longer fill the queue: the next request is queued, not refused."""
+    server = start_server(long_llama, "--parallel", "1", "--queue-size", "1", "--ctx-size", "32768", "--threads", "1")
+    try:
+        busy, _, _ = _stream(server, {"prompt": "the", "max_tokens": 32000}, 2)
+        waiting, _, _ = _stream(server, {"prompt": "a", "max_tokens": 2}, 0)  # queued: its headers are not sent yet
+        waiting.sock.shutdown(2)
+        waiting.close()
+        time.sleep(0.5)
+        late, response, _ = _stream(server, {"prompt": "a", "max_tokens": 2}, 0)
+        assert response.status == 200  # admitted to the queue (the abandoned one was dropped)
+        late.close()
+        busy.close()
+    finally:
+        stop_server(server)

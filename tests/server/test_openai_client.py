@@ -145,3 +145,21 @@ def test_errors_are_openai_errors(tiny_server):
         c.completions.create(model="x", prompt=[1, 2, 10**6])
     with pytest.raises(openai.NotFoundError):
         c.embeddings.create(model="x", input="the")
+
+
+def test_logprobs_under_a_grammar_are_finite_json(tiny_server):
+    """Tokens the grammar rules out have no log-probability to report: they are left out, never -Infinity."""
+    code, body = tiny_server.post("/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "yes or no"}], "max_tokens": 8, "temperature": 0, "logprobs": True,
+        "top_logprobs": 20, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "boolean"}}}})
+    assert code == 200, body
+    for entry in body["choices"][0]["logprobs"]["content"]:
+        assert 1 <= len(entry["top_logprobs"]) < 20 and all(t["logprob"] > -1e30 for t in entry["top_logprobs"])
+
+
+def test_completion_logprobs_have_the_legacy_shape(tiny_server):
+    r = client(tiny_server).completions.create(model="x", prompt="the", max_tokens=4, temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 4
+    assert "".join(lp.tokens) == r.choices[0].text and lp.text_offset[0] == 0
+    assert all(len(top) <= 2 for top in lp.top_logprobs)

@@ -100,9 +100,38 @@ class _BodyLimit:
         return await self.app(scope, replay, send)
 
 
-async def _send_json(send, status: int, message: str) -> None:
+class _Gate:
+    """ASGI middleware: counts requests and responses by status for /metrics, and asks for the API key when one is
+    set. (A plain ASGI layer: Starlette's @app.middleware wraps `receive` so that handlers never see a client
+    disconnect.)"""
+
+    OPEN_PATHS = ("/", "/health", "/docs", "/openapi.json", "/docs/oauth2-redirect")
+
+    def __init__(self, app, state: "ServerState", api_key: str | None):
+        self.app, self.state, self.api_key = app, state, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.state.requests_total += 1
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                codes = self.state.http_errors
+                codes[message["status"]] = codes.get(message["status"], 0) + 1
+            await send(message)
+
+        if self.api_key and scope["path"] not in self.OPEN_PATHS:
+            sent = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if sent != f"Bearer {self.api_key}".encode():
+                return await _send_json(counted, 401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                                        code="invalid_api_key")  # fmt: skip
+        return await self.app(scope, receive, counted)
+
+
+async def _send_json(send, status: int, message: str, code: str | None = None) -> None:
     body = json.dumps({"error": {"message": message, "type": _STATUS_TYPES.get(status, "invalid_request_error"),
-                                 "param": None, "code": None}}).encode()  # fmt: skip
+                                 "param": None, "code": code}}).encode()  # fmt: skip
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -135,6 +164,8 @@ class ServerState:
             self.ready.set()
         except EdgeLLMError as e:
             self.error = str(e)
+        except Exception as e:  # MemoryError for the slots' caches, a bug: /health says so rather than "loading"
+            self.error = f"{type(e).__name__}: {e}"
 
     def grammar(self):
         if self.grammars is None:
@@ -180,19 +211,6 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
     @app.exception_handler(EdgeLLMError)
     async def _edgellm(request, e: EdgeLLMError):
         return error_body(400, str(e))
-
-    @app.middleware("http")
-    async def _auth(request: HTTPRequest, call_next):
-        state.requests_total += 1
-        key = config.api_key
-        open_paths = ("/", "/health", "/docs", "/openapi.json", "/docs/oauth2-redirect")
-        if key and request.url.path not in open_paths:
-            if request.headers.get("authorization", "") != f"Bearer {key}":
-                return error_body(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                                  "authentication_error", code="invalid_api_key")  # fmt: skip
-        response = await call_next(request)
-        state.http_errors[response.status_code] = state.http_errors.get(response.status_code, 0) + 1
-        return response
 
     def ready():
         if state.error is not None:
@@ -258,7 +276,8 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
         if body.stream:  # queued before the response starts, so a full queue is still a 503
             return _sse(_completion_stream(state, _attach(state, request), head, body), request)
         events = await _collect(state, request, http)
-        text, lp = _join(events, llm, body.logprobs is not None)
+        text, entries = _join(events, llm, body.logprobs is not None)
+        lp = _legacy_logprobs(entries) if entries is not None else None
         if body.echo and isinstance(prompt, str):
             text = prompt + text
         done = events[-1]
@@ -296,10 +315,14 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
         return head | {"object": "chat.completion", "choices": [choice], "usage": done["usage"],
                        "timings": done["timings"]}  # fmt: skip
 
-    return _BodyLimit(app, config.max_body_bytes) if config.max_body_bytes else app
+    gate = _Gate(app, state, config.api_key)
+    return _BodyLimit(gate, config.max_body_bytes) if config.max_body_bytes else gate
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+DISCONNECT_CHECK_S = 0.25  # how often a non-streamed request looks whether its client is still there
+
+
 def _check_ids(ids, n_vocab: int, param: str) -> None:
     bad = [t for t in ids if not 0 <= t < n_vocab]
     if bad:
@@ -394,15 +417,20 @@ async def _collect(state: ServerState, request: Request, http: HTTPRequest) -> l
     """Every event of a non-streamed request; a client that goes away cancels it."""
     _, queue = _attach(state, request)
     events = []
+    checked = time.monotonic()
     try:
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), timeout=0.5)
+                event = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_CHECK_S)
             except asyncio.TimeoutError:
+                event = None
+            if time.monotonic() - checked >= DISCONNECT_CHECK_S:  # every so often, whether tokens come or not
+                checked = time.monotonic()
                 if await http.is_disconnected():
                     request.cancel()
                     state.scheduler.wake()
-                    raise APIError(499, "client closed the request") from None
+                    raise APIError(499, "client closed the request")
+            if event is None:
                 continue
             if event["type"] == "error":
                 raise APIError(500, event["message"], "server_error")
@@ -424,6 +452,17 @@ def _join(events: list[dict], llm, logprobs: bool) -> tuple[str, Any]:
     if not logprobs:
         return text, None
     return text, [_logprob_entry(e, llm) for e in tokens if e.get("token") is not None]
+
+
+def _legacy_logprobs(entries: list[dict]) -> dict:
+    """The completions endpoint's logprobs object (OpenAI's legacy shape) from chat-style entries."""
+    offsets, at = [], 0
+    for e in entries:
+        offsets.append(at)
+        at += len(e["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+            "text_offset": offsets}  # fmt: skip
 
 
 def _logprob_entry(e: dict, llm) -> dict:

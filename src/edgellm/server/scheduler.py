@@ -115,6 +115,7 @@ class Scheduler:
     # -- from any thread -------------------------------------------------------------------------------
     def submit(self, request: Request) -> None:
         with self._wake:
+            self._drop_abandoned(time.monotonic())
             free = sum(not s.busy for s in self.slots)
             if len(self.waiting) >= self.max_queue + free:
                 self.metrics.rejected += 1
@@ -215,14 +216,24 @@ class Scheduler:
                 n_generated += self._sample(slot, row)
         self.metrics.recent.append((time.monotonic(), n_generated))
 
+    def _drop_abandoned(self, now: float) -> None:
+        """Waiting requests whose client left or whose time ran out leave the queue (the caller holds _wake)."""
+        if not any(r.cancelled or now > r.deadline for r in self.waiting):
+            return
+        keep = collections.deque()
+        for r in self.waiting:
+            if r.cancelled or now > r.deadline:
+                r.emit(self._done_event(r, "cancelled" if r.cancelled else "timeout", 0, 0, None))
+                self.metrics.requests["cancelled" if r.cancelled else "timeout"] += 1
+            else:
+                keep.append(r)
+        self.waiting = keep
+
     def _admit(self, now: float) -> None:
         with self._wake:
+            self._drop_abandoned(now)
             while self.waiting and any(not s.busy for s in self.slots):
                 r = self.waiting.popleft()
-                if r.cancelled or now > r.deadline:
-                    r.emit(self._done_event(r, "cancelled" if r.cancelled else "timeout", 0, 0, None))
-                    self.metrics.requests["cancelled" if r.cancelled else "timeout"] += 1
-                    continue
                 free = [s for s in self.slots if not s.busy]
                 slot = max(free, key=lambda s: (common_prefix(s.tokens, r.prompt), -len(s.tokens)))
                 self._start(slot, r)
@@ -268,7 +279,7 @@ class Scheduler:
             lp = log_softmax(adjusted)
             top = np.argsort(-lp, kind="stable")[: r.logprobs]
             event["logprob"] = float(lp[token])
-            event["top"] = [(int(t), float(lp[t])) for t in top]
+            event["top"] = [(int(t), float(lp[t])) for t in top if np.isfinite(lp[t])]  # not tokens a grammar rules out
         r.emit(event)
         complete = r.grammar is not None and r.grammar.consume(token)
         if slot.text.stopped:
