@@ -3,6 +3,7 @@ and invalid, against a live server; none may get a 500. The server's own /metric
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,12 @@ def test_generated_requests_never_get_a_server_error(tiny_llama, tmp_path):
         metrics = server.metrics()
     finally:
         stop_server(server)
-    assert run.returncode == 0, run.stdout[-3000:]
+    # The server is judged by what it answered (its own /metrics, below) and by schemathesis's checks; an error
+    # inside schemathesis itself (a generator that crashed, as CPython 3.11's ast module can under hypothesis) is
+    # the tool's, not the server's, so it fails the run only if it stopped the tool from sending enough requests.
+    assert "Failures:" not in run.stdout, run.stdout[-3000:]
+    cases = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
+    assert cases and cases[1] == cases[2], run.stdout[-3000:]
+    assert run.returncode == 0 or "Runtime Error" in run.stdout, run.stdout[-3000:]
     assert metrics["edgellm_http_requests_total"] - before >= MIN_REQUESTS
     assert not any(k.startswith('edgellm_http_responses_total{code="5') for k in metrics), metrics
