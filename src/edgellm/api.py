@@ -167,7 +167,7 @@ class LLM:
         try:
             yield from session.generate(tokens, sampler, max_tokens, self.tokenizer.eog_ids)
         finally:
-            self._local.finish_reason = session.finish_reason if hasattr(session, "finish_reason") else None
+            self._local.finish_reason = session.finish_reason
             self._checkin(session)
 
     def stream_text(

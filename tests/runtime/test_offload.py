@@ -311,3 +311,24 @@ def test_reads_bypass_the_page_cache_where_the_file_system_allows(tiny_llama):
     except OSError:
         supported = False
     assert compiled.direct_io == supported
+
+
+@pytest.mark.parametrize("fixture, cache_type", [("tiny_llama", "f32"), ("tiny_gemma3", "f32"),
+                                                 ("tiny_gemma3", "q8_0")])  # a Q8_0 cache needs heads of 32
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_budgeted_buffers_cover_what_the_engine_allocates(fixture, threads, cache_type, request):
+    """A budget counts the engine's working buffers from the shapes alone; what the engine then holds after
+    prefill batches and a decode at a long context must not exceed that count (it grows with the thread pool's
+    slices and the context)."""
+    model = load(request.getfixturevalue(fixture))
+    model.n_threads = threads
+    n_ctx = 2048
+    cache = KVCache(model.config, n_ctx, cache_type=cache_type)
+    tokens = np.arange(40) % model.config.n_vocab
+    for n_batch in (1, 7, 16):
+        model.forward(tokens[:n_batch], cache)
+        held = model.compiled().scratch_bytes()
+        counted = offload.engine_buffer_bytes(model.config, n_batch, n_ctx, threads)
+        assert held <= counted, (n_batch, held, counted)
+        assert held >= counted // 4, (n_batch, held, counted)  # a count, not a blanket
+        cache.truncate(0)

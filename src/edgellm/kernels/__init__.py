@@ -111,6 +111,11 @@ def threads() -> int:
     return _state["threads"]
 
 
+def pool_slices(n_threads: int) -> int:
+    """How many slices the C thread pool cuts a job into: the engine sizes per-slice buffers by it."""
+    return n_threads * _C.SLICES_PER_THREAD if _C is not None and n_threads > 1 else 1
+
+
 def capabilities() -> dict:
     """What the build and the CPU offer, and which path runs."""
     if _C is None:
@@ -138,7 +143,7 @@ def matmul(x: np.ndarray, raw: np.ndarray, type_id: int, n_out: int, n_in: int) 
 
 
 use(os.environ.get("EDGELLM_KERNELS", "auto"))
-_state["threads"] = cores()
+set_threads(None)
 
 
 def read_bandwidth_gbps(n_bytes: int = 1 << 30, threads: int | None = None, repetitions: int = 5) -> float:

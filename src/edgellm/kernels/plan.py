@@ -155,6 +155,10 @@ class CompiledModel:
         self._keep.append(values)
         return int(GGMLType.F32), values.ctypes.data, 1, values.size
 
+    def scratch_bytes(self) -> int:
+        """What the engine's working buffers hold now: the largest forward call's needs so far."""
+        return _C.model_scratch_bytes(self._plan)
+
     def forward(self, tokens: np.ndarray, cache, row0: int, n_rows: int, n_threads: int) -> np.ndarray:
         """Run `tokens` after what `cache` holds; logits of batch rows row0 .. row0 + n_rows - 1."""
         return self.forward_batch([(tokens, cache)], np.arange(row0, row0 + n_rows), n_threads)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import BudgetError, ConfigError, FormatError
+from .. import kernels
 from ..formats import names
 from ..kernels.plan import COLUMN_SLOTS
 
@@ -170,23 +171,30 @@ def _matrices(config, store, output_name: str) -> list[Matrix]:
     return out
 
 
-def buffer_bytes(config, n_batch: int, n_ctx: int, n_threads: int, logits_all: bool = False) -> int:
-    """What the engine allocates for one forward call of n_batch tokens (engine.c el_forward_stats), plus the
-    logits it returns (the last row, or every row with logits_all) and the float64 copies the sampler and
-    perplexity make of one row."""
+def engine_buffer_bytes(config, n_batch: int, n_ctx: int, n_threads: int) -> int:
+    """The C engine's working buffers for one forward call of n_batch tokens (engine.c el_forward_batch)."""
     c = config
     E, F = c.n_embd, c.n_ff
     QD, KD = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
     VD, OD = c.n_head_kv * c.head_dim_v, c.n_head * c.head_dim_v
     rows = 4 * (c.n_head // c.n_head_kv)
-    floats = n_batch * (2 * E + QD + KD + VD + OD + 2 * F + E) + n_threads * rows * (n_ctx + c.head_dim)
+    floats = n_batch * (2 * E + QD + KD + VD + OD + 2 * F + E)
+    floats += kernels.pool_slices(n_threads) * rows * (n_ctx + c.head_dim)  # attention scores, one per pool slice
     floats += -(-n_batch // 4) * c.n_head_kv * 16 * rows * (c.head_dim_v + 2) + 2 * n_batch * c.rope_dim
     scratch = n_batch * max(E, F, QD, OD) * 2 + 4 * PAGE  # activations quantized to the dot type
     scratch += n_batch * QD * 34 // 32 + PAGE  # queries quantized for a Q8_0 KV cache
+    scratch += n_batch * (4 + 2 * 8)  # each token's position and where its keys and values go
     experts = getattr(c, "n_expert", 0)
     if experts:  # router probabilities, gathered rows, expert weights and picks (engine.c moe_floats)
         floats += n_batch * (experts + 2 * E + 2 * c.n_expert_used + 2)
-    return 4 * floats + scratch + (4 * (n_batch if logits_all else 1) + 3 * 8) * c.n_vocab
+    return 4 * floats + scratch
+
+
+def buffer_bytes(config, n_batch: int, n_ctx: int, n_threads: int, logits_all: bool = False) -> int:
+    """The engine's buffers, plus the logits it returns (the last row, or every row with logits_all) and the
+    float64 copies the sampler and perplexity make of one row."""
+    logits = (4 * (n_batch if logits_all else 1) + 3 * 8) * config.n_vocab
+    return engine_buffer_bytes(config, n_batch, n_ctx, n_threads) + logits
 
 
 class _Needs:

@@ -77,6 +77,7 @@ class Session:
         # token re-run alone would round differently from the batch it came in, and a seed would not repeat)
         self._prompt_logits: tuple[int, np.ndarray] | None = None
         self.timings = Timings()
+        self.finish_reason: str | None = None  # why the last generation ended ("stop", "length")
 
     def reset(self) -> None:
         self.cache.truncate(0)

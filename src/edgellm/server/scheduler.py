@@ -316,8 +316,7 @@ class Scheduler:
 
     def _free(self, slot: Slot, reset: bool = False) -> None:
         """The slot takes new requests; its cache keeps what it holds (a later prompt may share the prefix)."""
-        if slot.next_token is not None or reset:
-            slot.next_token = None
+        slot.next_token = None
         if reset:
             slot.cache.truncate(0)
             slot.tokens, slot.prompt_logits = [], None

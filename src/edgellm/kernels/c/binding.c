@@ -490,6 +490,21 @@ static PyObject *py_model_set_path(PyObject *self, PyObject *args) {
     return NULL;
 }
 
+/* model_scratch_bytes(model): what the model's forward buffers hold now (the largest call's needs) */
+static PyObject *py_model_scratch_bytes(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    if (!PyArg_ParseTuple(args, "O", &capsule)) return NULL;
+    model_obj *mo = PyCapsule_GetPointer(capsule, "edgellm.model");
+    if (!mo) return NULL;
+    size_t total = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&mo->lock);
+    for (int i = 0; i < (int)(sizeof(mo->scratch.size) / sizeof(mo->scratch.size[0])); i++) total += mo->scratch.size[i];
+    pthread_mutex_unlock(&mo->lock);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromSize_t(total);
+}
+
 /* forward(model, tokens int32, seqs [(k_cache, v_cache, n_past, n_tokens), ...], kv_type, n_ctx, out_rows int32,
  * logits, n_threads): the sequences' tokens side by side, each sequence over its own cache */
 static PyObject *py_forward(PyObject *self, PyObject *args) {
@@ -825,6 +840,7 @@ static PyMethodDef methods[] = {
     {"model_create", py_model_create, METH_VARARGS, "Build a whole-model plan from weight addresses."},
     {"forward", py_forward, METH_VARARGS, "Run sequences' tokens through a model plan, filling their KV caches and logits."},
     {"model_set_path", py_model_set_path, METH_VARARGS, "The kernel path a model plan runs on."},
+    {"model_scratch_bytes", py_model_scratch_bytes, METH_VARARGS, "Bytes of a model plan's forward buffers."},
     {"model_set_offload", py_model_set_offload, METH_VARARGS, "Stream some matrices from the model file."},
     {"model_set_columns", py_model_set_columns, METH_VARARGS, "Attach column layouts for sparse decode products."},
     {"model_set_head", py_model_set_head, METH_VARARGS, "Attach a cheap head and a candidate count (None: off)."},
@@ -846,5 +862,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "edgellm C kern
 
 PyMODINIT_FUNC PyInit__C(void) {
     el_init();
-    return PyModule_Create(&module);
+    PyObject *mod = PyModule_Create(&module);
+    if (mod && PyModule_AddIntConstant(mod, "SLICES_PER_THREAD", EL_SLICES_PER_THREAD)) Py_CLEAR(mod);
+    return mod;
 }

@@ -177,6 +177,7 @@ typedef struct el_pool el_pool;
 typedef void (*el_task_fn)(void *ctx, int ith, int nth);
 el_pool *el_pool_create(int n_threads);
 void el_pool_free(el_pool *pool);
+#define EL_SLICES_PER_THREAD 4         /* a pool of one thread cuts a job into one slice */
 int el_pool_size(const el_pool *pool);    /* slices a job is cut into */
 int el_pool_threads(const el_pool *pool); /* threads, the caller's included */
 void el_pool_run(el_pool *pool, el_task_fn fn, void *ctx);
@@ -343,19 +344,8 @@ typedef struct {
 /* NULL when the plan can run, else what is wrong with it (the engine never trusts its caller's shapes). */
 const char *el_model_check(const el_model *m);
 
-/* Runs n_tokens new tokens at positions n_past.. through the model.
- * k_cache: n_layers x n_ctx x (n_head_kv * head_dim) elements of kv_type (EL_F32 or EL_F16); v_cache
- * likewise with head_dim_v.
- * Writes logits of rows out_row0 .. out_row0 + n_out_rows - 1 of this batch to `logits` (n_vocab apart).
- * Returns 0, or -1 on bad arguments / out of memory. */
-int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, void *k_cache,
-               void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows, float *logits);
-/* the same, also reporting what it read (stats may be NULL) */
-int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past,
-                     void *k_cache, void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows,
-                     float *logits, el_stats *stats);
-
-/* One sequence of a batch: n_tokens new tokens at positions n_past.. of its own cache (laid out as above). */
+/* One sequence of a batch: n_tokens new tokens at positions n_past.. of its own cache. k_cache: n_layers x n_ctx x
+ * (n_head_kv * head_dim) elements of the cache type (EL_F32, EL_F16 or EL_Q8_0); v_cache likewise with head_dim_v. */
 typedef struct {
     void *k_cache, *v_cache;
     int n_past, n_tokens;
@@ -371,7 +361,8 @@ void el_scratch_free(el_scratch *s);
 
 /* Several sequences in one pass (continuous batching): their tokens side by side (sequence by sequence) share
  * every weight read, and each attends over its own cache. Logits of the batch rows out_rows[0..n_out_rows).
- * scratch may be NULL (buffers allocated for this call only). */
+ * scratch may be NULL (buffers allocated for this call only); stats may be NULL. Returns 0, or -1 on bad arguments
+ * or out of memory. */
 int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, const int32_t *tokens, const el_seq *seqs,
                      int n_seqs, int kv_type, int n_ctx, const int32_t *out_rows, int n_out_rows, float *logits,
                      el_stats *stats);

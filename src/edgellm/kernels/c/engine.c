@@ -610,25 +610,6 @@ static int moe_ffn(run_ctx *r, const stage_ctx *c, float *scratch) {
     return rc;
 }
 
-int el_forward(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past, void *k_cache,
-               void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows, float *logits) {
-    return el_forward_stats(m, pool, tokens, n_tokens, n_past, k_cache, v_cache, kv_type, n_ctx, out_row0, n_out_rows,
-                            logits, NULL);
-}
-
-int el_forward_stats(const el_model *m, el_pool *pool, const int32_t *tokens, int n_tokens, int n_past,
-                     void *k_cache, void *v_cache, int kv_type, int n_ctx, int out_row0, int n_out_rows,
-                     float *logits, el_stats *stats) {
-    const el_seq seq = {k_cache, v_cache, n_past, n_tokens};
-    if (out_row0 < 0 || n_out_rows < 0 || out_row0 + n_out_rows > n_tokens) return -1;
-    int32_t *rows = malloc(sizeof(int32_t) * (size_t)(n_out_rows > 0 ? n_out_rows : 1));
-    if (!rows) return -1;
-    for (int i = 0; i < n_out_rows; i++) rows[i] = out_row0 + i;
-    const int rc = el_forward_batch(m, pool, NULL, tokens, &seq, 1, kv_type, n_ctx, rows, n_out_rows, logits, stats);
-    free(rows);
-    return rc;
-}
-
 /* buffer i of the scratch, grown to at least n bytes (kept for the next call) */
 static void *scratch_get(el_scratch *s, int i, size_t n) {
     if (s->size[i] < n) {

@@ -1,6 +1,6 @@
 /* A persistent thread pool that holds up when the device is busy.
  *
- * A job is cut into slices (SLICES_PER_THREAD per thread) that any thread claims while some are left, so a worker
+ * A job is cut into slices (EL_SLICES_PER_THREAD per thread) that any thread claims while some are left, so a worker
  * the OS has descheduled does not hold back a share fixed in advance: the others take its slices. Only a slice
  * already claimed must be waited for. When the caller still spends much of its time waiting for such stragglers
  * (another process wants the cores), the pool runs jobs on the calling thread alone for a while, then tries all its
@@ -28,7 +28,6 @@
 #endif
 
 #define SPIN_ROUNDS 20000
-#define SLICES_PER_THREAD 4
 /* adaptation: a window of WINDOW jobs straggles when the caller spent more than STALL_BUDGET_S, and more than
  * STRAGGLE of its time, in stalls (waits for a claimed slice longer than STALL_S: a descheduled worker, not the last
  * slice finishing). After STRAGGLING_WINDOWS in a row (a virtual machine's occasional hiccup is one), the next jobs
@@ -121,7 +120,7 @@ el_pool *el_pool_create(int n_threads) {
             break;
         }
     }
-    pool->n_slices = pool->n_threads > 1 ? pool->n_threads * SLICES_PER_THREAD : 1;
+    pool->n_slices = pool->n_threads > 1 ? pool->n_threads * EL_SLICES_PER_THREAD : 1;
     return pool;
 }
 
