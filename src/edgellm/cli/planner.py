@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+from ..files import atomic_output
 from .common import (
     bounded,
     fraction,
@@ -111,10 +112,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     storage_dir = args.storage_dir or (args.out.resolve().parent)
     profile = calibrate(threads, formats, storage_dir, lambda m: print(f"calibrate: {m}", file=sys.stderr, flush=True),
                         rounds=args.rounds)  # fmt: skip
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text("# written by `edgellm calibrate`: measured on this machine\n"
-                   + yaml.safe_dump(profile, sort_keys=False, default_flow_style=None, width=120), encoding="utf-8")  # fmt: skip
-    tmp.replace(args.out)
+    with atomic_output(args.out, overwrite=True, text=True) as f:
+        f.write("# written by `edgellm calibrate`: measured on this machine\n"
+                + yaml.safe_dump(profile, sort_keys=False, default_flow_style=None, width=120))  # fmt: skip
     c = profile["calibration"]
     for t, e in c["threads"].items():
         print(f"{t} thread(s): read {e['read_gbps']} GB/s; matvec GB/s " +

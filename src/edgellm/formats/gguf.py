@@ -11,7 +11,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Mapping
@@ -20,6 +19,7 @@ import numpy as np
 from gguf import GGUFValueType
 
 from ..errors import FormatError, UnsupportedError
+from ..files import atomic_output
 from .quants import GGMLType, get_format
 
 GGUF_MAGIC = b"GGUF"
@@ -405,7 +405,7 @@ def write_gguf(
     An existing file is only replaced with `overwrite=True`.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    if path.exists() and not overwrite:  # before any work (atomic_output checks again)
         raise FileExistsError(f"{path} exists; refusing to overwrite it")
     tensors = list(tensors)
     types = dict(metadata_types or {})
@@ -429,17 +429,8 @@ def write_gguf(
         offsets.append(offset)
         offset = _align(offset + t.n_bytes, alignment)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_body(f, bytes(header), zip(offsets, tensors), alignment)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, overwrite=overwrite) as f:
+        _write_body(f, bytes(header), zip(offsets, tensors), alignment)
     return path
 
 

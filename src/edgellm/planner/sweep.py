@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..files import atomic_output
 from .device import load_device
 from .estimate import COMPUTE_EFFICIENCY, KV_BYTES, MEMORY_EFFICIENCY, prefill_ops
 from .model import load_model
@@ -59,7 +60,8 @@ def sweep(model_ref: str, devices: list[str], out: Path, target_tps: float, prom
     ax.legend(fontsize=8)
     fig.tight_layout()
     p1 = out / "decode_vs_bandwidth.png"
-    fig.savefig(p1, dpi=120)
+    with atomic_output(p1, overwrite=True) as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
 
     bits = np.linspace(2, 16, 57)
@@ -97,7 +99,8 @@ def sweep(model_ref: str, devices: list[str], out: Path, target_tps: float, prom
     fig.suptitle(f"{shape.name}: what a device needs")
     fig.tight_layout()
     p2 = out / "requirements.png"
-    fig.savefig(p2, dpi=120)
+    with atomic_output(p2, overwrite=True) as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
     data["plots"] = [str(p1), str(p2)]
     return data
