@@ -4,6 +4,7 @@
         --llama-python /path/to/venv-with-llama-cpp-python/bin/python
 
 `-d D` (llama-bench's depth) first fills the cache with D random tokens, untimed, in both engines.
+`--busy N` keeps N busy-looping processes running for the whole run, as other apps on a device would.
 
 llama.cpp runs through llama-cpp-python's low-level API (llama_decode on one batch), which builds llama.cpp
 from its source package; it is never a dependency of edgellm. For each (model, threads, test) the two
@@ -98,8 +99,19 @@ def main() -> None:
     ap.add_argument("-d", "--depth", type=int, default=0, help="tokens in the cache before each test")
     ap.add_argument("-r", "--repetitions", type=int, default=3)
     ap.add_argument("--llama-python", default=sys.executable, help="interpreter that has llama-cpp-python")
+    ap.add_argument("--busy", type=int, default=0, help="busy-looping background processes during the run")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        compare(args)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+def compare(args: argparse.Namespace) -> None:
 
     rows = []
     tests = [("pp", args.n_prompt)] * bool(args.n_prompt) + [("tg", args.n_gen)] * bool(args.n_gen)
@@ -116,14 +128,14 @@ def main() -> None:
                     theirs.append(result["tps"])
                     rss_theirs.append(rss)
                 row = {
-                    "model": os.path.basename(model), "threads": threads, "test": f"{test}{n}" + (f" @ d{args.depth}" if args.depth else ""),
+                    "model": os.path.basename(model), "threads": threads, "busy": args.busy, "test": f"{test}{n}" + (f" @ d{args.depth}" if args.depth else ""),
                     "edgellm_tps": statistics.mean(ours), "llamacpp_tps": statistics.mean(theirs),
                     "ratio": statistics.mean(ours) / statistics.mean(theirs),
                     "edgellm_rss_mb": max(rss_ours), "llamacpp_rss_mb": max(rss_theirs), "kernel_path": path,
                 }  # fmt: skip
                 rows.append(row)
                 if not args.json:
-                    print(f"{row['model']:<34} t={threads} {row['test']:>13}  edgellm {row['edgellm_tps']:8.1f}  "
+                    print(f"{row['model']:<34} t={threads} busy={args.busy} {row['test']:>13}  edgellm {row['edgellm_tps']:8.1f}  "
                           f"llama.cpp {row['llamacpp_tps']:8.1f}  ratio {row['ratio']:.2f}  "
                           f"RSS {row['edgellm_rss_mb']:.0f} / {row['llamacpp_rss_mb']:.0f} MB", flush=True)  # fmt: skip
     if args.json:
