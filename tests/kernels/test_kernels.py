@@ -329,3 +329,57 @@ def test_dot_rows_matches_reference(path, ttype):
                 got = np.array(kernels._C.dot_rows(int(ttype), x, y, n, nr, m, x.shape[1], y.strides[0])).reshape(nr, m)
                 want = q.astype(np.float64) @ k.T
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=f"n={n} m={m} nr={nr}")
+
+
+PACKED_TYPES = [GGMLType.Q4_1, GGMLType.Q8_0]
+
+
+def packed_paths(ttype) -> list[str]:
+    """The paths with kernels over the 16-row interleaved layout for `ttype`."""
+    found = []
+    for path in PATHS:
+        kernels.use(path)
+        try:
+            kernels.matmul_packed(np.zeros((1, 32), np.float32), random_weights(np.random.default_rng(0), ttype, 16, 32),
+                                  ttype, 16, 32)  # fmt: skip
+        except ValueError:
+            continue
+        found.append(path)
+    return found
+
+
+@pytest.mark.parametrize("ttype", PACKED_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_packed_matmul_matches_reference_within_budget(ttype, threads):
+    """Rows interleaved 16 at a time: every row of every group in its place, every token tile size (1..8, then
+    a chunk over 8), with the same activation rounding as the row-at-a-time kernels."""
+    paths = packed_paths(ttype)
+    if not paths:
+        pytest.skip(f"no path here has packed {ttype.name} kernels")
+    kernels.set_threads(threads)
+    rng = np.random.default_rng(int(ttype) + threads)
+    for path in paths:
+        kernels.use(path)
+        for n_rows, n_blocks, n_tokens in [(16, 1, 1), (32, 3, 2), (48, 7, 3), (16, 18, 4), (64, 5, 5), (80, 2, 6),
+                                           (16, 9, 7), (32, 4, 8), (48, 3, 13), (1552, 2, 1)]:  # fmt: skip
+            n_cols = 32 * n_blocks
+            raw = random_weights(rng, ttype, n_rows, n_cols)
+            x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
+            x[:, :32] *= 30.0
+            got = kernels.matmul_packed(x, raw, ttype, n_rows, n_cols)
+            ref, w = reference(raw, ttype, n_rows, n_cols, x)
+            err, allowed = np.abs(got - ref), budget(w, x, ttype)
+            worst = np.unravel_index(np.argmax(err / allowed), err.shape)
+            assert (err <= allowed).all(), (f"{path} {ttype.name} {n_rows}x{n_cols} tokens {n_tokens}: error "
+                                            f"{err[worst]:.3g} > budget {allowed[worst]:.3g} at {worst}")  # fmt: skip
+            row_at_a_time = kernels.matmul(x, raw, ttype, n_rows, n_cols)  # the same integers, other sum order
+            np.testing.assert_allclose(got, row_at_a_time, rtol=1e-5, atol=1e-5 * np.abs(row_at_a_time).max())
+
+
+@pytest.mark.parametrize("ttype", PACKED_TYPES, ids=lambda t: t.name)
+def test_packed_matmul_refuses_shapes_it_cannot_hold(ttype):
+    if not packed_paths(ttype):
+        pytest.skip(f"no path here has packed {ttype.name} kernels")
+    raw = random_weights(np.random.default_rng(1), ttype, 24, 64)
+    with pytest.raises(ValueError, match="no packed kernel"):
+        kernels.matmul_packed(np.ones((1, 64), np.float32), raw, ttype, 24, 64)  # 24 rows: not groups of 16

@@ -142,6 +142,15 @@ def matmul(x: np.ndarray, raw: np.ndarray, type_id: int, n_out: int, n_in: int) 
     return out
 
 
+def matmul_packed(x: np.ndarray, raw: np.ndarray, type_id: int, n_out: int, n_in: int) -> np.ndarray:
+    """matmul with W interleaved 16 rows at a time (the layout the engine packs models into where the path has
+    kernels for it); ValueError where it has none."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty((x.shape[0], n_out), dtype=np.float32)
+    _C.matmul_packed(int(type_id), raw, n_out, n_in, x, x.shape[0], out, _state["threads"])
+    return out
+
+
 use(os.environ.get("EDGELLM_KERNELS", "auto"))
 set_threads(None)
 

@@ -6,6 +6,7 @@ memory-mapped weight views (and float32 copies of the tiny norm/bias vectors) al
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -23,6 +24,7 @@ LAYER_FIELDS = [
     names.FFN_GATE_EXPS, names.FFN_UP_EXPS, names.FFN_DOWN_EXPS,
 ]  # fmt: skip
 _ABSENT = (0, 0, 0, 0)
+REPACK_ENV = "EDGELLM_REPACK"  # 0: keep every matrix in its file layout only (no interleaved copy)
 # el_model.cols slots (EL_COL_SLOTS) and the sparsity group (model/sparsity.py GROUPS) of each one's input
 COLUMN_SLOTS = [names.ATTN_Q, names.ATTN_K, names.ATTN_V, names.ATTN_OUT, names.FFN_GATE, names.FFN_UP, names.FFN_DOWN]
 COLUMN_GROUPS = [0, 0, 0, 1, 2, 2, 3]
@@ -96,6 +98,9 @@ class CompiledModel:
                 raise FormatError(str(e)) from None
             if held > offload.ring_bytes + offload.row_buffer_bytes:  # the split must count what C allocates
                 raise RuntimeError(f"streaming buffers of {held} bytes exceed the plan's {offload.ring_bytes}")
+        # Matrices interleaved 16 rows at a time for the path's gemm16 kernels: several tokens (batched decode,
+        # prefill) then cost little more than one. Not under a memory budget, which holds the weights once.
+        self.packed_bytes = _C.model_pack(self._plan) if offload is None and os.environ.get(REPACK_ENV) != "0" else 0
 
     @property
     def last_read(self) -> tuple[float, ...]:

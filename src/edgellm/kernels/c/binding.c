@@ -4,6 +4,7 @@
 #include <Python.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #include "edgellm.h"
 
@@ -347,12 +348,36 @@ done:
 #define LAYER_FIELDS 20 /* el_layer is 20 el_weight fields, in declaration order */
 #define N_GLOBALS 5     /* tok_embd, output_norm, output, rope_factors_short, rope_factors_long */
 
+/* the matrices a forward pass multiplies whole: each layer's q, k, v, o, gate, up, down, and the head */
+static int packable_weights(el_model *m, el_weight **out) {
+    int n = 0;
+    for (int l = 0; l < m->n_layers; l++) {
+        el_layer *L = &m->layers[l];
+        el_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+        for (int i = 0; i < 7; i++) out[n++] = ws[i];
+    }
+    out[n++] = &m->output;
+    return n;
+}
+
+static void free_packs(el_model *m) {
+    el_weight **ws = malloc(sizeof(el_weight *) * ((size_t)m->n_layers * 7 + 1));
+    if (!ws) return;
+    const int n = packable_weights(m, ws);
+    for (int i = 0; i < n; i++) {
+        free((void *)ws[i]->packed16);
+        ws[i]->packed16 = NULL;
+    }
+    free(ws);
+}
+
 static void model_destroy(PyObject *capsule) {
     el_model *m = PyCapsule_GetPointer(capsule, "edgellm.model");
     if (!m) return;
     model_obj *mo = (model_obj *)m;
     el_pool_free(mo->pool);
     el_scratch_free(&mo->scratch);
+    free_packs(m);
     pthread_mutex_destroy(&mo->lock);
     free(m->layers);
     free(m->flags);
@@ -366,6 +391,7 @@ static int parse_weight(PyObject *item, el_weight *w) {
     unsigned long long addr;
     if (!PyArg_ParseTuple(item, "iKii", &w->type, &addr, &w->n_rows, &w->n_cols)) return -1;
     w->data = (const void *)(uintptr_t)addr;
+    w->packed16 = NULL;
     if (w->data && (w->type < 0 || w->type >= EL_TYPE_COUNT || !el_traits[w->type].name)) {
         PyErr_Format(PyExc_ValueError, "tensor type %d has no C kernel", w->type);
         return -1;
@@ -466,6 +492,98 @@ static PyObject *py_model_create(PyObject *self, PyObject *args) {
     mo->isa = el_default_isa();
     pthread_mutex_init(&mo->lock, NULL);
     return PyCapsule_New(m, "edgellm.model", model_destroy);
+}
+
+/* model_pack(model) -> bytes: a copy of every matrix that has an el_pack16 layout, in that layout, for the paths
+ * with gemm16 kernels; the original pages are offered back to the kernel (they stay the file's, read again only
+ * for what still uses them: embedding rows, a candidate head's rows). Not for streamed models. */
+static PyObject *py_model_pack(PyObject *self, PyObject *args) {
+    USE_DEFAULT_PATH();
+    PyObject *capsule;
+    if (!PyArg_ParseTuple(args, "O", &capsule)) return NULL;
+    model_obj *mo = PyCapsule_GetPointer(capsule, "edgellm.model");
+    if (!mo) return NULL;
+    el_model *m = &mo->m;
+    el_weight **ws = malloc(sizeof(el_weight *) * ((size_t)m->n_layers * 7 + 1));
+    if (!ws) return PyErr_NoMemory();
+    size_t total = 0;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&mo->lock);
+    el_use_isa(mo->isa); /* pack only what this model's path has kernels for */
+    const int n = m->offload ? 0 : packable_weights(m, ws);
+    for (int i = 0; i < n && !failed; i++) {
+        el_weight *w = ws[i];
+        const int usable = w->data && !w->packed16 && el_traits[w->type].gemm16;
+        const size_t bytes = usable ? el_packed16_bytes((enum el_type)w->type, w->n_rows, w->n_cols) : 0;
+        if (!bytes) continue;
+        void *p = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!p) {
+            failed = 1;
+            break;
+        }
+        el_pack16((enum el_type)w->type, w->data, w->n_rows, w->n_cols, p);
+        w->packed16 = p;
+        total += bytes;
+#ifdef MADV_PAGEOUT
+        const uintptr_t page = 4096, lo = ((uintptr_t)w->data + page - 1) / page * page;
+        const uintptr_t hi = ((uintptr_t)w->data + row_bytes(w->type, w->n_cols) * (size_t)w->n_rows) / page * page;
+        if (hi > lo && w != &m->output) madvise((void *)lo, hi - lo, MADV_PAGEOUT);
+#endif
+    }
+    if (failed) free_packs(m);
+    pthread_mutex_unlock(&mo->lock);
+    Py_END_ALLOW_THREADS
+    free(ws);
+    if (failed) return PyErr_NoMemory();
+    return PyLong_FromSize_t(total);
+}
+
+/* matmul_packed(type, w, n_rows, n_cols, x, n_tokens, out, n_threads): w packed with el_pack16, then multiplied
+ * on the process's path (for tests and measurements); ValueError where there is no such kernel */
+static PyObject *py_matmul_packed(PyObject *self, PyObject *args) {
+    USE_DEFAULT_PATH();
+    int type, n_rows, n_cols, n_tokens, n_threads;
+    Py_buffer w, x, out;
+    if (!PyArg_ParseTuple(args, "iy*iiy*iw*i", &type, &w, &n_rows, &n_cols, &x, &n_tokens, &out, &n_threads))
+        return NULL;
+    PyObject *result = NULL;
+    void *packed = NULL, *scratch = NULL;
+    if (check_type(type)) goto done;
+    const size_t bytes = el_packed16_bytes((enum el_type)type, n_rows, n_cols);
+    if (!bytes || !el_traits[type].gemm16 || n_tokens < 0) {
+        PyErr_Format(PyExc_ValueError, "no packed kernel for %s with %d x %d on this path", el_traits[type].name,
+                     n_rows, n_cols);
+        goto done;
+    }
+    if ((size_t)w.len < row_bytes(type, n_cols) * (size_t)n_rows ||
+        (size_t)x.len < (size_t)n_cols * n_tokens * sizeof(float) ||
+        (size_t)out.len < (size_t)n_rows * n_tokens * sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "matmul buffer too small for the given shape");
+        goto done;
+    }
+    packed = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    scratch = malloc(el_matmul_scratch_bytes((enum el_type)type, n_cols, n_tokens) + 64);
+    if (!packed || !scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    el_pack16((enum el_type)type, w.buf, n_rows, n_cols, packed);
+    int rc;
+    SHARED_POOL_CALL(rc = el_matmul_packed(get_pool(n_threads), (enum el_type)type, packed, n_rows, n_cols, x.buf,
+                                           n_tokens, out.buf, n_rows, scratch));
+    if (rc != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "matmul failed");
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    free(packed);
+    free(scratch);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    return result;
 }
 
 /* model_set_path(model, name): the kernel path this model runs on */
@@ -840,6 +958,8 @@ static PyMethodDef methods[] = {
     {"model_create", py_model_create, METH_VARARGS, "Build a whole-model plan from weight addresses."},
     {"forward", py_forward, METH_VARARGS, "Run sequences' tokens through a model plan, filling their KV caches and logits."},
     {"model_set_path", py_model_set_path, METH_VARARGS, "The kernel path a model plan runs on."},
+    {"model_pack", py_model_pack, METH_VARARGS, "Interleave a model plan's matrices for the gemm16 kernels."},
+    {"matmul_packed", py_matmul_packed, METH_VARARGS, "matmul over el_pack16's layout (for tests)."},
     {"model_scratch_bytes", py_model_scratch_bytes, METH_VARARGS, "Bytes of a model plan's forward buffers."},
     {"model_set_offload", py_model_set_offload, METH_VARARGS, "Stream some matrices from the model file."},
     {"model_set_columns", py_model_set_columns, METH_VARARGS, "Attach column layouts for sparse decode products."},

@@ -90,6 +90,10 @@ EL_STATIC_ASSERT(sizeof(block_q2_nl) == 9, q2_nl);
  *   y: first activation row in the dot type, rows `by` bytes apart; s[j * bs] = dot(w, y_j) for j < nc.
  * ISA paths may unpack a weight block once and reuse it for all nc rows (prefill tiles). */
 typedef void (*el_dot_fn)(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc);
+/* Dot products of 16 weight rows, interleaved by el_pack16, against `nc` (<= 8) activation rows:
+ * s[j * bs + i] = dot(w row i, y_j) for i < 16, j < nc. The 16 outputs of one activation row sit in one vector's
+ * lanes, so a block's scales apply to all 16 rows at once and nothing is summed across lanes. */
+typedef void (*el_gemm16_fn)(int n, float *s, size_t bs, const void *w16, const void *y, size_t by, int nc);
 /* Activation quantizer: k floats (a multiple of the dot type's block size) -> blocks of the dot type. */
 typedef void (*el_from_float_fn)(const float *x, void *y, int64_t k);
 /* Dequantize k weights of a row (for gathers such as embedding lookups). */
@@ -114,6 +118,7 @@ typedef struct {
     el_to_float_fn to_float;
     el_mix_fn mix;           /* for KV cache types: F32, F16, Q8_0 */
     el_dot_rows_fn dot_rows; /* optional, for KV cache types (else one dot call per row) */
+    el_gemm16_fn gemm16;     /* optional: products over el_pack16's layout */
 } el_type_traits;
 
 /* Attention scores of m cache rows against nr query rows as one dot call per cache row. */
@@ -189,6 +194,19 @@ size_t el_matmul_scratch_bytes(enum el_type type, int n_cols, int n_tokens);
 int el_matmul(el_pool *pool, enum el_type type, const void *w, int n_rows, int n_cols,
               const float *x, int n_tokens, float *out, int out_stride, void *scratch);
 
+/* Rows interleaved in groups of 16 (packed.c), for the gemm16 kernels: per group and block of 32 weights, the
+ * 16 rows' scales side by side, then their quants with the same 4 weights of the 16 rows in each 64 bytes.
+ *   Q4_1: d[16], m[16] (fp16); 4 x 64 bytes, byte 4i + e of vector j = q_i[4j + e] | q_i[4j + 16 + e] << 4.
+ *   Q8_0: d[16] (fp16), wsum[16] (int16: the block's sum of quants per row); 8 x 64 bytes, byte 4i + e of
+ *         vector k = q_i[4k + e]. The kernel takes activations flipped to unsigned (q + 128) and subtracts
+ *         128 * wsum (el_matmul_packed flips them).
+ * el_packed16_bytes is 0 when the type has no such layout or n_rows is not a multiple of 16. */
+size_t el_packed16_bytes(enum el_type type, int n_rows, int n_cols);
+int el_pack16(enum el_type type, const void *w, int n_rows, int n_cols, void *out);
+/* el_matmul over el_pack16's layout; -1 when the current path has no gemm16 kernel for the type */
+int el_matmul_packed(el_pool *pool, enum el_type type, const void *w16, int n_rows, int n_cols, const float *x,
+                     int n_tokens, float *out, int out_stride, void *scratch);
+
 /* Best-of-`repetitions` read bandwidth over `buf` in GB/s (1e9 bytes/s), all pool threads reading. */
 double el_read_bandwidth(el_pool *pool, const void *buf, size_t n_bytes, int repetitions);
 
@@ -251,6 +269,7 @@ typedef struct {
     int type;          /* enum el_type; data == NULL means the tensor is absent */
     const void *data;  /* packed rows, n_rows x row_bytes(type, n_cols) */
     int n_rows, n_cols;
+    const void *packed16; /* the same rows in el_pack16's layout, or NULL */
 } el_weight;
 
 typedef struct {

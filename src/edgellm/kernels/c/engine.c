@@ -217,6 +217,11 @@ typedef struct {
 } run_ctx;
 
 static int linear(run_ctx *r, const el_weight *w, const float *x, int n_tokens, float *out) {
+    if (w->packed16 && el_traits[w->type].gemm16) {
+        r->stats->weight_bytes += (double)el_packed16_bytes((enum el_type)w->type, w->n_rows, w->n_cols);
+        return el_matmul_packed(r->pool, (enum el_type)w->type, w->packed16, w->n_rows, w->n_cols, x, n_tokens, out,
+                                w->n_rows, r->qscratch);
+    }
     r->stats->weight_bytes += (double)row_bytes(w->type, w->n_cols) * w->n_rows;
     return el_matmul(r->pool, (enum el_type)w->type, w->data, w->n_rows, w->n_cols, x, n_tokens, out, w->n_rows,
                      r->qscratch);

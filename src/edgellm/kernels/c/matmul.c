@@ -31,13 +31,18 @@ typedef struct {
     char *y_out;
     float *out;
     int out_stride;
+    int flip; /* activations made unsigned (quants + 128) for the packed Q8_0 kernel */
 } matmul_ctx;
 
 static void quantize_task(void *vctx, int ith, int nth) {
     matmul_ctx *c = vctx;
     const el_from_float_fn q = el_traits[c->traits->dot_type].from_float;
     for (int t = ith; t < c->n_tokens; t += nth) {
-        q(c->x + (size_t)t * c->n_cols, c->y_out + (size_t)t * c->y_row_bytes, c->n_cols);
+        char *y = c->y_out + (size_t)t * c->y_row_bytes;
+        q(c->x + (size_t)t * c->n_cols, y, c->n_cols);
+        if (c->flip)
+            for (block_q8_0 *b = (block_q8_0 *)y; (char *)b < y + c->y_row_bytes; b++)
+                for (int j = 0; j < QK8_0; j++) b->qs[j] = (int8_t)((uint8_t)b->qs[j] ^ 0x80);
     }
 }
 
@@ -64,6 +69,38 @@ static void dot_task(void *vctx, int ith, int nth) {
             }
         }
     }
+}
+
+/* rows in groups of 16 (one ROW_BLOCK), each group against tiles of tokens */
+static void packed_task(void *vctx, int ith, int nth) {
+    matmul_ctx *c = vctx;
+    const int n_groups = c->n_rows / 16;
+    const int g0 = (int)((int64_t)n_groups * ith / nth), g1 = (int)((int64_t)n_groups * (ith + 1) / nth);
+    const el_gemm16_fn gemm16 = c->traits->gemm16;
+    const size_t group_bytes = c->w_row_bytes; /* of 16 rows */
+    int chunk = (int)(TOKEN_CHUNK_BYTES / c->y_row_bytes) / TOKEN_TILE * TOKEN_TILE;
+    if (chunk < TOKEN_TILE) chunk = TOKEN_TILE;
+    for (int c0 = 0; c0 < c->n_tokens; c0 += chunk) {
+        const int c1 = c0 + chunk < c->n_tokens ? c0 + chunk : c->n_tokens;
+        for (int g = g0; g < g1; g++)
+            for (int t0 = c0; t0 < c1; t0 += TOKEN_TILE) {
+                const int nc = c1 - t0 < TOKEN_TILE ? c1 - t0 : TOKEN_TILE;
+                gemm16(c->n_cols, c->out + (size_t)t0 * c->out_stride + 16 * g, (size_t)c->out_stride,
+                       c->w + (size_t)g * group_bytes, c->y + (size_t)t0 * c->y_row_bytes, c->y_row_bytes, nc);
+            }
+    }
+}
+
+int el_matmul_packed(el_pool *pool, enum el_type type, const void *w16, int n_rows, int n_cols, const float *x,
+                     int n_tokens, float *out, int out_stride, void *scratch) {
+    if (type < 0 || type >= EL_TYPE_COUNT || !el_traits[type].gemm16 || !el_packed16_bytes(type, n_rows, n_cols))
+        return -1;
+    const el_type_traits *t = &el_traits[type];
+    matmul_ctx c = {t, w16, el_packed16_bytes(type, 16, n_cols), n_rows, n_cols, n_tokens, x, scratch, row_bytes(t->dot_type, n_cols), scratch, out,
+                    out_stride, type == EL_Q8_0};
+    el_pool_run(n_tokens > 1 ? pool : NULL, quantize_task, &c);
+    el_pool_run(pool, packed_task, &c);
+    return 0;
 }
 
 int el_matmul(el_pool *pool, enum el_type type, const void *w, int n_rows, int n_cols, const float *x,

@@ -636,6 +636,76 @@ static void mix_f16(int n, int m, float *s, size_t bs, const float *p, size_t bp
     mix_x16(n, m, s, bs, p, bp, nr, x, bx, 1);
 }
 
+/* ---- 16 interleaved rows (el_pack16): lane i of every vector is row i ---- */
+
+INL __m512 f16_splat(const void *p) {
+    return _mm512_set1_ps(_cvtsh_ss((unsigned short)(*(const uint8_t *)p | ((const uint8_t *)p)[1] << 8)));
+}
+
+/* Q4_1 against Q8_1 activations: sum_i d_w d_y q_w q_y + m_w s_y per block */
+INL void gemm16_q4_1_tile(const int NC, int n, float *s, size_t bs, const uint8_t *w, const uint8_t *y, size_t by) {
+    __m512 acc[8];
+    for (int a = 0; a < NC; a++) acc[a] = _mm512_setzero_ps();
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int nb = n / QK8_1;
+    for (int b = 0; b < nb; b++, w += 16 * sizeof(block_q4_1)) {
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)w));
+        const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 32)));
+        __m512i wk[8];
+        for (int j = 0; j < 4; j++) {
+            const __m512i p = _mm512_loadu_si512((const void *)(w + 64 + 64 * j));
+            wk[j] = _mm512_and_si512(p, m4);
+            wk[j + 4] = _mm512_and_si512(_mm512_srli_epi16(p, 4), m4);
+        }
+        for (int a = 0; a < NC; a++) {
+            const uint8_t *yb = y + (size_t)a * by + (size_t)b * sizeof(block_q8_1);
+            __m512i sum = _mm512_setzero_si512();
+            for (int k = 0; k < 8; k++) sum = _mm512_dpbusd_epi32(sum, wk[k], _mm512_set1_epi32((int)ld32(yb + 4 + 4 * k)));
+            acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, f16_splat(yb)), acc[a]);
+            acc[a] = _mm512_fmadd_ps(mw, f16_splat(yb + 2), acc[a]);
+        }
+    }
+    for (int a = 0; a < NC; a++) _mm512_storeu_ps(s + (size_t)a * bs, acc[a]);
+}
+
+/* Q8_0 against Q8_0 activations flipped to unsigned: sum (q_y + 128) q_w - 128 wsum, times d_w d_y */
+INL void gemm16_q8_0_tile(const int NC, int n, float *s, size_t bs, const uint8_t *w, const uint8_t *y, size_t by) {
+    __m512 acc[8];
+    for (int a = 0; a < NC; a++) acc[a] = _mm512_setzero_ps();
+    const int nb = n / QK8_0;
+    for (int b = 0; b < nb; b++, w += 16 * (sizeof(block_q8_0) + 2)) {
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)w));
+        const __m512i corr =
+            _mm512_slli_epi32(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(w + 32))), 7);
+        __m512i wk[8];
+        for (int k = 0; k < 8; k++) wk[k] = _mm512_loadu_si512((const void *)(w + 64 + 64 * k));
+        for (int a = 0; a < NC; a++) {
+            const uint8_t *yb = y + (size_t)a * by + (size_t)b * sizeof(block_q8_0);
+            __m512i sum = _mm512_sub_epi32(_mm512_setzero_si512(), corr);
+            for (int k = 0; k < 8; k++) sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi32((int)ld32(yb + 2 + 4 * k)), wk[k]);
+            acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, f16_splat(yb)), acc[a]);
+        }
+    }
+    for (int a = 0; a < NC; a++) _mm512_storeu_ps(s + (size_t)a * bs, acc[a]);
+}
+
+#define GEMM16(NAME, TILE)                                                                                     \
+    static void NAME(int n, float *s, size_t bs, const void *w, const void *y, size_t by, int nc) {          \
+        switch (nc) {                                                                                          \
+        case 8: TILE(8, n, s, bs, w, y, by); break;                                                            \
+        case 7: TILE(7, n, s, bs, w, y, by); break;                                                            \
+        case 6: TILE(6, n, s, bs, w, y, by); break;                                                            \
+        case 5: TILE(5, n, s, bs, w, y, by); break;                                                            \
+        case 4: TILE(4, n, s, bs, w, y, by); break;                                                            \
+        case 3: TILE(3, n, s, bs, w, y, by); break;                                                            \
+        case 2: TILE(2, n, s, bs, w, y, by); break;                                                            \
+        case 1: TILE(1, n, s, bs, w, y, by); break;                                                            \
+        default: break;                                                                                        \
+        }                                                                                                      \
+    }
+GEMM16(gemm16_q4_1, gemm16_q4_1_tile)
+GEMM16(gemm16_q8_0, gemm16_q8_0_tile)
+
 void el_register_avx512(el_type_traits *t) {
     t[EL_F32].mix = mix_f32;
     t[EL_F16].mix = mix_f16;
@@ -652,6 +722,8 @@ void el_register_avx512(el_type_traits *t) {
     t[EL_Q4_K].dot = dot_Q4_K;
     t[EL_Q5_K].dot = dot_Q5_K;
     t[EL_Q6_K].dot = dot_Q6_K;
+    t[EL_Q4_1].gemm16 = gemm16_q4_1;
+    t[EL_Q8_0].gemm16 = gemm16_q8_0;
 }
 #else
 void el_register_avx512(el_type_traits *t) { (void)t; }
