@@ -18,6 +18,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
+from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -165,11 +166,30 @@ def _with_deadline(fn, seconds: float):
         timer.cancel()
 
 
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles `~` to the environment's checked join: a string that doubles itself in a loop would otherwise grow
+    until memory runs out, each step within every other limit."""
+
+    def visit_Concat(self, node, frame) -> None:
+        self.write("environment.concat_checked((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, but a forbidden attribute is an error rather than an empty string, and the
-    operators that can build huge values in one step (** and *) are checked before they run."""
+    operators that can build huge values in one step (**, *, + and ~) are checked before they run."""
 
-    intercepted_binops = frozenset({"**", "*", "%"})
+    intercepted_binops = frozenset({"**", "*", "%", "+"})
+    code_generator_class = _BoundedCodeGenerator
+
+    def concat_checked(self, values: tuple) -> str:
+        parts = [str(v) for v in values]
+        if sum(map(len, parts)) > MAX_OUTPUT_CHARS:
+            raise SecurityError(f"a string of over {MAX_OUTPUT_CHARS:,} characters built with ~")
+        return "".join(parts)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
         raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is not allowed")
@@ -184,6 +204,10 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and _is_int(n) and len(seq) * n > MAX_OUTPUT_CHARS:
                     raise SecurityError(f"a {type(seq).__name__} of {len(seq) * n:,} items (limit {MAX_OUTPUT_CHARS:,})")
+        if operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            if len(left) + len(right) > MAX_OUTPUT_CHARS:
+                raise SecurityError(f"a {type(left).__name__} of {len(left) + len(right):,} items built with + "
+                                    f"(limit {MAX_OUTPUT_CHARS:,})")  # fmt: skip
         if operator == "%" and isinstance(left, str):
             _check_format(left, right if isinstance(right, tuple) else (right,))
         return super().call_binop(context, operator, left, right)
@@ -245,6 +269,12 @@ def _checked_filter(name: str, filter_fn):
             _check_str_call(value, "replace", args, kwargs)
         elif name == "format" and isinstance(value, str):
             _check_format(value, (*args, *kwargs.values()))
+        elif name == "join":
+            separator = args[0] if args else kwargs.get("d", "")
+            sized = isinstance(separator, str) and isinstance(value, (list, tuple, str)) and value
+            if sized and len(separator) * (len(value) - 1) > MAX_OUTPUT_CHARS:
+                raise SecurityError(f"a join of {len(value):,} items with a {len(separator):,}-character separator "
+                                    f"(limit {MAX_OUTPUT_CHARS:,})")
         else:
             for a in (*args, *kwargs.values()):
                 _check_size(a, f"{name} width")
@@ -274,7 +304,7 @@ def _strftime_now(fmt: str) -> str:
 def _compile(template: str) -> jinja2.Template:
     env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
-    for name in ("center", "indent", "replace", "format", "wordwrap", "truncate"):
+    for name in ("center", "indent", "replace", "format", "wordwrap", "truncate", "join"):
         env.filters[name] = _checked_filter(name, env.filters[name])
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now

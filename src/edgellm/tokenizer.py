@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import enum
 import heapq
+import re
 from array import array
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -44,6 +45,7 @@ _ATTR_OF_TYPE = np.array([0, TokenAttr.NORMAL, TokenAttr.UNKNOWN, TokenAttr.CONT
 _SPECIAL_ATTRS = int(TokenAttr.CONTROL | TokenAttr.USER_DEFINED | TokenAttr.UNKNOWN)
 _HIDDEN_ATTRS = int(TokenAttr.CONTROL | TokenAttr.UNKNOWN)  # what token_to_piece(special=false) renders as ""
 _NORMAL, _BYTE = int(TokenAttr.NORMAL), int(TokenAttr.BYTE)
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,12 +179,12 @@ class Tokenizer:
         self._tokens = tokens
         self._attrs = attrs
         self._token_to_id = {text: i for i, text in enumerate(tokens)}  # duplicates: the last id wins, as in llama.cpp
-        self.chat_template: str | None = metadata.get(K.CHAT_TEMPLATE)
+        self.chat_template: str | None = _text(metadata, K.CHAT_TEMPLATE)
 
         spm = vocab_type == "spm"
-        self.add_space_prefix = bool(metadata.get(K.ADD_PREFIX, spm))
-        self.add_bos = bool(metadata.get(K.ADD_BOS, spm))
-        self.add_eos = bool(metadata.get(K.ADD_EOS, False))
+        self.add_space_prefix = _flag(metadata, K.ADD_PREFIX, spm)
+        self.add_bos = _flag(metadata, K.ADD_BOS, spm)
+        self.add_eos = _flag(metadata, K.ADD_EOS, False)
         if spm:
             self._pre_tokenizer = PreTokenizer((), clean_spaces=False)
         else:
@@ -203,7 +205,7 @@ class Tokenizer:
         if spm:
             unk = tokens[self.unk_id] if self.unk_id is not None else None
             self._hf, phantoms = _build_spm(tokens, self._token_to_id, scores, unk)
-            self._phantom_bytes = {i: [self._token_to_id[f"<0x{b:02X}>"] for b in c.encode()] for c, i in phantoms.items()}
+            self._phantom_bytes = {i: self._byte_fallback(c) for c, i in phantoms.items()}
         else:
             self._hf = _build_bpe(self._token_to_id, merges, self._pre_tokenizer, missing_id=self.n_vocab)
         self._attrs = attrs.tolist()  # final attributes; a list is faster to index per token
@@ -223,16 +225,16 @@ class Tokenizer:
         vocab_type = _VOCAB_TYPES.get(str(model))
         if vocab_type is None:
             raise UnsupportedError(f"'{K.MODEL}' = '{model}' is not supported; supported: {_SUPPORTED_MODELS}")
-        pre = str(metadata.get(K.PRE) or "default")  # llama.cpp also falls back to "default" (with a warning)
+        pre = _text(metadata, K.PRE) or "default"  # llama.cpp also falls back to "default" (with a warning)
         if vocab_type == "bpe" and pre not in PRE_TOKENIZERS:
             raise UnsupportedError(
                 f"'{K.PRE}' = '{pre}' is not supported; supported: {', '.join(sorted(PRE_TOKENIZERS))}")
 
-        tokens = metadata.get(K.LIST)
-        if tokens is None or len(tokens) == 0:
+        tokens = _strings(metadata, K.LIST)
+        if not tokens:
             raise FormatError(f"GGUF metadata has no '{K.LIST}' (the vocabulary); re-convert the model with llama.cpp")
         # llama.cpp renames empty tokens so that every text maps back to one id.
-        tokens = [str(t) if len(t) else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        tokens = [t if len(t) else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
         n = len(tokens)
         scores = _array_of(metadata, K.SCORES, np.float32, n)
         types = _array_of(metadata, K.TOKEN_TYPE, np.int32, n)
@@ -241,7 +243,10 @@ class Tokenizer:
         else:
             in_table = (types >= 0) & (types < len(_ATTR_OF_TYPE))
             attrs = np.where(in_table, _ATTR_OF_TYPE[np.clip(types, 0, len(_ATTR_OF_TYPE) - 1)], 0).astype(np.int32)
-        merges = metadata.get(K.MERGES)
+        for i in np.flatnonzero(attrs & _BYTE):
+            if not _BYTE_TOKEN.fullmatch(tokens[i]):
+                raise FormatError(f"'{K.LIST}': token {i} {tokens[i][:20]!r} has the byte type but is not <0xXX>")
+        merges = _strings(metadata, K.MERGES)
         if vocab_type == "bpe" and merges is None:
             raise FormatError(f"GGUF metadata has no '{K.MERGES}', which a '{model}' (BPE) vocabulary needs")
         return cls(tokens, attrs, scores, list(merges or []), metadata, vocab_type, pre)
@@ -259,6 +264,8 @@ class Tokenizer:
             if ids[name] is not None and ids[name] >= n:
                 ids[name] = None
             value = metadata.get(key)
+            if value is not None and not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+                raise FormatError(f"'{key}' is {_shown(value)}, expected a token id")
             if value is not None and 0 <= int(value) < n:
                 ids[name] = int(value)
         for name, texts in _GUESSED_BY_TEXT.items():
@@ -406,6 +413,13 @@ class Tokenizer:
             data = _clean_spaces(data)
         return data.decode("utf-8", errors="replace")
 
+    def _byte_fallback(self, char: str) -> list[int]:
+        """The byte tokens of a character the merges cannot make; the unknown token if the vocabulary lacks them."""
+        ids = [self._token_to_id.get(f"<0x{b:02X}>") for b in char.encode()]
+        if None not in ids:
+            return ids
+        return [] if self.unk_id is None else [self.unk_id]
+
     def _check_id(self, token_id: int) -> int:
         if not 0 <= token_id < self.n_vocab:
             raise ConfigError(f"token id {token_id} is outside the vocabulary (0..{self.n_vocab - 1})")
@@ -448,11 +462,46 @@ class StreamDecoder:
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 
+def _shown(value: Any) -> str:
+    return f"an array of {len(value)}" if isinstance(value, (list, np.ndarray)) else repr(value)[:60]
+
+
+def _text(metadata: Mapping[str, Any], key: str) -> str | None:
+    value = metadata.get(key)
+    if value is not None and not isinstance(value, str):
+        raise FormatError(f"'{key}' is {_shown(value)}, expected a string")
+    return value
+
+
+def _flag(metadata: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = metadata.get(key, default)
+    if not isinstance(value, (bool, int, np.bool_, np.integer)):
+        raise FormatError(f"'{key}' is {_shown(value)}, expected a boolean")
+    return bool(value)
+
+
+def _strings(metadata: Mapping[str, Any], key: str) -> list[str] | None:
+    value = metadata.get(key)
+    if value is not None and not (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+        raise FormatError(f"'{key}' is {_shown(value)}, expected an array of strings")
+    return None if value is None else list(value)
+
+
 def _array_of(metadata: Mapping[str, Any], key: str, dtype: type, n: int) -> np.ndarray | None:
     value = metadata.get(key)
     if value is None:
         return None
-    arr = np.asarray(value, dtype=dtype)
+    try:
+        arr = np.asarray(value)
+        numeric = arr.dtype.kind in "biuf" and not isinstance(value, (str, bytes))
+    except (ValueError, TypeError, OverflowError):
+        numeric = False
+    if numeric and np.dtype(dtype).kind == "i" and arr.size:
+        limits = np.iinfo(dtype)
+        numeric = arr.dtype.kind != "f" and limits.min <= arr.min() and arr.max() <= limits.max
+    if not numeric:
+        raise FormatError(f"'{key}' is {_shown(value)}, expected an array of {np.dtype(dtype).name} numbers")
+    arr = arr.astype(dtype)
     if arr.ndim != 1 or len(arr) < n:
         raise FormatError(f"'{key}' has {arr.size} entries but '{K.LIST}' has {n} tokens")
     return arr[:n]

@@ -28,6 +28,7 @@ MAX_EXPERTS = 4096
 _REQUIRED = object()
 # YaRN's ramp bounds in rotations over the original context (llama.cpp's defaults; its generic models read no key)
 YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0
+F32_MAX, F32_TINY = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ class Meta:
         mscale = self.real(Keys.Rope.SCALING_ATTN_FACTOR, 1.0)
         out = dict(rope_scale=scale, rope_mscale=mscale, n_ctx_orig=n_ctx_orig)
         if scaling == "yarn":
+            if base == 1.0:
+                raise self.fail(Keys.Rope.FREQ_BASE, base, "a base other than 1 with YaRN (it divides by log(base))")
 
             def corr_dim(beta: float) -> float:
                 return n_rot * math.log(n_ctx_orig / (beta * 2 * math.pi)) / (2 * math.log(base))
@@ -216,6 +219,13 @@ def check_config(config: ModelConfig, source: str = "model") -> None:
         raise fail(f"sliding window {c.sliding_window}")
     if c.n_expert and not 1 <= c.n_expert_used <= c.n_expert:
         raise fail(f"expert_used_count {c.n_expert_used} must be in 1..expert_count {c.n_expert}")
+    # the engine computes in 32-bit floats: a value finite here may be infinite or zero there
+    for name in ("norm_eps", "rope_base", "rope_base_swa", "rope_scale", "rope_mscale", "embed_scale", "attn_scale",
+                 "final_logit_softcap"):  # fmt: skip
+        value = getattr(c, name)
+        positive = name in ("norm_eps", "rope_base", "rope_base_swa")
+        if value is not None and (abs(value) > F32_MAX or (positive and value < F32_TINY)):
+            raise fail(f"{name} {value:g} (derived from the metadata) is outside the range of a 32-bit float")
 
 
 def fused_views(config: ModelConfig, layer: int) -> dict[str, tuple[str, int, int]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from ..errors import FormatError, UnsupportedError
 from ..formats import names
 from .arch import gemma3, llama, phi3, qwen, smollm3
@@ -41,6 +43,8 @@ def model_config(metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ..
     config = read_config(metadata, n_vocab=int(embd[0]), source=source)
     check_tensors(config, shapes, source)
     tokens = metadata.get("tokenizer.ggml.tokens")
+    if tokens is not None and not isinstance(tokens, (list, np.ndarray)):
+        raise FormatError(f"{source}: metadata key 'tokenizer.ggml.tokens' is {tokens!r:.60}, expected an array")
     if tokens is not None and len(tokens) != config.n_vocab:
         raise FormatError(
             f"{source}: metadata key 'tokenizer.ggml.tokens' lists {len(tokens)} tokens but "

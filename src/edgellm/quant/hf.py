@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -97,22 +98,24 @@ class HFSource:
     def _read_header(self, file: Path) -> None:
         """safetensors layout: u64 header length, a JSON header of name -> {dtype, shape, data_offsets}, data."""
         with open(file, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
             head = fh.read(8)
             if len(head) < 8:
                 raise FormatError(f"{file}: too short to be a safetensors file")
             (n,) = struct.unpack("<Q", head)
-            if n > 100 << 20:
+            if n > 100 << 20 or 8 + n > size:
                 raise FormatError(f"{file}: header of {n} bytes is not plausible (not a safetensors file?)")
             try:
                 header = json.loads(fh.read(n))
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 raise FormatError(f"{file}: header is not valid JSON (not a safetensors file?)") from None
+        if not isinstance(header, dict):
+            raise FormatError(f"{file}: header is a JSON {type(header).__name__}, expected an object of tensors")
         for name, info in header.items():
             if name == "__metadata__":
                 continue
-            if info["dtype"] not in DTYPES:
-                raise UnsupportedError(f"{file}: tensor '{name}' has dtype {info['dtype']}; supported: F32, F16, BF16")
-            self._index[name] = (file, info["dtype"], tuple(info["shape"]), 8 + n + info["data_offsets"][0])
+            dtype, shape, begin = _tensor_entry(file, name, info, size - 8 - n)
+            self._index[name] = (file, dtype, shape, 8 + n + begin)
 
     def _map_names(self) -> dict[str, str | list[str]]:
         """GGUF name -> HF name (or the experts' names, stacked), in GGUF's order (embedding, layers, output)."""
@@ -166,6 +169,9 @@ class HFSource:
         w = self._read(hf) if isinstance(hf, str) else np.stack([self._read(e) for e in hf])
         if self.arch in PERMUTED_QK and name.endswith(("attn_q.weight", "attn_k.weight")):
             heads = self.n_head if "attn_q" in name else self.n_head_kv
+            if w.ndim != 2 or w.shape[0] % (2 * heads):
+                raise FormatError(f"{self.path}: tensor '{hf}' has shape {w.shape}, expected a matrix whose rows "
+                                  f"split into {heads} heads of an even width")  # fmt: skip
             w = w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
         if self.arch == "gemma3" and name.endswith("norm.weight"):
             w = w + np.float32(1.0)
@@ -331,3 +337,25 @@ class HFSource:
         types_ = {k: v for k, v in types_.items() if k in meta}
         types_ |= {k: (U32, None) for k in meta if k.endswith("_token_id")}
         return meta, types_
+
+
+def _tensor_entry(file: Path, name: str, info: Any, data_size: int) -> tuple[str, tuple[int, ...], int]:
+    """One header entry checked against the data section: (dtype, shape, start offset in the data)."""
+
+    def fail(what: str) -> FormatError:
+        return FormatError(f"{file}: tensor '{name}' {what} (corrupt safetensors header)")
+
+    if not isinstance(info, dict):
+        raise fail(f"is described by a JSON {type(info).__name__}, expected an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise UnsupportedError(f"{file}: tensor '{name}' has dtype {dtype!r:.40}; supported: F32, F16, BF16")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise fail(f"has shape {shape!r:.60}, expected a list of sizes")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_size):  # fmt: skip
+        raise fail(f"has data_offsets {offsets!r:.60}, expected [begin, end] within the {data_size} bytes of data")
+    n_bytes = math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize
+    if offsets[1] - offsets[0] != n_bytes:
+        raise fail(f"spans {offsets[1] - offsets[0]} bytes, but {dtype} {tuple(shape)} needs {n_bytes}")
+    return dtype, tuple(shape), offsets[0]

@@ -528,7 +528,7 @@ static PyObject *py_model_pack(PyObject *self, PyObject *args) {
 #ifdef MADV_PAGEOUT
         const uintptr_t page = 4096, lo = ((uintptr_t)w->data + page - 1) / page * page;
         const uintptr_t hi = ((uintptr_t)w->data + row_bytes(w->type, w->n_cols) * (size_t)w->n_rows) / page * page;
-        if (hi > lo && w != &m->output) madvise((void *)lo, hi - lo, MADV_PAGEOUT);
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_PAGEOUT);
 #endif
     }
     if (failed) free_packs(m);
