@@ -494,6 +494,8 @@ static PyObject *py_model_create(PyObject *self, PyObject *args) {
     return PyCapsule_New(m, "edgellm.model", model_destroy);
 }
 
+#define PACK_ROWS 512 /* a multiple of 16 */
+
 /* model_pack(model) -> bytes: a copy of every matrix that has an el_pack16 layout, in that layout, for the paths
  * with gemm16 kernels; the original pages are offered back to the kernel (they stay the file's, read again only
  * for what still uses them: embedding rows, a candidate head's rows). Not for streamed models. */
@@ -522,14 +524,21 @@ static PyObject *py_model_pack(PyObject *self, PyObject *args) {
             failed = 1;
             break;
         }
-        el_pack16((enum el_type)w->type, w->data, w->n_rows, w->n_cols, p);
+        /* a few hundred rows at a time, each slice's file pages offered back once packed: the peak stays near
+         * the packed copy alone (it would be the copy plus the largest matrix, e.g. a 28 MB head) */
+        const size_t rb = row_bytes(w->type, w->n_cols), pb = el_packed16_bytes((enum el_type)w->type, 16, w->n_cols);
+        for (int r0 = 0; r0 < w->n_rows; r0 += PACK_ROWS) {
+            const int nr = w->n_rows - r0 < PACK_ROWS ? w->n_rows - r0 : PACK_ROWS;
+            const char *src = (const char *)w->data + (size_t)r0 * rb;
+            el_pack16((enum el_type)w->type, src, nr, w->n_cols, (char *)p + (size_t)r0 / 16 * pb);
+#ifdef MADV_PAGEOUT
+            const uintptr_t page = 4096, lo = ((uintptr_t)src + page - 1) / page * page;
+            const uintptr_t hi = ((uintptr_t)src + rb * (size_t)nr) / page * page;
+            if (hi > lo) madvise((void *)lo, hi - lo, MADV_PAGEOUT);
+#endif
+        }
         w->packed16 = p;
         total += bytes;
-#ifdef MADV_PAGEOUT
-        const uintptr_t page = 4096, lo = ((uintptr_t)w->data + page - 1) / page * page;
-        const uintptr_t hi = ((uintptr_t)w->data + row_bytes(w->type, w->n_cols) * (size_t)w->n_rows) / page * page;
-        if (hi > lo) madvise((void *)lo, hi - lo, MADV_PAGEOUT);
-#endif
     }
     if (failed) free_packs(m);
     pthread_mutex_unlock(&mo->lock);
