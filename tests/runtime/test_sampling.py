@@ -68,3 +68,20 @@ def test_filters_apply_before_temperature():
 def test_bad_settings_are_rejected_with_reason(field, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         SamplingParams(**{field: value})
+
+
+@pytest.mark.parametrize("n", [1, 7, 40, 41, 1000, 49152])
+def test_kth_largest_is_the_partitions(n):
+    """The C heap gives np.partition's k-th largest exactly (ties, -inf from a logit bias, k of 1 and of n), so a
+    seeded draw does not change with the build."""
+    from edgellm.runtime.sampling import kth_largest
+
+    rng = np.random.default_rng(n)
+    for trial in range(4):
+        x = rng.standard_normal(n).astype(np.float32)
+        if trial >= 1:
+            x = np.round(x, 1)  # many ties
+        if trial >= 2:
+            x[rng.random(n) < 0.3] = -np.inf
+        for k in sorted({1, min(n, 2), min(n, 40), max(1, n // 2), n}):
+            assert kth_largest(x, k) == np.partition(x, -k)[-k], (n, trial, k)

@@ -2,6 +2,7 @@
  * around every kernel so other Python threads (the server) keep running. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -951,6 +952,45 @@ done:
     return result;
 }
 
+/* kth_largest(float32 buffer, k) -> the k-th largest value (NaN skipped; -inf when fewer than k are not NaN): a
+ * min-heap of k, so a 49152-entry row of logits costs one comparison per entry, not a partition of the row */
+static PyObject *py_kth_largest(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    int k;
+    if (!PyArg_ParseTuple(args, "y*i", &buf, &k)) return NULL;
+    const float *x = buf.buf;
+    const Py_ssize_t n = buf.len / (Py_ssize_t)sizeof(float);
+    float *heap = k >= 1 && k <= n ? malloc(sizeof(float) * (size_t)k) : NULL;
+    if (!heap) {
+        PyBuffer_Release(&buf);
+        if (k >= 1 && k <= n) return PyErr_NoMemory();
+        return PyErr_Format(PyExc_ValueError, "kth_largest: k = %d of %zd values", k, n);
+    }
+    int size = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const float v = x[i];
+        if (v != v || (size == k && !(v > heap[0]))) continue;
+        int pos;
+        if (size < k) { /* sift up */
+            for (pos = size++; pos > 0 && heap[(pos - 1) / 2] > v; pos = (pos - 1) / 2) heap[pos] = heap[(pos - 1) / 2];
+        } else { /* replace the root, sift down */
+            for (pos = 0;;) {
+                int child = 2 * pos + 1;
+                if (child >= size) break;
+                if (child + 1 < size && heap[child + 1] < heap[child]) child++;
+                if (!(heap[child] < v)) break;
+                heap[pos] = heap[child];
+                pos = child;
+            }
+        }
+        heap[pos] = v;
+    }
+    const float kth = size == k ? heap[0] : -INFINITY;
+    free(heap);
+    PyBuffer_Release(&buf);
+    return PyFloat_FromDouble(kth);
+}
+
 /* read_bandwidth(buffer, n_threads, repetitions) -> GB/s */
 static PyObject *py_read_bandwidth(PyObject *self, PyObject *args) {
     Py_buffer buf;
@@ -963,6 +1003,7 @@ static PyObject *py_read_bandwidth(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
+    {"kth_largest", py_kth_largest, METH_VARARGS, "The k-th largest of a float32 row (a top-k threshold)."},
     {"read_bandwidth", py_read_bandwidth, METH_VARARGS, "Memory read bandwidth over a buffer, GB/s."},
     {"model_create", py_model_create, METH_VARARGS, "Build a whole-model plan from weight addresses."},
     {"forward", py_forward, METH_VARARGS, "Run sequences' tokens through a model plan, filling their KV caches and logits."},
