@@ -147,7 +147,7 @@ def matmul_packed(x: np.ndarray, raw: np.ndarray, type_id: int, n_out: int, n_in
     kernels for it); ValueError where it has none."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty((x.shape[0], n_out), dtype=np.float32)
-    _C.matmul_packed(int(type_id), raw, n_out, n_in, x, x.shape[0], out, _state["threads"])
+    _C.matmul(int(type_id), raw, n_out, n_in, x, x.shape[0], out, _state["threads"], True)
     return out
 
 

@@ -102,15 +102,17 @@ static PyObject *py_type_info(PyObject *self, PyObject *args) {
                          "has_to_float", t->to_float ? Py_True : Py_False);
 }
 
-/* matmul(type, w, n_rows, n_cols, x, n_tokens, out, n_threads) */
+/* matmul(type, w, n_rows, n_cols, x, n_tokens, out, n_threads[, packed]): with packed, w is first interleaved
+ * with el_pack16 and multiplied by the gemm16 kernel (for tests and measurements; ValueError where there is none) */
 static PyObject *py_matmul(PyObject *self, PyObject *args) {
     USE_DEFAULT_PATH();
-    int type, n_rows, n_cols, n_tokens, n_threads;
+    int type, n_rows, n_cols, n_tokens, n_threads, packed = 0;
     Py_buffer w, x, out;
-    if (!PyArg_ParseTuple(args, "iy*iiy*iw*i", &type, &w, &n_rows, &n_cols, &x, &n_tokens, &out, &n_threads))
+    if (!PyArg_ParseTuple(args, "iy*iiy*iw*i|p", &type, &w, &n_rows, &n_cols, &x, &n_tokens, &out, &n_threads,
+                          &packed))
         return NULL;
     PyObject *result = NULL;
-    void *scratch = NULL;
+    void *scratch = NULL, *w16 = NULL;
     if (check_type(type)) goto done;
     const el_type_traits *t = &el_traits[type];
     if (!t->dot) {
@@ -127,14 +129,23 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "matmul buffer too small for the given shape");
         goto done;
     }
+    const size_t w16_bytes = packed ? el_packed16_bytes((enum el_type)type, n_rows, n_cols) : 0;
+    if (packed && (!w16_bytes || !t->gemm16)) {
+        PyErr_Format(PyExc_ValueError, "no packed kernel for %s with %d x %d on this path", t->name, n_rows, n_cols);
+        goto done;
+    }
     size_t scratch_bytes = el_matmul_scratch_bytes((enum el_type)type, n_cols, n_tokens);
-    if (scratch_bytes && !(scratch = malloc(scratch_bytes))) {
+    if ((scratch_bytes && !(scratch = malloc(scratch_bytes))) ||
+        (packed && !(w16 = aligned_alloc(64, (w16_bytes + 63) / 64 * 64)))) {
         PyErr_NoMemory();
         goto done;
     }
+    if (packed) el_pack16((enum el_type)type, w.buf, n_rows, n_cols, w16);
     int rc;
-    SHARED_POOL_CALL(rc = el_matmul(get_pool(n_threads), (enum el_type)type, w.buf, n_rows, n_cols, x.buf, n_tokens,
-                                    out.buf, n_rows, scratch));
+    SHARED_POOL_CALL(rc = packed ? el_matmul_packed(get_pool(n_threads), (enum el_type)type, w16, n_rows, n_cols, x.buf,
+                                                     n_tokens, out.buf, n_rows, scratch)
+                                 : el_matmul(get_pool(n_threads), (enum el_type)type, w.buf, n_rows, n_cols, x.buf,
+                                             n_tokens, out.buf, n_rows, scratch));
     if (rc != 0) {
         PyErr_SetString(PyExc_RuntimeError, "matmul failed");
         goto done;
@@ -142,6 +153,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     result = Py_NewRef(Py_None);
 done:
     free(scratch);
+    free(w16);
     PyBuffer_Release(&w);
     PyBuffer_Release(&x);
     PyBuffer_Release(&out);
@@ -547,53 +559,6 @@ static PyObject *py_model_pack(PyObject *self, PyObject *args) {
     free(ws);
     if (failed) return PyErr_NoMemory();
     return PyLong_FromSize_t(total);
-}
-
-/* matmul_packed(type, w, n_rows, n_cols, x, n_tokens, out, n_threads): w packed with el_pack16, then multiplied
- * on the process's path (for tests and measurements); ValueError where there is no such kernel */
-static PyObject *py_matmul_packed(PyObject *self, PyObject *args) {
-    USE_DEFAULT_PATH();
-    int type, n_rows, n_cols, n_tokens, n_threads;
-    Py_buffer w, x, out;
-    if (!PyArg_ParseTuple(args, "iy*iiy*iw*i", &type, &w, &n_rows, &n_cols, &x, &n_tokens, &out, &n_threads))
-        return NULL;
-    PyObject *result = NULL;
-    void *packed = NULL, *scratch = NULL;
-    if (check_type(type)) goto done;
-    const size_t bytes = el_packed16_bytes((enum el_type)type, n_rows, n_cols);
-    if (!bytes || !el_traits[type].gemm16 || n_tokens < 0) {
-        PyErr_Format(PyExc_ValueError, "no packed kernel for %s with %d x %d on this path", el_traits[type].name,
-                     n_rows, n_cols);
-        goto done;
-    }
-    if ((size_t)w.len < row_bytes(type, n_cols) * (size_t)n_rows ||
-        (size_t)x.len < (size_t)n_cols * n_tokens * sizeof(float) ||
-        (size_t)out.len < (size_t)n_rows * n_tokens * sizeof(float)) {
-        PyErr_SetString(PyExc_ValueError, "matmul buffer too small for the given shape");
-        goto done;
-    }
-    packed = aligned_alloc(64, (bytes + 63) / 64 * 64);
-    scratch = malloc(el_matmul_scratch_bytes((enum el_type)type, n_cols, n_tokens) + 64);
-    if (!packed || !scratch) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    el_pack16((enum el_type)type, w.buf, n_rows, n_cols, packed);
-    int rc;
-    SHARED_POOL_CALL(rc = el_matmul_packed(get_pool(n_threads), (enum el_type)type, packed, n_rows, n_cols, x.buf,
-                                           n_tokens, out.buf, n_rows, scratch));
-    if (rc != 0) {
-        PyErr_SetString(PyExc_RuntimeError, "matmul failed");
-        goto done;
-    }
-    result = Py_NewRef(Py_None);
-done:
-    free(packed);
-    free(scratch);
-    PyBuffer_Release(&w);
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&out);
-    return result;
 }
 
 /* model_set_path(model, name): the kernel path this model runs on */
@@ -1009,7 +974,6 @@ static PyMethodDef methods[] = {
     {"forward", py_forward, METH_VARARGS, "Run sequences' tokens through a model plan, filling their KV caches and logits."},
     {"model_set_path", py_model_set_path, METH_VARARGS, "The kernel path a model plan runs on."},
     {"model_pack", py_model_pack, METH_VARARGS, "Interleave a model plan's matrices for the gemm16 kernels."},
-    {"matmul_packed", py_matmul_packed, METH_VARARGS, "matmul over el_pack16's layout (for tests)."},
     {"model_scratch_bytes", py_model_scratch_bytes, METH_VARARGS, "Bytes of a model plan's forward buffers."},
     {"model_set_offload", py_model_set_offload, METH_VARARGS, "Stream some matrices from the model file."},
     {"model_set_columns", py_model_set_columns, METH_VARARGS, "Attach column layouts for sparse decode products."},
