@@ -10,14 +10,14 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "edgellm"
 LAYERS = [
-    {"errors"},
+    {"errors", "files"},
     {"formats", "tokenizer", "chat_template", "hub"},
     {"kernels"},
     {"model"},
     {"runtime"},
     {"eval", "quant", "sparse"},
     {"planner"},
-    {"api", "server", "cli", "__init__", "__main__"},
+    {"api", "server", "cli", "fuzz", "__init__", "__main__"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
