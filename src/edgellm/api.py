@@ -103,7 +103,7 @@ class LLM:
         self.offload = offload.plan(self.config, self.model.store, self.model.output_name, str(self.model_path),
                                     offload.parse_size(mem_budget), self.n_parallel * cache.n_bytes, self.n_ctx,
                                     self.n_threads, session.n_batch, naive,
-                                    logits_all=logits_all)  # fmt: skip
+                                    logits_all=logits_all, n_seqs=self.n_parallel)  # fmt: skip
         session.n_batch = self.offload.n_batch
         self.model.set_offload(self.offload)
         self.model.compiled()  # open the file and start the reader now, not at the first token

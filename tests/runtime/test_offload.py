@@ -332,3 +332,20 @@ def test_budgeted_buffers_cover_what_the_engine_allocates(fixture, threads, cach
         assert held <= counted, (n_batch, held, counted)
         assert held >= counted // 4, (n_batch, held, counted)  # a count, not a blanket
         cache.truncate(0)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma3"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_budgeted_buffers_cover_a_batch_of_sequences(fixture, threads, request):
+    """A decode step of several sequences at a long context splits each one's keys into ranges: the count for
+    n_seqs sequences covers what the engine then holds (the server's slots under --mem-budget)."""
+    path = request.getfixturevalue(fixture)
+    prefill, model = load(path), load(path)  # the prompts' buffers in one, the decode step's in the other
+    model.n_threads = threads
+    n_ctx, n_seqs = 2048, 16
+    caches = [KVCache(model.config, n_ctx) for _ in range(n_seqs)]
+    for i, cache in enumerate(caches):  # long enough that each sequence's keys are split into ranges
+        prefill.forward(np.arange(600 + i) % model.config.n_vocab, cache)
+    model.forward_batch([(np.array([1]), cache) for cache in caches], [True] * n_seqs)
+    held = model.compiled().scratch_bytes()
+    assert held <= offload.engine_buffer_bytes(model.config, n_seqs, n_ctx, threads, n_seqs)

@@ -171,8 +171,9 @@ def _matrices(config, store, output_name: str) -> list[Matrix]:
     return out
 
 
-def engine_buffer_bytes(config, n_batch: int, n_ctx: int, n_threads: int) -> int:
-    """The C engine's working buffers for one forward call of n_batch tokens (engine.c el_forward_batch)."""
+def engine_buffer_bytes(config, n_batch: int, n_ctx: int, n_threads: int, n_seqs: int = 1) -> int:
+    """The C engine's working buffers for one forward call of n_batch tokens from up to n_seqs sequences
+    (engine.c el_forward_batch)."""
     c = config
     E, F = c.n_embd, c.n_ff
     QD, KD = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
@@ -180,29 +181,34 @@ def engine_buffer_bytes(config, n_batch: int, n_ctx: int, n_threads: int) -> int
     rows = 4 * (c.n_head // c.n_head_kv)
     floats = n_batch * (2 * E + QD + KD + VD + OD + 2 * F + E)
     floats += kernels.pool_slices(n_threads) * rows * (n_ctx + c.head_dim)  # attention scores, one per pool slice
-    floats += -(-n_batch // 4) * c.n_head_kv * 16 * rows * (c.head_dim_v + 2) + 2 * n_batch * c.rope_dim
+    # attention items (4 tokens x one kv head) and their key ranges (attn_splits): a sequence with fewer than 16
+    # items is split into fewer than 16 + items, so all of them into fewer than 16 + items each
+    n_seqs = max(1, min(n_seqs, n_batch))
+    items = n_seqs * 16 + c.n_head_kv * (-(-n_batch // 4) + n_seqs)
+    floats += items * rows * (c.head_dim_v + 2) + 2 * n_batch * c.rope_dim
     scratch = n_batch * max(E, F, QD, OD) * 2 + 4 * PAGE  # activations quantized to the dot type
     scratch += n_batch * QD * 34 // 32 + PAGE  # queries quantized for a Q8_0 KV cache
-    scratch += n_batch * (4 + 2 * 8)  # each token's position and where its keys and values go
+    scratch += n_batch * (4 + 2 * 8) + n_seqs * 128  # each token's position and cache slots, each sequence's attention
     experts = getattr(c, "n_expert", 0)
     if experts:  # router probabilities, gathered rows, expert weights and picks (engine.c moe_floats)
         floats += n_batch * (experts + 2 * E + 2 * c.n_expert_used + 2)
     return 4 * floats + scratch
 
 
-def buffer_bytes(config, n_batch: int, n_ctx: int, n_threads: int, logits_all: bool = False) -> int:
-    """The engine's buffers, plus the logits it returns (the last row, or every row with logits_all) and the
-    float64 copies the sampler and perplexity make of one row."""
-    logits = (4 * (n_batch if logits_all else 1) + 3 * 8) * config.n_vocab
-    return engine_buffer_bytes(config, n_batch, n_ctx, n_threads) + logits
+def buffer_bytes(config, n_batch: int, n_ctx: int, n_threads: int, logits_all: bool = False, n_seqs: int = 1) -> int:
+    """The engine's buffers, plus the logits it returns (each sequence's last row, or every row with logits_all)
+    and the float64 copies the sampler and perplexity make of one row."""
+    logits = (4 * (n_batch if logits_all else min(n_seqs, n_batch)) + 3 * 8) * config.n_vocab
+    return engine_buffer_bytes(config, n_batch, n_ctx, n_threads, n_seqs) + logits
 
 
 class _Needs:
     """What a budget must hold besides resident weights."""
 
-    def __init__(self, config, store, matrices, kv_bytes, n_ctx, n_threads, naive, unit_bytes, logits_all=False):
+    def __init__(self, config, store, matrices, kv_bytes, n_ctx, n_threads, naive, unit_bytes, logits_all=False,
+                 n_seqs=1):  # fmt: skip
         self.config, self.kv_bytes, self.n_ctx, self.n_threads = config, kv_bytes, n_ctx, n_threads
-        self.logits_all = logits_all
+        self.logits_all, self.n_seqs = logits_all, n_seqs
         self.small = 4 * sum(store.info(n).n_elements for n in store.names() if len(store.info(n).shape) == 1)  # float32 copies
         embd = store.info(names.TOKEN_EMBD)
         self.row_buf = _span(PAGE - 1, embd.n_bytes // embd.shape[0])[2] + PAGE
@@ -216,7 +222,7 @@ class _Needs:
     extra = 0  # mixture of experts: the routers and the fewest expert slabs a token needs
 
     def fixed(self, batch: int) -> int:
-        return (self.kv_bytes + buffer_bytes(self.config, batch, self.n_ctx, self.n_threads, self.logits_all)
+        return (self.kv_bytes + buffer_bytes(self.config, batch, self.n_ctx, self.n_threads, self.logits_all, self.n_seqs)
                 + self.row_buf + self.small + self.extra)  # fmt: skip
 
 
@@ -225,9 +231,10 @@ def _ring(room: int, min_ring: int, max_unit: int) -> int:
     return int(min(max(min_ring, 4 * max_unit, room // 8), RING_MAX))
 
 
-def _prompt_batch(config, n_batch: int, n_ctx: int, n_threads: int, budget: int, logits_all: bool = False) -> int:
+def _prompt_batch(config, n_batch: int, n_ctx: int, n_threads: int, budget: int, logits_all: bool = False,
+                  n_seqs: int = 1) -> int:  # fmt: skip
     """The largest prompt batch (halving the caller's, down to MIN_BATCH) whose scratch takes <= 1/8 of the budget."""
-    while n_batch > MIN_BATCH and buffer_bytes(config, n_batch, n_ctx, n_threads, logits_all) > budget / 8:
+    while n_batch > MIN_BATCH and buffer_bytes(config, n_batch, n_ctx, n_threads, logits_all, n_seqs) > budget / 8:
         n_batch //= 2
     return n_batch
 
@@ -252,16 +259,16 @@ def minimum_budget(config, store, output_name: str, kv_bytes: int, n_ctx: int, n
 
 def plan(config, store, output_name: str, path: str, budget: int, kv_bytes: int, n_ctx: int, n_threads: int,
          n_batch: int, naive: bool = False, unit_bytes: int = UNIT_BYTES, ring_bytes: int | None = None,
-         logits_all: bool = False) -> OffloadPlan:  # fmt: skip
+         logits_all: bool = False, n_seqs: int = 1) -> OffloadPlan:  # fmt: skip
     """Split `budget` bytes; raise BudgetError naming the minimum when even the working set does not fit.
     unit_bytes: the size of one read; ring_bytes: the streaming buffer (default: chosen from the budget);
-    logits_all: forward calls return every position's logits (perplexity)."""
+    logits_all: forward calls return every position's logits (perplexity); n_seqs: sequences batched in one call."""
     matrices = _matrices(config, store, output_name)
     tied = output_name == names.TOKEN_EMBD
     embd = store.info(names.TOKEN_EMBD)
-    need = _Needs(config, store, matrices, kv_bytes, n_ctx, n_threads, naive, unit_bytes, logits_all)
+    need = _Needs(config, store, matrices, kv_bytes, n_ctx, n_threads, naive, unit_bytes, logits_all, n_seqs)
     experts = need.experts
-    batch = _prompt_batch(config, n_batch, n_ctx, n_threads, budget, logits_all)
+    batch = _prompt_batch(config, n_batch, n_ctx, n_threads, budget, logits_all, n_seqs)
     if need.fixed(batch) + need.min_ring > budget:  # even that leaves too little: the smallest batch
         batch = min(n_batch, MIN_BATCH)
     fixed = need.fixed(batch)
@@ -318,7 +325,7 @@ def plan(config, store, output_name: str, path: str, budget: int, kv_bytes: int,
         total += experts.n_keys * experts.expert_bytes
     stream_embedding = not tied or resident.get(head.name, 0) < head.n_rows
     out = OffloadPlan(path=path, budget=budget, kv_bytes=kv_bytes,
-                      buffer_bytes=buffer_bytes(config, batch, n_ctx, n_threads, logits_all) + ring + row_buf,
+                      buffer_bytes=buffer_bytes(config, batch, n_ctx, n_threads, logits_all, n_seqs) + ring + row_buf,
                       ring_bytes=ring, n_batch=batch, naive=naive, logits_all=logits_all, resident_rows=resident, units=units,
                       stream_embedding=stream_embedding, embd_offset=embd.offset if stream_embedding else -1,
                       weight_bytes=total, small_bytes=small, groups=groups,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import sys
@@ -196,6 +197,9 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
 
     @app.exception_handler(APIError)
     async def _api_error(request, e: APIError):
+        if e.status >= 500:  # the server's side: the operator should see why in the log
+            log = logging.getLogger("edgellm.server")
+            log.warning("server error: %s %s: %d %s", request.method, request.url.path, e.status, e.message)
         return error_body(e.status, e.message, e.type, e.param, e.code)
 
     @app.exception_handler(RequestValidationError)

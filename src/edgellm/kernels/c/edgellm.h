@@ -186,6 +186,10 @@ void el_pool_free(el_pool *pool);
 int el_pool_size(const el_pool *pool);    /* slices a job is cut into */
 int el_pool_threads(const el_pool *pool); /* threads, the caller's included */
 void el_pool_run(el_pool *pool, el_task_fn fn, void *ctx);
+/* the pool for an element-wise job of `elements` values, or NULL (the caller alone) below EL_SMALL_JOB: waking the
+ * workers costs more than they save on a decode step's few rows */
+#define EL_SMALL_JOB 4096
+static inline el_pool *el_pool_for(el_pool *pool, size_t elements) { return elements >= EL_SMALL_JOB ? pool : NULL; }
 
 /* Matrix products: out[t, r] = dot(W row r, x row t) for t < n_tokens, r < n_rows.
  *   w: n_rows rows of `type`, each n_cols weights; x: n_tokens x n_cols floats (row-major);
@@ -373,8 +377,8 @@ typedef struct {
 /* Working buffers kept between forward calls (freed with el_scratch_free): a new buffer of megabytes each call
  * would cost the kernel's page zeroing every step. */
 typedef struct {
-    void *ptr[5];
-    size_t size[5];
+    void *ptr[6];
+    size_t size[6];
 } el_scratch;
 void el_scratch_free(el_scratch *s);
 

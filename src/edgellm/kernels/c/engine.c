@@ -104,8 +104,8 @@ static inline size_t kv_bytes(int kv_type, size_t n) {
 /* first key a query at `pos` sees */
 static inline int first_key(int pos, int window) { return window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0; }
 
-static void attn_task(void *vctx, int ith, int nth) {
-    attn_ctx *c = vctx;
+/* item `item` of one sequence's attention, on slice `ith`'s scratch */
+static void attn_item(const attn_ctx *c, int item, int ith) {
     const el_model *m = c->m;
     const el_type_traits *kv = &el_traits[c->kv_type];
     const int group = m->n_head / m->n_head_kv, dv = m->head_dim_v, R = attn_rows(m);
@@ -115,75 +115,95 @@ static void attn_task(void *vctx, int ith, int nth) {
     const size_t qy = c->q8 ? kv_bytes(EL_Q8_0, (size_t)m->head_dim) : (size_t)m->head_dim * sizeof(float);
     float *scores = c->scratch + (size_t)ith * ((size_t)R * c->n_kv_max + (size_t)R * m->head_dim);
     char *qg = (char *)(scores + (size_t)R * c->n_kv_max);
-    const int n_tiles = (c->n_tokens + Q_TILE - 1) / Q_TILE;
-    for (int item = ith; item < n_tiles * m->n_head_kv * c->n_split; item += nth) {
-        const int split = item % c->n_split, hk = item / c->n_split % m->n_head_kv;
-        const int t0 = item / c->n_split / m->n_head_kv * Q_TILE;
-        const int nq = c->n_tokens - t0 < Q_TILE ? c->n_tokens - t0 : Q_TILE, nr = nq * group;
-        const int first = c->n_past + t0, last = first + nq - 1;
-        /* this item's keys [a, b): its share of those any query of the tile sees */
-        const int j0 = first_key(first, c->window), span = last - j0 + 1;
-        const int a = j0 + (int)((int64_t)span * split / c->n_split);
-        const int b = j0 + (int)((int64_t)span * (split + 1) / c->n_split);
-        /* the group's query rows side by side: row i * group + g is token t0 + i, head hk * group + g */
-        const char *qsrc = c->q8 ? c->q8 : (const char *)c->q;
-        for (int i = 0; i < nq; i++)
-            memcpy(qg + (size_t)i * group * qy, qsrc + ((size_t)(t0 + i) * m->n_head + (size_t)hk * group) * qy,
-                   (size_t)group * qy);
-        const size_t k_head = kv_bytes(c->kv_type, (size_t)hk * m->head_dim);
-        const char *keys = c->k + (size_t)a * k_row + k_head;
-        el_dot_rows(kv, m->head_dim, b - a, scores, (size_t)c->n_kv_max, qg, qy, nr, keys, k_row);
-        float *part = c->part + (size_t)item * R * (dv + 2);
-        for (int r = 0; r < nr; r++) {
-            const int pos = first + r / group, kf = first_key(pos, c->window);
-            const int lo = kf > a ? kf : a, hi = pos < b - 1 ? pos : b - 1;
-            float *s = scores + (size_t)r * c->n_kv_max; /* s[j - a]: score of key j */
-            float mx = -INFINITY, sum = 0.0f;
-            for (int j = lo; j <= hi; j++) {
-                s[j - a] *= m->attn_scale;
-                if (s[j - a] > mx) mx = s[j - a];
-            }
-            for (int j = a; j < b; j++) {
-                const float e = j >= lo && j <= hi ? fast_expf(s[j - a] - mx) : 0.0f;
-                s[j - a] = e;
-                sum += e;
-            }
-            part[(size_t)r * (dv + 2) + dv] = mx;
-            part[(size_t)r * (dv + 2) + dv + 1] = sum;
+    const int split = item % c->n_split, hk = item / c->n_split % m->n_head_kv;
+    const int t0 = item / c->n_split / m->n_head_kv * Q_TILE;
+    const int nq = c->n_tokens - t0 < Q_TILE ? c->n_tokens - t0 : Q_TILE, nr = nq * group;
+    const int first = c->n_past + t0, last = first + nq - 1;
+    /* this item's keys [a, b): its share of those any query of the tile sees */
+    const int j0 = first_key(first, c->window), span = last - j0 + 1;
+    const int a = j0 + (int)((int64_t)span * split / c->n_split);
+    const int b = j0 + (int)((int64_t)span * (split + 1) / c->n_split);
+    /* the group's query rows side by side: row i * group + g is token t0 + i, head hk * group + g */
+    const char *qsrc = c->q8 ? c->q8 : (const char *)c->q;
+    for (int i = 0; i < nq; i++)
+        memcpy(qg + (size_t)i * group * qy, qsrc + ((size_t)(t0 + i) * m->n_head + (size_t)hk * group) * qy,
+               (size_t)group * qy);
+    const size_t k_head = kv_bytes(c->kv_type, (size_t)hk * m->head_dim);
+    const char *keys = c->k + (size_t)a * k_row + k_head;
+    el_dot_rows(kv, m->head_dim, b - a, scores, (size_t)c->n_kv_max, qg, qy, nr, keys, k_row);
+    float *part = c->part + (size_t)item * R * (dv + 2);
+    for (int r = 0; r < nr; r++) {
+        const int pos = first + r / group, kf = first_key(pos, c->window);
+        const int lo = kf > a ? kf : a, hi = pos < b - 1 ? pos : b - 1;
+        float *s = scores + (size_t)r * c->n_kv_max; /* s[j - a]: score of key j */
+        float mx = -INFINITY, sum = 0.0f;
+        for (int j = lo; j <= hi; j++) {
+            s[j - a] *= m->attn_scale;
+            if (s[j - a] > mx) mx = s[j - a];
         }
-        kv->mix(dv, b - a, part, (size_t)dv + 2, scores, (size_t)c->n_kv_max, nr,
-                c->v + (size_t)a * v_row + kv_bytes(c->kv_type, (size_t)hk * dv), v_row);
+        for (int j = a; j < b; j++) {
+            const float e = j >= lo && j <= hi ? fast_expf(s[j - a] - mx) : 0.0f;
+            s[j - a] = e;
+            sum += e;
+        }
+        part[(size_t)r * (dv + 2) + dv] = mx;
+        part[(size_t)r * (dv + 2) + dv + 1] = sum;
     }
+    kv->mix(dv, b - a, part, (size_t)dv + 2, scores, (size_t)c->n_kv_max, nr,
+            c->v + (size_t)a * v_row + kv_bytes(c->kv_type, (size_t)hk * dv), v_row);
 }
 
 /* out = sum over key ranges of exp(max_s - max) out_s / sum of exp(max_s - max) sum_s, per query row */
-static void attn_merge_task(void *vctx, int ith, int nth) {
-    attn_ctx *c = vctx;
+static void attn_merge_item(const attn_ctx *c, int item) {
     const el_model *m = c->m;
     const int group = m->n_head / m->n_head_kv, dv = m->head_dim_v, R = attn_rows(m);
-    const int n_tiles = (c->n_tokens + Q_TILE - 1) / Q_TILE;
-    for (int item = ith; item < n_tiles * m->n_head_kv; item += nth) {
-        const int hk = item % m->n_head_kv, t0 = item / m->n_head_kv * Q_TILE;
-        const int nq = c->n_tokens - t0 < Q_TILE ? c->n_tokens - t0 : Q_TILE;
-        const float *parts = c->part + (size_t)item * c->n_split * R * (dv + 2);
-        for (int r = 0; r < nq * group; r++) {
-            float mx = -INFINITY, total = 0.0f;
-            for (int s = 0; s < c->n_split; s++) {
-                const float *p = parts + ((size_t)s * R + r) * (dv + 2);
-                if (p[dv + 1] > 0.0f && p[dv] > mx) mx = p[dv];
-            }
-            float *o = c->out + ((size_t)(t0 + r / group) * m->n_head + (size_t)hk * group + r % group) * dv;
-            memset(o, 0, sizeof(float) * (size_t)dv);
-            for (int s = 0; s < c->n_split; s++) {
-                const float *p = parts + ((size_t)s * R + r) * (dv + 2);
-                if (p[dv + 1] <= 0.0f) continue;
-                const float w = c->n_split == 1 ? 1.0f : fast_expf(p[dv] - mx);
-                total += w * p[dv + 1];
-                for (int d = 0; d < dv; d++) o[d] += w * p[d];
-            }
-            const float inv = 1.0f / total;
-            for (int d = 0; d < dv; d++) o[d] *= inv;
+    const int hk = item % m->n_head_kv, t0 = item / m->n_head_kv * Q_TILE;
+    const int nq = c->n_tokens - t0 < Q_TILE ? c->n_tokens - t0 : Q_TILE;
+    const float *parts = c->part + (size_t)item * c->n_split * R * (dv + 2);
+    for (int r = 0; r < nq * group; r++) {
+        float mx = -INFINITY, total = 0.0f;
+        for (int s = 0; s < c->n_split; s++) {
+            const float *p = parts + ((size_t)s * R + r) * (dv + 2);
+            if (p[dv + 1] > 0.0f && p[dv] > mx) mx = p[dv];
         }
+        float *o = c->out + ((size_t)(t0 + r / group) * m->n_head + (size_t)hk * group + r % group) * dv;
+        memset(o, 0, sizeof(float) * (size_t)dv);
+        for (int s = 0; s < c->n_split; s++) {
+            const float *p = parts + ((size_t)s * R + r) * (dv + 2);
+            if (p[dv + 1] <= 0.0f) continue;
+            const float w = c->n_split == 1 ? 1.0f : fast_expf(p[dv] - mx);
+            total += w * p[dv + 1];
+            for (int d = 0; d < dv; d++) o[d] += w * p[d];
+        }
+        const float inv = 1.0f / total;
+        for (int d = 0; d < dv; d++) o[d] *= inv;
+    }
+}
+
+static int attn_items(const attn_ctx *c) { return (c->n_tokens + Q_TILE - 1) / Q_TILE * c->m->n_head_kv * c->n_split; }
+
+/* the attention of every sequence of a batch as one job, so that a decode step of several sequences pays one
+ * dispatch per layer rather than one per sequence, and threads share the items of all of them */
+typedef struct {
+    const attn_ctx *seq;
+    int n_seqs;
+} attn_batch;
+
+static void attn_task(void *vctx, int ith, int nth) {
+    const attn_batch *b = vctx;
+    for (int s = 0, base = 0; s < b->n_seqs; base += attn_items(&b->seq[s]), s++) {
+        const int n = attn_items(&b->seq[s]);
+        for (int item = (ith - base % nth + nth) % nth; item < n; item += nth) attn_item(&b->seq[s], item, ith);
+    }
+}
+
+static void attn_merge_task(void *vctx, int ith, int nth) {
+    const attn_batch *b = vctx;
+    for (int s = 0, base = 0; s < b->n_seqs; s++) {
+        const attn_ctx *c = &b->seq[s];
+        const int n = (c->n_tokens + Q_TILE - 1) / Q_TILE * c->m->n_head_kv;
+        for (int item = (ith - base % nth + nth) % nth; item < n; item += nth) attn_merge_item(c, item);
+        base += n;
     }
 }
 
@@ -654,12 +674,10 @@ int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, cons
     const int nth = el_pool_size(pool);
     const size_t T = (size_t)n_tokens;
     const int R = attn_rows(m);
-    size_t attn_part = 0; /* the largest sequence's partial outputs (sequences are attended one after another) */
+    size_t attn_part = 0; /* every sequence's partial outputs (the sequences are attended in one job) */
     for (int s = 0; s < n_seqs; s++) {
         const int nt = seqs[s].n_tokens, tiles = (nt + Q_TILE - 1) / Q_TILE;
-        const size_t p = (size_t)tiles * m->n_head_kv * attn_splits(m, nt, seqs[s].n_past + nt, 0) * R *
-                         (m->head_dim_v + 2);
-        attn_part = p > attn_part ? p : attn_part;
+        attn_part += (size_t)tiles * m->n_head_kv * attn_splits(m, nt, seqs[s].n_past + nt, 0) * R * (m->head_dim_v + 2);
     }
     const size_t attn_scratch = (size_t)R * (n_ctx + m->head_dim); /* per thread */
     const size_t floats = T * (2 * E + QD + KD + VD + OD + 2 * F + E) + nth * attn_scratch + attn_part + 4 * T * half +
@@ -673,7 +691,8 @@ int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, cons
     char **slots = scratch_get(scratch, 3, sizeof(char *) * 2 * T);
     /* a Q8_0 cache is read by the Q8_0 dot kernel, so the queries are quantized to Q8_0 too (as llama.cpp) */
     char *q8 = kv_type == EL_Q8_0 ? scratch_get(scratch, 4, kv_bytes(EL_Q8_0, T * (size_t)QD) + 64) : NULL;
-    if (!arena || !qscratch || !pos || !slots || (kv_type == EL_Q8_0 && !q8)) {
+    attn_ctx *actx = scratch_get(scratch, 5, sizeof(attn_ctx) * (size_t)n_seqs);
+    if (!arena || !qscratch || !pos || !slots || !actx || (kv_type == EL_Q8_0 && !q8)) {
         el_scratch_free(&own);
         return -1;
     }
@@ -734,28 +753,33 @@ int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, cons
         rc |= linear_sparse(&r, m, l, 0, &L->wq, h, n_tokens, q, t_in);
         rc |= linear_sparse(&r, m, l, 1, &L->wk, h, n_tokens, k, t_in);
         rc |= linear_sparse(&r, m, l, 2, &L->wv, h, n_tokens, v, t_in);
-        el_pool_run(n_tokens > 1 ? pool : NULL, qkv_task, &sc);
+        el_pool_run(el_pool_for(pool, T * (QD + KD + VD)), qkv_task, &sc);
         if (q8) el_traits[EL_Q8_0].from_float(q, q8, (int64_t)T * QD);
         const int window = swa ? m->sliding_window : 0;
+        int merge_work = 0; /* a merge worth the pool: prompt tokens, or key ranges to combine */
+        float *seq_part = part;
         for (int s = 0, t0 = 0; s < n_seqs; t0 += seqs[s].n_tokens, s++) { /* each sequence over its own cache */
             const int nt = seqs[s].n_tokens, n_past = seqs[s].n_past, n_kv = n_past + nt;
             const char *kc = (const char *)seqs[s].k_cache + (size_t)l * n_ctx * k_row;
             const char *vc = (const char *)seqs[s].v_cache + (size_t)l * n_ctx * v_row;
-            attn_ctx ac = {m, q + (size_t)t0 * QD, q8 ? q8 + kv_bytes(EL_Q8_0, (size_t)t0 * QD) : NULL, kc, vc,
-                           att + (size_t)t0 * OD, part, scores, nt, n_past, window, n_ctx, kv_type,
-                           attn_splits(m, nt, n_kv, window)};
-            el_pool_run(pool, attn_task, &ac);
+            actx[s] = (attn_ctx){m, q + (size_t)t0 * QD, q8 ? q8 + kv_bytes(EL_Q8_0, (size_t)t0 * QD) : NULL, kc, vc,
+                                 att + (size_t)t0 * OD, seq_part, scores, nt, n_past, window, n_ctx, kv_type,
+                                 attn_splits(m, nt, n_kv, window)};
+            seq_part += (size_t)attn_items(&actx[s]) * R * (m->head_dim_v + 2);
+            merge_work |= nt > 1 || actx[s].n_split > 1;
             stats->kv_bytes += (double)(n_kv - first_key(n_kv - 1, window)) * (double)(k_row + v_row);
-            el_pool_run(nt > 1 || ac.n_split > 1 ? pool : NULL, attn_merge_task, &ac);
         }
+        attn_batch ab = {actx, n_seqs};
+        el_pool_run(pool, attn_task, &ab);
+        el_pool_run(merge_work ? pool : NULL, attn_merge_task, &ab);
         sparsify(att, T * OD, t_att);
         rc |= linear_sparse(&r, m, l, 3, &L->wo, att, n_tokens, o, t_att);
         if (L->attn_post_norm.data) {
             sc.norm = &L->attn_post_norm;
-            el_pool_run(n_tokens > 1 ? pool : NULL, post_norm_task, &sc);
+            el_pool_run(el_pool_for(pool, T * E), post_norm_task, &sc);
         }
         sc.norm = &L->ffn_norm;
-        el_pool_run(n_tokens > 1 ? pool : NULL, residual_norm_task, &sc);
+        el_pool_run(el_pool_for(pool, T * E), residual_norm_task, &sc);
 
         /* feed-forward block: h holds norm(x) */
         if (m->n_expert) {
@@ -764,16 +788,16 @@ int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, cons
             sparsify(h, T * E, t_ffn);
             rc |= linear_sparse(&r, m, l, 4, &L->gate, h, n_tokens, g, t_ffn);
             rc |= linear_sparse(&r, m, l, 5, &L->up, h, n_tokens, u, t_ffn);
-            el_pool_run(n_tokens > 1 ? pool : NULL, gate_task, &sc);
+            el_pool_run(el_pool_for(pool, T * F), gate_task, &sc);
             sparsify(g, T * F, t_down);
             rc |= linear_sparse(&r, m, l, 6, &L->down, g, n_tokens, o, t_down);
         }
         if (L->ffn_post_norm.data) {
             sc.norm = &L->ffn_post_norm;
-            el_pool_run(n_tokens > 1 ? pool : NULL, post_norm_task, &sc);
+            el_pool_run(el_pool_for(pool, T * E), post_norm_task, &sc);
         }
         sc.norm = l + 1 < m->n_layers ? &m->layers[l + 1].attn_norm : NULL;
-        el_pool_run(n_tokens > 1 ? pool : NULL, residual_norm_task, &sc);
+        el_pool_run(el_pool_for(pool, T * E), residual_norm_task, &sc);
     }
 
     if (rc == 0 && n_out_rows > 0) {

@@ -98,7 +98,7 @@ int el_matmul_packed(el_pool *pool, enum el_type type, const void *w16, int n_ro
     const el_type_traits *t = &el_traits[type];
     matmul_ctx c = {t, w16, el_packed16_bytes(type, 16, n_cols), n_rows, n_cols, n_tokens, x, scratch, row_bytes(t->dot_type, n_cols), scratch, out,
                     out_stride, type == EL_Q8_0};
-    el_pool_run(n_tokens > 1 ? pool : NULL, quantize_task, &c);
+    el_pool_run(el_pool_for(pool, (size_t)n_tokens * n_cols), quantize_task, &c);
     el_pool_run(pool, packed_task, &c);
     return 0;
 }
@@ -117,7 +117,7 @@ int el_matmul(el_pool *pool, enum el_type type, const void *w, int n_rows, int n
         c.y_row_bytes = row_bytes(t->dot_type, n_cols);
         c.y_out = scratch;
         c.y = scratch;
-        el_pool_run(n_tokens > 1 ? pool : NULL, quantize_task, &c);
+        el_pool_run(el_pool_for(pool, (size_t)n_tokens * n_cols), quantize_task, &c);
     }
     el_pool_run(pool, dot_task, &c);
     return 0;
