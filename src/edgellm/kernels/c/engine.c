@@ -646,7 +646,11 @@ static void *scratch_get(el_scratch *s, int i, size_t n) {
 }
 
 void el_scratch_free(el_scratch *s) {
-    for (int i = 0; i < 5; i++) free(s->ptr[i]);
+    for (size_t i = 0; i < sizeof(s->ptr) / sizeof(s->ptr[0]); i++) {
+        free(s->ptr[i]);
+        s->ptr[i] = NULL;
+        s->size[i] = 0;
+    }
 }
 
 int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, const int32_t *tokens, const el_seq *seqs,
