@@ -14,7 +14,7 @@ from edgellm.runtime import offload
 def _minimum(llm: LLM, slots: int) -> int:
     cache = llm.session.cache
     return offload.minimum_budget(llm.config, llm.model.store, llm.model.output_name, slots * cache.n_bytes, llm.n_ctx,
-                                  llm.n_threads, llm.n_batch)  # fmt: skip
+                                  llm.n_threads, llm.n_batch, n_seqs=slots)  # fmt: skip
 
 
 def test_the_budget_counts_every_slots_kv_cache(tiny_llama):

@@ -251,9 +251,10 @@ def streaming_overhead(config, kv_bytes: int, n_ctx: int, n_threads: int, budget
 
 
 def minimum_budget(config, store, output_name: str, kv_bytes: int, n_ctx: int, n_threads: int, n_batch: int,
-                   naive: bool = False, unit_bytes: int = UNIT_BYTES) -> int:  # fmt: skip
+                   naive: bool = False, unit_bytes: int = UNIT_BYTES, n_seqs: int = 1) -> int:  # fmt: skip
     """The smallest budget plan() accepts."""
-    need = _Needs(config, store, _matrices(config, store, output_name), kv_bytes, n_ctx, n_threads, naive, unit_bytes)
+    need = _Needs(config, store, _matrices(config, store, output_name), kv_bytes, n_ctx, n_threads, naive, unit_bytes,
+                  n_seqs=n_seqs)  # fmt: skip
     return need.fixed(min(n_batch, MIN_BATCH)) + need.min_ring
 
 
