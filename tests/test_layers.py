@@ -16,7 +16,7 @@ LAYERS = [
     {"model"},
     {"runtime"},
     {"eval", "quant", "sparse"},
-    {"planner"},
+    {"planner", "distributed"},
     {"api", "server", "cli", "fuzz", "__init__", "__main__"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -39,6 +39,11 @@ class LLM:
         logits_all: with mem_budget, count every prompt position's logits in the buffers (for perplexity).
         n_parallel: sequences that run at once (the server's slots): with mem_budget, the budget holds this many
             KV caches, and at most this many generations run at once.
+        stages: split the layers into this many pipeline stages, each a Ray actor with n_threads threads
+            (distributed/pipeline.py); None: one process.
+        link_gbps, link_latency_us: with stages, emulate a link of this speed between stages (each hop sleeps for
+            its message's size); None: as fast as the machine passes them.
+        ray_address: with stages, the Ray cluster to run them on (None: a local one).
     """
 
     def __init__(
@@ -57,6 +62,10 @@ class LLM:
         offload_naive: bool = False,
         logits_all: bool = False,
         n_parallel: int = 1,
+        stages: int | None = None,
+        link_gbps: float | None = None,
+        link_latency_us: float = 0.0,
+        ray_address: str | None = None,
     ):
         if n_ctx <= 0 or n_batch <= 0:
             raise ConfigError(f"n_ctx and n_batch must be positive (got n_ctx={n_ctx}, n_batch={n_batch})")
@@ -87,6 +96,10 @@ class LLM:
         self.offload = None  # runtime.offload.OffloadPlan under a memory budget
         if mem_budget is not None or offload_naive:
             self._plan_offload(mem_budget, offload_naive, sparsity, head, logits_all)
+        if stages is not None:
+            self._split(stages, sparsity, head, mem_budget, link_gbps, link_latency_us, ray_address)
+        elif link_gbps is not None:
+            raise ConfigError("--link-gbps emulates the link between pipeline stages: give --stages N too")
         self.chat_template = self.metadata.get("tokenizer.chat_template") or default_template(
             self.config.architecture
         )
@@ -107,6 +120,15 @@ class LLM:
         session.n_batch = self.offload.n_batch
         self.model.set_offload(self.offload)
         self.model.compiled()  # open the file and start the reader now, not at the first token
+
+    def _split(self, stages: int, sparsity, head, mem_budget, link_gbps, link_latency_us, ray_address) -> None:
+        from .distributed.pipeline import PipelineModel
+
+        if sparsity is not None or head is not None or mem_budget is not None:
+            raise UnsupportedError("--stages with --sparsity, --head or --mem-budget is not supported yet")
+        self.model = PipelineModel(self.model, str(self.model_path), stages, self.n_threads, link_gbps,
+                                   link_latency_us, ray_address)  # fmt: skip
+        self._idle = [Session(self.model, self.n_ctx, self._n_batch_default, self.cache_type)]
 
     # -- tokens --------------------------------------------------------------------------------------
     def tokenize(self, text: str | bytes, add_bos: bool = True, special: bool = False) -> list[int]:
@@ -288,6 +310,8 @@ class LLM:
         yield head | {"choices": [{"index": 0, "delta": {}, "finish_reason": self.finish_reason}]}
 
     def close(self) -> None:
+        if hasattr(self.model, "pipeline"):
+            self.model.close()
         self.gguf.close()
 
     def __enter__(self) -> "LLM":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_argument, non_negative_int, positive_int, print_json
+from .common import add_model_argument, non_negative_int, positive_float, positive_int, print_json
 
 
 def _thread_list(text: str) -> list[int]:
@@ -35,6 +35,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory budgets to compare, e.g. off,50M,25M (weights that do not fit are streamed)")
     parser.add_argument("--offload-naive", action="store_true",
                         help="with --mem-budget: the naive baseline, every matrix re-read when needed")
+    parser.add_argument("--stages", type=_stage_list, default=[1], metavar="N[,N...]",
+                        help="pipeline stages to compare, e.g. 1,2,4 (1: one process; more: Ray actors, each with "
+                             "the thread count; docs/distributed.md)")  # fmt: skip
+    parser.add_argument("--link-gbps", type=positive_float, default=None, metavar="GB/S",
+                        help="with --stages: emulate a link of this speed between stages")
     parser.add_argument("--json", action="store_true", help="print a JSON list of results")
 
 
@@ -60,16 +65,46 @@ def _offload(model, path, budget: str | None, args: argparse.Namespace, threads:
     return plan
 
 
+def _stage_list(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected stage counts like 1,2,4 — got '{text}'") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"stage counts must be positive integers, got '{text}'")
+    return values
+
+
 def _settings(text: str) -> list[str | None]:
     """'0,0.4' -> ['0', '0.4']; 'off' / 'none' -> None (dense / full head)."""
     return [None if v.strip().lower() in ("off", "none", "") else v.strip() for v in text.split(",")]
+
+
+def _bench_staged(model, path, stages: int, threads: int, args, sparsity, head, plan):
+    """One bench setting in one process (stages 1) or over `stages` Ray actors of `threads` threads each."""
+    from ..errors import ConfigError, UnsupportedError
+    from ..eval.bench import bench
+
+    if stages == 1:
+        if args.link_gbps is not None and args.stages == [1]:
+            raise ConfigError("--link-gbps emulates the link between pipeline stages: give --stages N too")
+        return bench(model, path.name, args.n_prompt, args.n_gen, threads, args.repetitions, args.depth, sparsity,
+                     head, plan)  # fmt: skip
+    if sparsity is not None or head is not None or plan is not None:
+        raise UnsupportedError("--stages with --sparsity, --head or --mem-budget is not supported yet")
+    from ..distributed.pipeline import PipelineModel
+
+    staged = PipelineModel(model, str(path), stages, threads, args.link_gbps)
+    try:
+        return bench(staged, path.name, args.n_prompt, args.n_gen, threads, args.repetitions, args.depth)
+    finally:
+        staged.close()
 
 
 def run_bench(args: argparse.Namespace) -> int:
     import os
 
     from ..errors import ConfigError
-    from ..eval.bench import bench
     from ..formats.gguf import GGUFFile
     from ..hub import resolve
     from ..model.transformer import Transformer
@@ -88,15 +123,15 @@ def run_bench(args: argparse.Namespace) -> int:
             for budget in args.mem_budget:
                 for threads in args.threads or [os.cpu_count() or 1]:
                     plan = _offload(model, path, budget, args, threads, sparsity, head)
-                    results += bench(model, path.name, args.n_prompt, args.n_gen, threads, args.repetitions,
-                                     args.depth, sparsity, head, plan)  # fmt: skip
+                    for stages in args.stages:
+                        results += _bench_staged(model, path, stages, threads, args, sparsity, head, plan)
                     model.set_offload(None)
     if args.json:
         print_json([r.to_dict() for r in results])
         return 0
     print(f"| {'model':<36} | {'path':<8} | {'sparsity':>8} | {'head':>5} | {'budget':>7} | {'threads':>7} | "
-          f"{'test':>14} | {'t/s':>16} | {'MB/token':>8} | {'from file':>9} | {'peak RSS':>9} |")  # fmt: skip
-    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 10}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 16}|{'-' * 18}|{'-' * 10}|"
+          f"{'stages':>6} | {'test':>14} | {'t/s':>16} | {'MB/token':>8} | {'from file':>9} | {'peak RSS':>9} |")  # fmt: skip
+    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 10}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 16}|{'-' * 18}|{'-' * 10}|"
           f"{'-' * 11}|{'-' * 11}|")  # fmt: skip
     for r in results:
         speed = f"{r.tps:.2f} ± {r.tps_sd:.2f}"
@@ -105,5 +140,5 @@ def run_bench(args: argparse.Namespace) -> int:
         stored = (r.offload or {}).get("storage_bytes_per_token")
         stored = f"{stored / 1e6:.1f}" if stored is not None else "-"
         print(f"| {r.model:<36} | {r.kernel_path:<8} | {r.sparsity or '0':>8} | {r.head or 'full':>5} | {budget:>7} | "
-              f"{r.threads:>7} | {r.test:>14} | {speed:>16} | {read:>8} | {stored:>9} | {r.peak_rss_mb:>6.0f} MB |")  # fmt: skip
+              f"{r.threads:>7} | {r.stages:>6} | {r.test:>14} | {speed:>16} | {read:>8} | {stored:>9} | {r.peak_rss_mb:>6.0f} MB |")  # fmt: skip
     return 0

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_context_arguments, add_model_argument, add_sampling_arguments, load_llm, max_tokens, sampling_kwargs
+from .common import (add_context_arguments, add_distributed_arguments, add_model_argument, add_sampling_arguments,
+                     load_llm, max_tokens, sampling_kwargs)  # fmt: skip
 
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +18,7 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", default=None, help="system message")
     add_context_arguments(parser)
     add_sampling_arguments(parser)
+    add_distributed_arguments(parser)
     parser.set_defaults(n_predict=512)
 
 

@@ -58,6 +58,24 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
                    help="with --mem-budget: the naive baseline, every matrix re-read when it is needed, no overlap")
 
 
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("pipeline stages (docs/distributed.md)")
+    g.add_argument("--stages", type=positive_int, default=None, metavar="N",
+                   help="split the layers into N pipeline stages, each a Ray actor with --threads threads "
+                        "(pip install 'edgellm[distributed]')")  # fmt: skip
+    g.add_argument("--link-gbps", type=positive_float, default=None, metavar="GB/S",
+                   help="with --stages: emulate a link of this speed between stages (sleep by message size)")
+    g.add_argument("--link-latency-us", type=non_negative_float, default=0.0, metavar="US",
+                   help="with --link-gbps: a fixed latency per message, microseconds")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --stages: a running Ray cluster (default: start a local one)")
+
+
+def distributed_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"stages": getattr(args, "stages", None), "link_gbps": getattr(args, "link_gbps", None),
+            "link_latency_us": getattr(args, "link_latency_us", 0.0), "ray_address": getattr(args, "ray_address", None)}
+
+
 def _size(text: str) -> int:
     from ..errors import ConfigError
     from ..runtime.offload import parse_size
@@ -124,7 +142,7 @@ def load_llm(args: argparse.Namespace):
     from ..api import LLM
 
     llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, cache_type=args.cache_type,
-              **sparsity_kwargs(args), **memory_kwargs(args))  # fmt: skip
+              **sparsity_kwargs(args), **memory_kwargs(args), **distributed_kwargs(args))  # fmt: skip
     report_offload(llm)
     return llm
 

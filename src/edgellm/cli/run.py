@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import (add_context_arguments, add_model_argument, add_sampling_arguments, load_llm, max_tokens,
-                     print_json, sampling_kwargs)  # fmt: skip
+from .common import (add_context_arguments, add_distributed_arguments, add_model_argument, add_sampling_arguments,
+                     load_llm, max_tokens, print_json, sampling_kwargs)  # fmt: skip
 
 DEFAULT_PROMPT = "What is the capital of France? Answer in one sentence."
 
@@ -18,6 +18,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     add_context_arguments(parser)
     add_sampling_arguments(parser)
+    add_distributed_arguments(parser)
 
 
 def run_run(args: argparse.Namespace) -> int:
@@ -42,6 +43,7 @@ def run_run(args: argparse.Namespace) -> int:
             "n_tokens": t.n_generated, "finish_reason": llm.finish_reason, "model": str(llm.model_path),
             "bytes_read_per_token": t.bytes_read_per_token, "sparsity": args.sparsity, "head": args.head,
             "offload": None if llm.offload is None else {**llm.offload.to_dict(), **t.storage_stats()},
+            "pipeline": pipeline_stats(llm.model),
         })  # fmt: skip
     else:
         sys.stdout.write("\n")
@@ -51,4 +53,17 @@ def run_run(args: argparse.Namespace) -> int:
             f"generation: {t.n_generated} tokens, {t.generate_tps:.1f} tok/s",
             file=sys.stderr,
         )
+        stats = pipeline_stats(llm.model)
+        if stats:
+            hops = ", ".join(f"{ms:.2f}" for ms in stats["hop_ms"])
+            stages = ", ".join(f"{ms:.2f}" for ms in stats["stage_ms_per_token"])
+            print(f"pipeline: {len(stats['stages'])} stages, compute [{stages}] ms/token, hops [{hops}] ms "
+                  f"(driver→0 … →driver), {stats['link_bytes_per_token']:,.0f} link bytes/token", file=sys.stderr)
     return 0
+
+
+def pipeline_stats(model) -> dict | None:
+    """With --stages: each stage's layers, process and host, and what the decode steps spent per stage and hop."""
+    if not hasattr(model, "pipeline"):
+        return None
+    return {"stages": model.describe(), **model.stats.to_dict()}

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import kernels
-from ..runtime.kv_cache import KVCache
+from ..runtime.kv_cache import KVCache, cache_for
 from ..runtime.session import Timings
 
 
@@ -33,6 +33,8 @@ class BenchResult:
     head: str | None = None
     mem_budget: int | None = None  # bytes, with weights streamed from the file (runtime/offload.py)
     offload: dict | None = None  # the budget's split and, per token, what was read from storage
+    stages: int = 1  # pipeline stages (distributed/pipeline.py)
+    pipeline: dict | None = None  # with stages: each stage's layers; per decoded token, compute per stage and hops
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,7 +45,7 @@ def peak_rss_mb() -> float:
 
 
 def _filled_cache(model, depth: np.ndarray, n_more: int) -> KVCache:
-    cache = KVCache(model.config, len(depth) + n_more)
+    cache = cache_for(model, len(depth) + n_more)
     if len(depth):
         model.forward(depth, cache, slice(-1, None))
     return cache
@@ -95,6 +97,9 @@ def bench(
         else:
             run = lambda: _generate_seconds(model, n, int(rng.integers(model.config.n_vocab)), past)  # noqa: E731
         run()  # warm-up: page in the weights, start the threads
+        staged = hasattr(model, "pipeline")
+        if staged:
+            model.reset_stats()
         runs = [run() for _ in range(repetitions)]
         speeds = [n / seconds for seconds, _ in runs]
         sd = statistics.stdev(speeds) if len(speeds) > 1 else 0.0
@@ -106,7 +111,9 @@ def bench(
                 per_run = [t.storage_stats() for _, t in runs]
                 stats.update({k: statistics.mean(r[k] for r in per_run) if per_run[0][k] is not None else None
                               for k in per_run[0]})  # fmt: skip
+        pipeline = {"stages": model.describe(), **model.stats.to_dict()} if staged and test.startswith("tg") else None
         results.append(BenchResult(model_name, test, threads, statistics.mean(speeds), sd, peak_rss_mb(),
                                    kernels.active_path(), n, depth, read, sparsity, head,
-                                   offload.budget if offload is not None else None, stats))  # fmt: skip
+                                   offload.budget if offload is not None else None, stats,
+                                   model.n_stages if staged else 1, pipeline))  # fmt: skip
     return results

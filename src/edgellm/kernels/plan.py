@@ -43,9 +43,16 @@ def engine_supports(store, tensor_names, path: str) -> bool:
 
 
 class CompiledModel:
+    """`layers` (a range) makes a pipeline stage's plan: only those layers' weights, KV caches of that many layers,
+    hidden states in and out (forward_batch's `hidden`); the embedding and head stay mapped, read only by the stage
+    that embeds or scores."""
+
     def __init__(self, config, store, output_name: str, vector, thresholds: np.ndarray | None = None, offload=None,
-                 path: str | None = None):
+                 path: str | None = None, layers: range | None = None):
         self._keep: list[np.ndarray] = []
+        self.layers = range(config.n_layers) if layers is None else layers
+        if not self.layers or self.layers.step != 1 or self.layers.start < 0 or self.layers.stop > config.n_layers:
+            raise ValueError(f"layer range {layers} is not a non-empty run of the model's {config.n_layers} layers")
         # under a memory budget (runtime/offload.py): resident matrices are the plan's copies, streamed ones keep
         # their mapped address only until model_set_offload drops it (never read through the mapping)
         self._copies = offload.copies if offload is not None else {}
@@ -58,7 +65,7 @@ class CompiledModel:
         long = names.ROPE_FREQS if store.has(names.ROPE_FREQS) else names.ROPE_FACTORS_LONG
         for name in (short, long):
             weights.append(self._vector(vector(name)) if config.rope_factors and store.has(name) else _ABSENT)
-        for i in range(config.n_layers):
+        for i in self.layers:
             for template in LAYER_FIELDS:
                 name = template.format(i=i)
                 if not store.has(name):
@@ -68,7 +75,7 @@ class CompiledModel:
                 else:
                     weights.append(self._matrix(store, name))
         params = dict(
-            n_layers=config.n_layers, n_embd=config.n_embd, n_ff=config.n_ff, n_head=config.n_head,
+            n_layers=len(self.layers), n_embd=config.n_embd, n_ff=config.n_ff, n_head=config.n_head,
             n_head_kv=config.n_head_kv, head_dim=config.head_dim, head_dim_v=config.head_dim_v,
             n_vocab=config.n_vocab, rope_dim=config.rope_dim, rope_neox=int(config.rope_neox),
             gelu=int(config.ffn_act == "gelu"), sliding_window=config.sliding_window, norm_eps=config.norm_eps,
@@ -80,15 +87,17 @@ class CompiledModel:
             n_expert_used=config.n_expert_used,
         )  # fmt: skip
         flags = bytes(LAYER_SWA * config.is_swa(i) | LAYER_NO_ROPE * (not config.uses_rope(i))
-                      for i in range(config.n_layers))  # fmt: skip
+                      for i in self.layers)  # fmt: skip
         self.config = config
+        if thresholds is not None:
+            thresholds = np.asarray(thresholds)[self.layers.start : self.layers.stop]
         extra = () if thresholds is None else (np.ascontiguousarray(thresholds, dtype=np.float32).tobytes(),)
         self._plan = _C.model_create(params, flags, weights, *extra)
         self.path = path or active_path()  # the plan's own kernel path and thread pool (not the process's)
         _C.model_set_path(self._plan, self.path)
         self._local = threading.local()  # each calling thread's last_read
         if thresholds is not None:
-            self._attach_columns(config, store, np.asarray(thresholds))
+            self._attach_columns(config, store, thresholds)
         if offload is not None and (offload.units or offload.stream_embedding or offload.experts):
             try:
                 held, self.direct_io = _C.model_set_offload(self._plan, offload.path, offload.units,
@@ -100,7 +109,9 @@ class CompiledModel:
                 raise RuntimeError(f"streaming buffers of {held} bytes exceed the plan's {offload.ring_bytes}")
         # Matrices interleaved 16 rows at a time for the path's gemm16 kernels: several tokens (batched decode,
         # prefill) then cost little more than one. Not under a memory budget, which holds the weights once.
-        self.packed_bytes = _C.model_pack(self._plan) if offload is None and os.environ.get(REPACK_ENV) != "0" else 0
+        with_head = self.layers.stop == config.n_layers  # a stage before the last never scores tokens
+        self.packed_bytes = (_C.model_pack(self._plan, with_head) if offload is None and os.environ.get(REPACK_ENV) != "0"
+                             else 0)  # fmt: skip
 
     @property
     def last_read(self) -> tuple[float, ...]:
@@ -115,11 +126,11 @@ class CompiledModel:
         from ..formats import columns as layout
 
         entries = []
-        for i in range(config.n_layers):
+        for j, i in enumerate(self.layers):
             for template, group in zip(COLUMN_SLOTS, COLUMN_GROUPS):
                 name = template.format(i=i)
                 info = store.info(name) if store.has(name) else None
-                if info is None or thresholds[i, group] <= 0 or len(info.shape) != 2 or \
+                if info is None or thresholds[j, group] <= 0 or len(info.shape) != 2 or \
                         not layout.supported(info.type, info.shape[0], info.shape[1]):  # fmt: skip
                     entries.append(None)
                     continue
@@ -168,20 +179,29 @@ class CompiledModel:
         """Run `tokens` after what `cache` holds; logits of batch rows row0 .. row0 + n_rows - 1."""
         return self.forward_batch([(tokens, cache)], np.arange(row0, row0 + n_rows), n_threads)
 
-    def forward_batch(self, seqs, rows: np.ndarray, n_threads: int) -> np.ndarray:
+    def forward_batch(self, seqs, rows: np.ndarray, n_threads: int, hidden: np.ndarray | None = None,
+                      hidden_out: bool = False):
         """Several sequences in one pass: `seqs` is [(tokens, cache), ...] with caches of one type and size; their
         tokens are laid side by side (so every weight is read once for all), each attends over its own cache.
-        Returns logits of the batch rows `rows` (indices into the tokens side by side)."""
+        Returns logits of the batch rows `rows` (indices into the tokens side by side). A stage after the first
+        gives `hidden` (n_tokens x n_embd) in place of the tokens (then only their counts matter); with `hidden_out`
+        it returns (logits, the residual stream after its last layer)."""
         rows = np.ascontiguousarray(rows, dtype=np.int32)
         logits = np.empty((len(rows), self.config.n_vocab), dtype=np.float32)
-        tokens = np.ascontiguousarray(np.concatenate([np.asarray(t) for t, _ in seqs]), dtype=np.int32)
+        counts = [len(t) for t, _ in seqs]
+        if hidden is None:
+            tokens = np.ascontiguousarray(np.concatenate([np.asarray(t) for t, _ in seqs]), dtype=np.int32)
+        else:
+            tokens = np.empty(0, dtype=np.int32)
+            hidden = np.ascontiguousarray(hidden, dtype=np.float32)
+        out = np.empty((sum(counts), self.config.n_embd), dtype=np.float32) if hidden_out else None
         first = seqs[0][1]
         if any(c.type != first.type or c.n_ctx != first.n_ctx for _, c in seqs):
             raise ValueError("sequences batched together need caches of one type and size")
-        items = [(c.k, c.v, c.n_past, len(t)) for t, c in seqs]
+        items = [(c.k, c.v, c.n_past, n) for n, (_, c) in zip(counts, seqs)]
         try:
             self._local.last_read = _C.forward(self._plan, tokens, items, int(first.type), first.n_ctx, rows, logits,
-                                        n_threads)  # fmt: skip
+                                               n_threads, hidden, out)  # fmt: skip
         except OSError as e:  # a streamed read failed: the file went away, shrank or changed under the run
             raise FormatError(f"{self._path}: {e}; reload the model (a cached model: 'edgellm pull' checks it)") from None
-        return logits
+        return (logits, out) if hidden_out else logits

@@ -19,7 +19,10 @@ CACHE_TYPES = {"f32": GGMLType.F32, "f16": GGMLType.F16, "q8_0": GGMLType.Q8_0}
 class KVCache:
     """Positions 0..n_past-1 are filled. np.zeros maps pages lazily, so a long n_ctx costs only what is used."""
 
-    def __init__(self, config: ModelConfig, n_ctx: int, dtype: np.dtype | None = None, cache_type: str = "f32"):
+    def __init__(self, config: ModelConfig, n_ctx: int, dtype: np.dtype | None = None, cache_type: str = "f32",
+                 n_layers: int | None = None):
+        """`n_layers`: a pipeline stage's share of the layers (default: all of them)."""
+        layers = config.n_layers if n_layers is None else n_layers
         if dtype is not None:  # numpy spelling of the float types
             cache_type = "f16" if np.dtype(dtype) == np.float16 else "f32"
         if cache_type.lower() not in CACHE_TYPES:
@@ -32,12 +35,12 @@ class KVCache:
         if self.type == GGMLType.Q8_0:
             if config.head_dim % fmt.block_size or config.head_dim_v % fmt.block_size:
                 raise ConfigError(f"a Q8_0 KV cache needs heads a multiple of 32 wide; this model's are {config.head_dim}")
-            self.k = np.zeros((config.n_layers, n_ctx, fmt.row_bytes(self._k_width)), dtype=np.uint8)
-            self.v = np.zeros((config.n_layers, n_ctx, fmt.row_bytes(self._v_width)), dtype=np.uint8)
+            self.k = np.zeros((layers, n_ctx, fmt.row_bytes(self._k_width)), dtype=np.uint8)
+            self.v = np.zeros((layers, n_ctx, fmt.row_bytes(self._v_width)), dtype=np.uint8)
         else:
             dt = np.float16 if self.type == GGMLType.F16 else np.float32
-            self.k = np.zeros((config.n_layers, n_ctx, config.n_head_kv, config.head_dim), dtype=dt)
-            self.v = np.zeros((config.n_layers, n_ctx, config.n_head_kv, config.head_dim_v), dtype=dt)
+            self.k = np.zeros((layers, n_ctx, config.n_head_kv, config.head_dim), dtype=dt)
+            self.v = np.zeros((layers, n_ctx, config.n_head_kv, config.head_dim_v), dtype=dt)
         self._head_shape = (config.n_head_kv, config.head_dim), (config.n_head_kv, config.head_dim_v)
         self.n_past = 0
 
@@ -73,3 +76,11 @@ class KVCache:
     @property
     def n_bytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
+
+
+def cache_for(model, n_ctx: int, cache_type: str = "f32"):
+    """A KV cache for one sequence of `model`: a KVCache here, or what a model that keeps its caches elsewhere
+    (pipeline stages, distributed/pipeline.py) hands out."""
+    if hasattr(model, "new_cache"):
+        return model.new_cache(n_ctx, cache_type)
+    return KVCache(model.config, n_ctx, cache_type=cache_type)

@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import BudgetError
-from .kv_cache import KVCache
+from .kv_cache import cache_for
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Session:
         self.model = model
         self.n_ctx = n_ctx
         self.n_batch = n_batch
-        self.cache = KVCache(model.config, n_ctx, cache_type=cache_type)
+        self.cache = cache_for(model, n_ctx, cache_type)
         self.tokens: list[int] = []  # what the cache holds, in order
         # (n, logits after tokens[:n]) of the last prompt: the same prompt again gets these very logits (its last
         # token re-run alone would round differently from the batch it came in, and a seed would not repeat)

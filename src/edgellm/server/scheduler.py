@@ -19,7 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..runtime.kv_cache import KVCache
+from ..errors import EdgeLLMError
+from ..runtime.kv_cache import KVCache, cache_for
 from ..runtime.sampling import Sampler, log_softmax
 from ..runtime.session import common_prefix
 from ..runtime.stops import StopText
@@ -103,7 +104,7 @@ class Scheduler:
         self.n_ctx = llm.n_ctx
         self.n_batch = n_batch
         self.max_queue = max_queue
-        self.slots = [Slot(i, KVCache(llm.config, llm.n_ctx, cache_type=llm.cache_type)) for i in range(n_parallel)]
+        self.slots = [Slot(i, cache_for(self.model, llm.n_ctx, llm.cache_type)) for i in range(n_parallel)]
         self.waiting: collections.deque[Request] = collections.deque()
         self.metrics = Metrics()
         self.eog = llm.tokenizer.eog_ids
@@ -161,12 +162,20 @@ class Scheduler:
                     return
             try:
                 self._step()
+            except EdgeLLMError as e:  # a pipeline stage died: its requests fail, the restarted stages hold nothing
+                logging.getLogger("edgellm.server").error("batching step failed: %s", e)
+                self._fail_all(str(e))
             except Exception as e:  # a bug must not leave clients hanging: fail the running requests, go on
                 logging.getLogger("edgellm.server").exception("batching step failed")
-                for slot in self.slots:
-                    if slot.busy:
-                        slot.request.emit({"type": "error", "message": f"internal error: {e}"})
-                        self._free(slot, reset=True)
+                self._fail_all(f"internal error: {e}")
+
+    def _fail_all(self, message: str) -> None:
+        """Fail the running requests; every slot forgets what its cache held (a failed step may have lost it)."""
+        for slot in self.slots:
+            if slot.busy:
+                slot.request.emit({"type": "error", "message": message})
+                self.metrics.requests["error"] += 1
+            self._free(slot, reset=True)
 
     def _step(self) -> None:
         now = time.monotonic()

@@ -515,7 +515,8 @@ static PyObject *py_model_create(PyObject *self, PyObject *args) {
 static PyObject *py_model_pack(PyObject *self, PyObject *args) {
     USE_DEFAULT_PATH();
     PyObject *capsule;
-    if (!PyArg_ParseTuple(args, "O", &capsule)) return NULL;
+    int with_head = 1; /* 0: a pipeline stage that never runs the head leaves it unpacked (and unread) */
+    if (!PyArg_ParseTuple(args, "O|p", &capsule, &with_head)) return NULL;
     model_obj *mo = PyCapsule_GetPointer(capsule, "edgellm.model");
     if (!mo) return NULL;
     el_model *m = &mo->m;
@@ -526,7 +527,7 @@ static PyObject *py_model_pack(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&mo->lock);
     el_use_isa(mo->isa); /* pack only what this model's path has kernels for */
-    const int n = m->offload ? 0 : packable_weights(m, ws);
+    const int n = m->offload ? 0 : packable_weights(m, ws) - !with_head; /* the head is the last */
     for (int i = 0; i < n && !failed; i++) {
         el_weight *w = ws[i];
         const int usable = w->data && !w->packed16 && el_traits[w->type].gemm16;
@@ -599,15 +600,25 @@ static PyObject *py_model_scratch_bytes(PyObject *self, PyObject *args) {
 }
 
 /* forward(model, tokens int32, seqs [(k_cache, v_cache, n_past, n_tokens), ...], kv_type, n_ctx, out_rows int32,
- * logits, n_threads): the sequences' tokens side by side, each sequence over its own cache */
+ * logits, n_threads[, hidden_in, hidden_out]): the sequences' tokens side by side, each sequence over its own cache.
+ * A pipeline stage starts from hidden_in (n_tokens x n_embd float32; tokens then empty) and leaves the residual
+ * stream after its last layer in hidden_out; None for either: the embeddings, no hidden states out. */
 static PyObject *py_forward(PyObject *self, PyObject *args) {
-    PyObject *capsule, *items;
-    Py_buffer tokens, rows, logits;
+    PyObject *capsule, *items, *in_obj = Py_None, *out_obj = Py_None;
+    Py_buffer tokens, rows, logits, hin = {0}, hout = {0};
     int kv_type, n_ctx, n_threads;
-    if (!PyArg_ParseTuple(args, "Oy*O!iiy*w*i", &capsule, &tokens, &PyList_Type, &items, &kv_type, &n_ctx, &rows,
-                          &logits, &n_threads))
+    if (!PyArg_ParseTuple(args, "Oy*O!iiy*w*i|OO", &capsule, &tokens, &PyList_Type, &items, &kv_type, &n_ctx, &rows,
+                          &logits, &n_threads, &in_obj, &out_obj))
         return NULL;
     PyObject *result = NULL;
+    if ((in_obj != Py_None && PyObject_GetBuffer(in_obj, &hin, PyBUF_C_CONTIGUOUS) < 0) ||
+        (out_obj != Py_None && PyObject_GetBuffer(out_obj, &hout, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)) {
+        if (hin.obj) PyBuffer_Release(&hin);
+        PyBuffer_Release(&tokens);
+        PyBuffer_Release(&rows);
+        PyBuffer_Release(&logits);
+        return NULL;
+    }
     const Py_ssize_t n_seqs = PyList_GET_SIZE(items);
     el_seq *seqs = calloc(n_seqs > 0 ? (size_t)n_seqs : 1, sizeof(el_seq));
     Py_buffer *bufs = calloc(n_seqs > 0 ? 2 * (size_t)n_seqs : 1, sizeof(Py_buffer));
@@ -639,7 +650,12 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
         total += seqs[s].n_tokens > 0 ? seqs[s].n_tokens : 0;
     }
     const int n_rows = (int)(rows.len / (Py_ssize_t)sizeof(int32_t));
-    if (tokens.len != total * (Py_ssize_t)sizeof(int32_t) ||
+    const Py_ssize_t hidden_bytes = total * m->n_embd * (Py_ssize_t)sizeof(float);
+    if ((hin.obj && hin.len != hidden_bytes) || (hout.obj && hout.len != hidden_bytes)) {
+        PyErr_SetString(PyExc_ValueError, "forward: hidden states must be n_tokens x n_embd float32");
+        goto done;
+    }
+    if (tokens.len != (hin.obj ? 0 : total) * (Py_ssize_t)sizeof(int32_t) ||
         (size_t)logits.len < (size_t)n_rows * m->n_vocab * sizeof(float)) {
         PyErr_SetString(PyExc_ValueError, "forward: tokens do not match the sequences, or logits buffer too small");
         goto done;
@@ -652,7 +668,7 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     el_use_isa(mo->isa);
     el_pool *pool = sized_pool(&mo->pool, n_threads);
     rc = pool ? el_forward_batch(m, pool, &mo->scratch, tokens.buf, seqs, (int)n_seqs, kv_type, n_ctx, rows.buf, n_rows, logits.buf,
-                                 &stats)
+                                 hin.obj ? hin.buf : NULL, hout.obj ? hout.buf : NULL, &stats)
               : -1;
     pthread_mutex_unlock(&mo->lock);
     Py_END_ALLOW_THREADS
@@ -672,6 +688,8 @@ done:
         if (bufs[i].obj) PyBuffer_Release(&bufs[i]);
     free(bufs);
     free(seqs);
+    if (hin.obj) PyBuffer_Release(&hin);
+    if (hout.obj) PyBuffer_Release(&hout);
     PyBuffer_Release(&tokens);
     PyBuffer_Release(&rows);
     PyBuffer_Release(&logits);

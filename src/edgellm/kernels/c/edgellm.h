@@ -384,11 +384,13 @@ void el_scratch_free(el_scratch *s);
 
 /* Several sequences in one pass (continuous batching): their tokens side by side (sequence by sequence) share
  * every weight read, and each attends over its own cache. Logits of the batch rows out_rows[0..n_out_rows).
- * scratch may be NULL (buffers allocated for this call only); stats may be NULL. Returns 0, or -1 on bad arguments
- * or out of memory. */
+ * A pipeline stage (a plan of some of the model's layers) starts from x_in, the residual stream of every token
+ * (n_tokens x n_embd floats; tokens unused) instead of the embeddings, and x_out, when given, receives the
+ * residual stream after the plan's last layer. scratch may be NULL (buffers allocated for this call only); stats
+ * may be NULL. Returns 0, or -1 on bad arguments or out of memory. */
 int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, const int32_t *tokens, const el_seq *seqs,
                      int n_seqs, int kv_type, int n_ctx, const int32_t *out_rows, int n_out_rows, float *logits,
-                     el_stats *stats);
+                     const float *x_in, float *x_out, el_stats *stats);
 
 #ifdef __cplusplus
 }

@@ -655,7 +655,7 @@ void el_scratch_free(el_scratch *s) {
 
 int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, const int32_t *tokens, const el_seq *seqs,
                      int n_seqs, int kv_type, int n_ctx, const int32_t *out_rows, int n_out_rows, float *logits,
-                     el_stats *stats) {
+                     const float *x_in, float *x_out, el_stats *stats) {
     el_stats ignored;
     if (!stats) stats = &ignored;
     memset(stats, 0, sizeof(*stats));
@@ -667,8 +667,9 @@ int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, cons
         if (q->n_tokens <= 0 || q->n_past < 0 || q->n_past + q->n_tokens > n_ctx || !q->k_cache || !q->v_cache) return -1;
         n_tokens += q->n_tokens;
     }
-    for (int t = 0; t < n_tokens; t++)
+    for (int t = 0; !x_in && t < n_tokens; t++)
         if (tokens[t] < 0 || tokens[t] >= m->n_vocab) return -1;
+    if (n_out_rows > 0 && !m->output.data) return -1; /* a pipeline stage without the head */
     for (int i = 0; i < n_out_rows; i++)
         if (out_rows[i] < 0 || out_rows[i] >= n_tokens) return -1;
     const int E = m->n_embd, F = m->n_ff, half = m->rope_dim / 2;
@@ -720,10 +721,11 @@ int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, cons
     rope_table(cs, sn, n_tokens, pos, m, m->rope_base, m->rope_scale, factors);
     if (m->rope_base_swa > 0) rope_table(cs_swa, sn_swa, n_tokens, pos, m, m->rope_base_swa, 1.0f, factors);
 
-    /* embeddings */
+    /* embeddings, or the hidden states an earlier pipeline stage computed */
     const el_type_traits *et = &el_traits[m->tok_embd.type];
     const size_t erow = row_bytes(m->tok_embd.type, E);
-    for (int t = 0; t < n_tokens; t++) {
+    if (x_in) memcpy(x, x_in, T * E * sizeof(float));
+    for (int t = 0; !x_in && t < n_tokens; t++) {
         const void *row = m->tok_embd.data ? (const char *)m->tok_embd.data + (size_t)tokens[t] * erow
                                            : el_offload_read_row(m->offload, m->embd_offset + (int64_t)tokens[t] * erow, erow);
         if (!row) {
@@ -804,6 +806,7 @@ int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, cons
         el_pool_run(el_pool_for(pool, T * E), residual_norm_task, &sc);
     }
 
+    if (rc == 0 && x_out) memcpy(x_out, x, T * E * sizeof(float)); /* the residual stream, for the next stage */
     if (rc == 0 && n_out_rows > 0) {
         for (int i = 0; i < n_out_rows; i++)
             rms_norm(h + (size_t)i * E, x + (size_t)out_rows[i] * E, m->output_norm.data, E, m->norm_eps);
