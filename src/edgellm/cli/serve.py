@@ -53,6 +53,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "from the model file")  # fmt: skip
     parser.add_argument("--sparsity", default=_env("sparsity"), metavar="S|FILE",
                         help="activation sparsity (see 'edgellm run --help')")
+    parser.add_argument("--stages", type=positive_int, default=_env("stages", None, positive_int), metavar="N",
+                        help="split the layers into N pipeline stages on Ray actors, each with --threads threads "
+                             "(pip install 'edgellm[distributed]'; docs/distributed.md)")  # fmt: skip
+    parser.add_argument("--link-gbps", type=positive_float, default=_env("link_gbps", None, positive_float),
+                        metavar="GB/S", help="with --stages: emulate a link of this speed between stages")
     add_cache_type_argument(parser)
     if os.environ.get("EDGELLM_CACHE_TYPE"):
         parser.set_defaults(cache_type=os.environ["EDGELLM_CACHE_TYPE"])
@@ -70,7 +75,8 @@ def run_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(model=args.model, host=args.host, port=args.port, parallel=args.parallel,
                           ctx_size=args.ctx_size, n_batch=args.batch_size, threads=args.threads, api_key=args.api_key,
                           mem_budget=args.mem_budget, sparsity=args.sparsity, cache_type=args.cache_type,
-                          queue_size=args.queue_size, timeout=args.timeout, max_body_bytes=args.max_body)  # fmt: skip
+                          queue_size=args.queue_size, timeout=args.timeout, max_body_bytes=args.max_body,
+                          stages=args.stages, link_gbps=args.link_gbps)  # fmt: skip
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
     print(f"edgellm serve: {args.model} on {where} ({args.parallel} slots x {args.ctx_size} tokens); "
           f"chat page at {where}/, API at {where}/v1", file=sys.stderr)  # fmt: skip

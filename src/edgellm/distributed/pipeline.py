@@ -129,10 +129,9 @@ class Pipeline:
         self.link_gbps, self.link_latency_us, self.kernel_path = link_gbps, link_latency_us, kernel_path
         self.message_bytes = message_bytes  # channels start this large (a larger message makes them grow)
         if not ray.is_initialized():
-            # a local cluster sized for the stages (they do not reserve CPUs: a stage waits while the others run)
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                     configure_logging=True, **({} if address else {"num_cpus": os.cpu_count() or 1}))  # fmt: skip
+            _init_ray(ray, address)
         self.epoch = 0  # rebuilds after a failure
+        self.broken = False  # a stage died: new stages before the next message
         self._start()
 
     def _start(self) -> None:
@@ -155,6 +154,9 @@ class Pipeline:
                 node = a.handle.bind(node)
         self.dag = node.experimental_compile(_max_inflight_executions=max(4, 2 * n),
                                              _buffer_size_bytes=self.message_bytes)  # fmt: skip
+        # one message through the chain from the compiling thread: a graph first driven from another thread ends
+        # the process (Ray 2.60; the server compiles in its loading thread and runs in its scheduler thread)
+        self.dag.execute({"op": "info"}).get(timeout=GET_TIMEOUT_S)
 
     def _kill(self) -> None:
         for a in getattr(self, "actors", []):
@@ -167,6 +169,10 @@ class Pipeline:
     def run(self, messages: list[dict]) -> list[dict]:
         """Send the messages through every stage (all in flight at once) and return what the last stage answered."""
         ray = self._ray
+        if self.broken:
+            self.epoch += 1
+            self._start()
+            self.broken = False
         try:
             refs = [self.dag.execute(m) for m in messages]
             out = [r.get(timeout=GET_TIMEOUT_S) for r in refs]
@@ -175,31 +181,66 @@ class Pipeline:
             dead = [f"stage {i} (layers {a}-{b - 1})" for i, (actor, (a, b)) in enumerate(zip(self.actors, self.splits))
                     if actor._actor_id.hex() in text]  # fmt: skip
             what = f"{', '.join(dead)} died" if dead else f"the pipeline failed ({_cause(e)})"
-            self.restart()
-            raise StageFailure(f"{what}; the request failed and the stages were restarted") from None
+            self._abandon()
+            raise StageFailure(f"{what}; the request failed, and new stages will serve the next one") from None
         errors = [m["error"] for m in out if m.get("error")]
         if errors:
             raise StageFailure(errors[0])
         return out
 
-    def restart(self) -> None:
-        """New stages (empty caches) after a failure."""
-        self.close()
-        self.epoch += 1
-        self._start()
+    def _abandon(self) -> None:
+        """After a failure: the stages are killed at once, the graph torn down in the background (Ray waits up to
+        30 s for a dead actor there), and the next message starts new stages."""
+        self.broken = True
+        self._kill()
+        dag, self.dag = self.dag, None
+        threading.Thread(target=_quiet_teardown, args=(dag,), name="edgellm-teardown", daemon=True).start()
 
     def close(self) -> None:
         dag, self.dag = getattr(self, "dag", None), None
-        if dag is not None:
-            try:
-                dag.teardown()
-            except Exception:  # noqa: BLE001 - a dead stage: nothing left to tear down
-                pass
+        if dag is not None and not self.broken:
+            _quiet_teardown(dag)
         self._kill()
+
+
+def _init_ray(ray, address: str | None) -> None:
+    """Connect to `address`, or start a local cluster, from a thread that lives as long as the process: Ray ties
+    the cluster processes it starts to the starting thread (PR_SET_PDEATHSIG), so a cluster started by a passing
+    thread (the server's loading thread) would die with it."""
+    done: dict = {}
+    ready = threading.Event()
+
+    def keeper():
+        try:
+            # stages do not reserve CPUs: at one sequence a stage waits while the others run
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                     configure_logging=True, **({} if address else {"num_cpus": os.cpu_count() or 1}))  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - raised in the caller's thread
+            done["error"] = e
+        ready.set()
+        threading.Event().wait()  # keep the cluster's parent thread alive
+
+    threading.Thread(target=keeper, name="edgellm-ray", daemon=True).start()
+    ready.wait()
+    if "error" in done:
+        raise UnsupportedError(f"could not start or reach the Ray cluster: {_cause(done['error'])}")
 
 
 class _StageActor(Stage):
     """The stage as a Ray actor (compiled graphs call `handle`)."""
+
+
+def _quiet_teardown(dag) -> None:
+    """Tear a compiled graph down without Ray's tracebacks for the stages already gone."""
+    log = logging.getLogger("ray.dag.compiled_dag_node")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        dag.teardown()
+    except Exception:  # noqa: BLE001 - a dead stage: nothing left to tear down
+        pass
+    finally:
+        log.setLevel(level)
 
 
 def _cause(e: BaseException) -> str:
@@ -306,7 +347,7 @@ class PipelineModel:
             try:
                 answers = self.pipeline.run(messages)
             except StageFailure:
-                if self.pipeline.epoch != epoch:  # new stages hold nothing: every sequence starts again
+                if self.pipeline.broken or self.pipeline.epoch != epoch:  # new stages will hold nothing
                     for c in self._caches:
                         c.n_past = 0
                 raise

@@ -47,6 +47,8 @@ class ServerConfig:
     queue_size: int = 64  # requests waiting for a slot before 503
     timeout: float = 600.0  # seconds a request may run (queue included)
     max_body_bytes: int = 4 << 20
+    stages: int | None = None  # pipeline stages on Ray actors (distributed/pipeline.py)
+    link_gbps: float | None = None  # with stages: an emulated link between them
 
 
 class APIError(Exception):
@@ -158,10 +160,14 @@ class ServerState:
         c = self.config
         try:
             self.llm = LLM(c.model, n_ctx=c.ctx_size, n_threads=c.threads, n_batch=c.n_batch, cache_type=c.cache_type,
-                           sparsity=c.sparsity, mem_budget=c.mem_budget, n_parallel=c.parallel)  # fmt: skip
+                           sparsity=c.sparsity, mem_budget=c.mem_budget, n_parallel=c.parallel, stages=c.stages,
+                           link_gbps=c.link_gbps)  # fmt: skip
             self.scheduler = Scheduler(self.llm, c.parallel, self.llm.n_batch, c.queue_size)
             if self.llm.offload is not None:
                 print(self.llm.offload.summary(), file=sys.stderr)
+            for s in getattr(self.llm.model, "describe", list)():
+                print(f"stage {s['index']}: layers {s['layers'][0]}-{s['layers'][1] - 1}, {s['threads']} threads, "
+                      f"pid {s['pid']} on {s['host']}", file=sys.stderr, flush=True)  # fmt: skip
             self.ready.set()
         except EdgeLLMError as e:
             self.error = str(e)
@@ -190,6 +196,8 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
         yield
         if state.scheduler is not None:
             state.scheduler.close()
+        if state.llm is not None:
+            state.llm.close()  # pipeline stages end with the server
 
     app = FastAPI(title="edgellm", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API of edgellm: continuous batching on low-bit weights.")  # fmt: skip
