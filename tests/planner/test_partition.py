@@ -81,3 +81,15 @@ def test_bad_partitions_are_clear_errors():
         pipeline(four_layers()[:1], accs(2), Link(1.0), 4000)
     with pytest.raises(ConfigError, match="identical"):
         tensor_parallel(four_layers(), [Accelerator("a", 10, None, None), Accelerator("b", 20, None, None)], Link(1.0), 4000)
+
+
+def test_a_given_split_is_costed_as_is_and_the_token_goes_back():
+    # the run's split: one layer, then three (0.1 s and 0.3 s); the sampled token (4 bytes) returns to stage 0
+    p = pipeline(four_layers(), accs(2), Link(1.0, 10.0), 4000, feedback_bytes=4, cuts=(1,))
+    assert p.stage_layers == [[0], [1, 2, 3]]
+    assert p.stage_seconds == pytest.approx([0.1, 0.3])
+    assert p.link_seconds == pytest.approx(14e-6 + 10.004e-6)
+    assert p.link_bytes == 4000  # hidden states only: the planner's link bytes per token
+    for bad in [(0,), (4,), (2, 3)]:
+        with pytest.raises(ConfigError, match="cuts"):
+            pipeline(four_layers(), accs(2), Link(1.0), 4000, cuts=bad)

@@ -23,7 +23,11 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    llm = load_llm(args)
+    with load_llm(args) as llm:  # closing ends pipeline stages at once
+        return _chat(llm, args)
+
+
+def _chat(llm, args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     base = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(base)

@@ -22,7 +22,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    llm = load_llm(args)
+    with load_llm(args) as llm:  # closing ends pipeline stages at once
+        return _run(llm, args)
+
+
+def _run(llm, args: argparse.Namespace) -> int:
     if args.raw or not llm.chat_template:
         ids = llm.tokenize(args.prompt, add_bos=True, special=True)
     else:

@@ -30,6 +30,7 @@ from .stage import HIDDEN_DTYPE, Stage
 
 MAX_STAGES = 8  # as the planner (planner/partition.py MAX_ACCELERATORS)
 GET_TIMEOUT_S = 600.0  # one message through every stage (a long prompt on a slow device included)
+TEARDOWN_S = 5.0  # waited for a graph's teardown on close
 
 
 class StageFailure(EdgeLLMError):
@@ -197,9 +198,13 @@ class Pipeline:
         threading.Thread(target=_quiet_teardown, args=(dag,), name="edgellm-teardown", daemon=True).start()
 
     def close(self) -> None:
+        """Stop the stages: the graph is torn down for at most TEARDOWN_S (a teardown can hang in Ray), then the
+        actors are killed whatever state it reached."""
         dag, self.dag = getattr(self, "dag", None), None
         if dag is not None and not self.broken:
-            _quiet_teardown(dag)
+            t = threading.Thread(target=_quiet_teardown, args=(dag,), name="edgellm-teardown", daemon=True)
+            t.start()
+            t.join(TEARDOWN_S)
         self._kill()
 
 
@@ -260,8 +265,7 @@ class PipelineModel:
         self.output_name = model.output_name
         self.n_threads = n_threads
         self.kernel_path = None
-        self.splits = splits or split_layers(layer_read_bytes(model.store, self.config.n_layers, model.output_name),
-                                             n_stages)  # fmt: skip
+        self.splits = splits or self.plan_splits(model, n_stages)
         # a decode step's logits (two rows) fit the channels as first sized
         message = max(1 << 20, 2 * self.config.n_vocab * 4 + (64 << 10))
         self.pipeline = Pipeline(model_path, self.splits, n_threads, link_gbps, link_latency_us, address,
@@ -271,6 +275,11 @@ class PipelineModel:
         self._caches: weakref.WeakSet[RemoteCache] = weakref.WeakSet()
         self._last_read = (0.0, 0.0)
         self.reset_stats()
+
+    @staticmethod
+    def plan_splits(model, n_stages: int) -> list[tuple[int, int]]:
+        """The stages' layer runs for a Transformer `model` (split_layers over the file's tensor sizes)."""
+        return split_layers(layer_read_bytes(model.store, model.config.n_layers, model.output_name), n_stages)
 
     def reset_stats(self) -> None:
         n = len(self.splits)

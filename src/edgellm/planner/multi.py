@@ -11,6 +11,7 @@ from .model import ModelSpec
 from .partition import Accelerator, LayerCost, Link, best, pipeline, tensor_parallel
 
 MICRO_BATCH = 128  # prompt tokens per pipeline micro-batch
+TOKEN_BYTES = 4  # a sampled token id, sent from the last stage back to the first for the next decode step
 
 
 def layer_costs(spec: ModelSpec, ops, rates, decode: bool, kv_per_layer: float, fixed_s: float) -> tuple[list[LayerCost], float]:
@@ -49,7 +50,7 @@ def plan_multi(spec: ModelSpec, device: Device, sc: Scenario, n: int, link_gbps:
     fixed = 0.0 if rates.stream_gbps else rates.engine.get("decode_layer_us", 0.0) * 1e-6  # see stream_rate
     layers, bw = layer_costs(spec, decode_ops(spec, sc.ctx, sc.sparsity, sc.cache_type, sc.head_candidates), rates, True, kv, fixed)
     accs = [Accelerator(f"acc{i}", bw, cap, rates.compute_gflops) for i in range(n)]
-    opts = [pipeline(layers, accs, link, hidden), tensor_parallel(layers, accs, link, hidden)]
+    opts = [pipeline(layers, accs, link, hidden, feedback_bytes=TOKEN_BYTES), tensor_parallel(layers, accs, link, hidden)]
     pick = best(opts)
     out["decode"] = {"options": [p.to_dict() for p in opts], "best": pick.strategy}
     out["multi_decode_tps"] = 1.0 / pick.seconds

@@ -81,19 +81,23 @@ class Partition:
 
 def pipeline(
     layers: list[LayerCost], accs: list[Accelerator], link: Link, hidden_bytes: float, tokens: int = 1,
-    micro_batches: int = 1,
+    micro_batches: int = 1, feedback_bytes: float = 0.0, cuts: tuple[int, ...] | None = None,
 ) -> Partition:
     """A contiguous split of `layers` over `accs` (in order) with the least slowest-stage time among those
     that fit every accelerator's memory (or the least total overflow when none fits): every split for two
     accelerators, splits near the even one for more (_splits). `hidden_bytes` is one token's hidden state;
-    `tokens` of them cross each boundary."""
+    `tokens` of them cross each boundary. `feedback_bytes`: what goes back from the last stage to the first
+    after each step (decode: the sampled token), one more message on the link. `cuts`: this split only (the
+    first layer of every stage after the first), e.g. the one a run used."""
     n, L = len(accs), len(layers)
     if n < 1 or L < n:
         raise ConfigError(f"cannot pipeline {L} layers over {n} accelerators")
     if n > MAX_ACCELERATORS:
         raise ConfigError(f"at most {MAX_ACCELERATORS} accelerators are planned, got {n}")
+    if cuts is not None and (len(cuts) != n - 1 or list(cuts) != sorted(set(cuts)) or not all(0 < c < L for c in cuts)):
+        raise ConfigError(f"a split of {L} layers over {n} stages needs {n - 1} increasing cuts in 1..{L - 1}")
     best = None
-    for cuts in _splits(L, n):
+    for cuts in [tuple(cuts)] if cuts is not None else _splits(L, n):
         stages = [list(range(a, b)) for a, b in zip((0, *cuts), (*cuts, L))]
         mem = [sum(layers[i].weight_bytes for i in s) / 1e9 for s in stages]
         over = sum(max(0.0, m - (a.capacity_gb or float("inf"))) for m, a in zip(mem, accs))
@@ -104,8 +108,9 @@ def pipeline(
             best = (key, stages, mem, times)
     (over, _, _), stages, mem, times = best
     hop = link.send(hidden_bytes * tokens / micro_batches) if n > 1 else 0.0
+    back = link.send(feedback_bytes) if n > 1 and feedback_bytes else 0.0
     if micro_batches == 1:
-        link_s = (n - 1) * hop
+        link_s = (n - 1) * hop + back
         total = sum(times) + link_s
     else:  # micro-batches fill the pipe: (m + n - 1) beats of the slowest stage, each with its hop
         link_s = (micro_batches + n - 1) * hop
