@@ -155,8 +155,7 @@ class Pipeline:
                 node = a.handle.bind(node)
         self.dag = node.experimental_compile(_max_inflight_executions=max(4, 2 * n),
                                              _buffer_size_bytes=self.message_bytes)  # fmt: skip
-        # one message through the chain from the compiling thread: a graph first driven from another thread ends
-        # the process (Ray 2.60; the server compiles in its loading thread and runs in its scheduler thread)
+        # one message through the chain now: a chain that cannot pass messages fails at load, not on a request
         self.dag.execute({"op": "info"}).get(timeout=GET_TIMEOUT_S)
 
     def _kill(self) -> None:

@@ -51,7 +51,8 @@ class CompiledModel:
                  path: str | None = None, layers: range | None = None):
         self._keep: list[np.ndarray] = []
         self.layers = range(config.n_layers) if layers is None else layers
-        if not self.layers or self.layers.step != 1 or self.layers.start < 0 or self.layers.stop > config.n_layers:
+        outside = self.layers.step != 1 or self.layers.start < 0 or self.layers.stop > config.n_layers
+        if outside or (layers is not None and not layers):  # (a model of no layers is the engine's to refuse)
             raise ValueError(f"layer range {layers} is not a non-empty run of the model's {config.n_layers} layers")
         # under a memory budget (runtime/offload.py): resident matrices are the plan's copies, streamed ones keep
         # their mapped address only until model_set_offload drops it (never read through the mapping)
