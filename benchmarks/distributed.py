@@ -30,7 +30,7 @@ from edgellm.distributed.pipeline import PipelineModel
 from edgellm.formats.gguf import GGUFFile
 from edgellm.hub import resolve
 from edgellm.model.transformer import Transformer
-from edgellm.runtime.kv_cache import KVCache
+from edgellm.runtime.kv_cache import cache_for
 from edgellm.runtime.store import MappedStore
 
 PROMPT = [1, 504, 3458, 282, 4064, 314, 9009, 30]  # token ids below every model's vocabulary
@@ -90,7 +90,7 @@ def calibrate_link(n_stages: int, hidden_bytes: int, busy_ms: float = 0.0, round
 
 def decode_tps(model, n: int) -> float:
     """One stream: n greedy tokens after the prompt, tokens per second."""
-    cache = model.new_cache(len(PROMPT) + n + 1) if hasattr(model, "new_cache") else KVCache(model.config, len(PROMPT) + n + 1)
+    cache = cache_for(model, len(PROMPT) + n + 1)
     logits = model.forward(np.array(PROMPT), cache)
     t0 = time.perf_counter()
     for _ in range(n):
@@ -99,7 +99,7 @@ def decode_tps(model, n: int) -> float:
 
 
 def greedy(model, n: int) -> list[int]:
-    cache = model.new_cache(len(PROMPT) + n + 1) if hasattr(model, "new_cache") else KVCache(model.config, len(PROMPT) + n + 1)
+    cache = cache_for(model, len(PROMPT) + n + 1)
     logits, out = model.forward(np.array(PROMPT), cache), []
     for _ in range(n):
         out.append(int(logits[0].argmax()))

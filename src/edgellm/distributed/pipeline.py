@@ -233,6 +233,11 @@ def _init_ray(ray, address: str | None) -> None:
 class _StageActor(Stage):
     """The stage as a Ray actor (compiled graphs call `handle`)."""
 
+    def info(self) -> dict:
+        import ray
+
+        return {**super().info(), "node": ray.util.get_node_ip_address()}  # hosts may share a name
+
 
 def _quiet_teardown(dag) -> None:
     """Tear a compiled graph down without Ray's tracebacks for the stages already gone."""
