@@ -118,3 +118,26 @@ def test_a_killed_stage_fails_its_request_and_the_pipeline_comes_back(single, tw
     assert time.monotonic() - t0 < 30
     assert greedy(two_stages, 40) == expect  # new stages, empty caches: the same tokens again
     assert stage["pid"] not in {s["pid"] for s in two_stages.model.describe()}
+
+
+def test_plain_actor_calls_between_hosts_give_the_same_tokens_and_fail_alike(single, four_layers):
+    """Stages on several hosts talk by plain actor calls; forced here on one host."""
+    from edgellm.distributed.pipeline import PipelineModel
+
+    expect = greedy(single, 12)
+    staged = PipelineModel(single.model, str(four_layers), 2, 1, transport="calls")
+    try:
+        assert {s["transport"] for s in staged.describe()} == {"actor calls"}
+        cache = staged.new_cache(64)
+        logits = staged.forward(np.array(PROMPT), cache)
+        got = []
+        for _ in range(12):
+            got.append(int(logits[0].argmax()))
+            logits = staged.forward(np.array([got[-1]]), cache)
+        assert got == expect
+        os.kill(staged.describe()[0]["pid"], signal.SIGKILL)
+        with pytest.raises(StageFailure, match=r"stage 0 \(layers 0-"):
+            staged.forward(np.array([got[-1]]), cache)
+        assert cache.n_past == 0
+    finally:
+        staged.close()

@@ -120,7 +120,12 @@ class Pipeline:
 
     def __init__(self, model_path: str, splits: list[tuple[int, int]], n_threads: int, link_gbps: float | None = None,
                  link_latency_us: float = 0.0, address: str | None = None, kernel_path: str | None = None,
-                 message_bytes: int = 1 << 20):
+                 message_bytes: int = 1 << 20, transport: str = "auto"):
+        """transport: "graph" (a compiled graph), "calls" (plain actor calls) or "auto" (the graph when every
+        stage is on one host)."""
+        if transport not in ("auto", "graph", "calls"):
+            raise ConfigError(f"unknown transport '{transport}'; choose auto, graph or calls")
+        self.requested_transport = transport
         try:
             import ray
         except ImportError:
@@ -139,9 +144,15 @@ class Pipeline:
         ray = self._ray
         from ray.dag import InputNode
 
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         actor = ray.remote(num_cpus=0, max_restarts=0)(_StageActor)
         n = len(self.splits)
-        self.actors = [actor.options(scheduling_strategy="SPREAD").remote(
+        # the cluster's hosts take the stages in contiguous runs, the driver's host first
+        here = ray.get_runtime_context().get_node_id()
+        hosts = sorted((h["NodeID"] for h in ray.nodes() if h["Alive"]), key=lambda h: (h != here, h))
+        self.actors = [actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(hosts[i * len(hosts) // n],
+                                                                                        soft=False)).remote(
             self.model_path, a, b, i, n, self.n_threads, self.link_gbps, self.link_latency_us, self.kernel_path)
             for i, (a, b) in enumerate(self.splits)]  # fmt: skip
         try:
@@ -149,6 +160,13 @@ class Pipeline:
         except ray.exceptions.RayActorError as e:
             self._kill()
             raise StageFailure(f"a stage could not load the model: {_cause(e)}") from None
+        self.dag = None
+        several_hosts = len({info["node"] for info in self.infos}) > 1
+        if self.requested_transport == "calls" or (several_hosts and self.requested_transport == "auto"):
+            # stages on several hosts: plain actor calls (the compiled graph lost messages between hosts here)
+            self.transport = "actor calls"
+            return
+        self.transport = "compiled graph"
         with InputNode() as inp:
             node = inp
             for a in self.actors:
@@ -174,8 +192,16 @@ class Pipeline:
             self._start()
             self.broken = False
         try:
-            refs = [self.dag.execute(m) for m in messages]
-            out = [r.get(timeout=GET_TIMEOUT_S) for r in refs]
+            if self.dag is not None:
+                refs = [self.dag.execute(m) for m in messages]
+                out = [r.get(timeout=GET_TIMEOUT_S) for r in refs]
+            else:  # each stage's calls run in the order sent: micro-batches still overlap
+                refs = []
+                for m in messages:
+                    for a in self.actors:
+                        m = a.handle.remote(m)
+                    refs.append(m)
+                out = ray.get(refs, timeout=GET_TIMEOUT_S)
         except (ray.exceptions.RayError, RuntimeError, TimeoutError) as e:
             text = str(e)  # Ray names the actor that died
             dead = [f"stage {i} (layers {a}-{b - 1})" for i, (actor, (a, b)) in enumerate(zip(self.actors, self.splits))
@@ -194,7 +220,8 @@ class Pipeline:
         self.broken = True
         self._kill()
         dag, self.dag = self.dag, None
-        threading.Thread(target=_quiet_teardown, args=(dag,), name="edgellm-teardown", daemon=True).start()
+        if dag is not None:
+            threading.Thread(target=_quiet_teardown, args=(dag,), name="edgellm-teardown", daemon=True).start()
 
     def close(self) -> None:
         """Stop the stages: the graph is torn down for at most TEARDOWN_S (a teardown can hang in Ray), then the
@@ -262,7 +289,7 @@ class PipelineModel:
     """Runs like a Transformer (forward, forward_batch, new_cache) with the layers in the pipeline's stages."""
 
     def __init__(self, model, model_path: str, n_stages: int, n_threads: int, link_gbps: float | None = None,
-                 link_latency_us: float = 0.0, address: str | None = None, splits=None):
+                 link_latency_us: float = 0.0, address: str | None = None, splits=None, transport: str = "auto"):
         self.transformer = model  # the driver's copy: config, store (the tokenizer and chat template live beside it)
         self.config = model.config
         self.store = model.store
@@ -273,7 +300,7 @@ class PipelineModel:
         # a decode step's logits (two rows) fit the channels as first sized
         message = max(1 << 20, 2 * self.config.n_vocab * 4 + (64 << 10))
         self.pipeline = Pipeline(model_path, self.splits, n_threads, link_gbps, link_latency_us, address,
-                                 message_bytes=message)  # fmt: skip
+                                 message_bytes=message, transport=transport)  # fmt: skip
         self._lock = threading.Lock()
         self._freed: collections.deque[int] = collections.deque()
         self._caches: weakref.WeakSet[RemoteCache] = weakref.WeakSet()
@@ -401,7 +428,8 @@ class PipelineModel:
         return (0.0,) * 6
 
     def describe(self) -> list[dict]:
-        return [dict(info, layers=list(self.splits[i])) for i, info in enumerate(self.pipeline.infos)]
+        p = self.pipeline
+        return [dict(info, layers=list(self.splits[i]), transport=p.transport) for i, info in enumerate(p.infos)]
 
     def close(self) -> None:
         self.pipeline.close()
