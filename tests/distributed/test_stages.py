@@ -143,3 +143,20 @@ def test_micro_batches_cover_every_sequence_in_order(counts, n):
     groups = _micro_batches(counts, n)
     assert [i for g in groups for i in g] == list(range(len(counts)))
     assert all(groups) and len(groups) == min(n, len(counts))
+
+
+def test_a_session_whose_cache_was_lost_evaluates_its_prompt_again(deep_model):
+    """A pipeline whose stages restarted sets its caches' n_past to 0; the session must not trust its token list."""
+    from edgellm.runtime.session import Session
+
+    model = _load(deep_model)
+    prompt = [1, 5, 9, 2, 7]
+    fresh = Session(model, 32).eval_prompt(prompt + [4])
+    for again in (prompt + [4], prompt):  # a longer prompt, and the very prompt whose logits are stored
+        session = Session(model, 32)
+        session.eval_prompt(prompt)
+        session.cache.n_past = 0
+        got = session.eval_prompt(again)
+        assert session.cache.n_past == len(again)
+        if again != prompt:
+            np.testing.assert_array_equal(got, fresh)

@@ -1,9 +1,9 @@
 """The model's layers split over N Ray actors (pipeline stages), driven as one model.
 
 Each stage (distributed/stage.py) maps the model file and builds the engine's plan for its run of layers only;
-the first embeds, the last scores. The stages are chained in a Ray compiled graph: a message goes driver → stage 0
-→ … → stage N-1 → driver over shared-memory channels (a hop costs tens of microseconds, a plain actor call about a
-millisecond). Several messages can be in flight, so with several sequences `forward_batch` cuts the batch into
+the first embeds, the last scores. On one host the stages are chained in a Ray compiled graph: a message goes driver → stage 0
+→ … → stage N-1 → driver over shared-memory channels (a hop between idle stages costs 0.15-0.25 ms, a plain actor
+call about a millisecond); stages on several hosts talk by plain actor calls. Several messages can be in flight, so with several sequences `forward_batch` cuts the batch into
 micro-batches, one per stage, and stage i works on one while stage i+1 works on the one before (pipelining).
 
 `PipelineModel` stands in for the Transformer wherever a model runs (Session, the server's scheduler, bench): the
@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ConfigError, EdgeLLMError, UnsupportedError
 from ..formats.quants import GGMLType
 from ..runtime.kv_cache import CACHE_TYPES
-from .stage import HIDDEN_DTYPE, Stage
+from .stage import HIDDEN_DTYPE, MAX_CACHES, Stage
 
 MAX_STAGES = 8  # as the planner (planner/partition.py MAX_ACCELERATORS)
 GET_TIMEOUT_S = 600.0  # one message through every stage (a long prompt on a slow device included)
@@ -39,7 +39,8 @@ class StageFailure(EdgeLLMError):
 
 def split_layers(layer_bytes: list[float], n_stages: int) -> list[tuple[int, int]]:
     """Contiguous layer runs for n_stages with the least bytes read by the busiest stage (decode time goes with the
-    bytes read): the planner's pipeline split (planner/partition.py), over the model file's own tensor sizes."""
+    bytes read) among the planner's candidate splits (planner/partition.py: every split for two stages, splits
+    near the even one for more), over the model file's own tensor sizes."""
     from ..planner.partition import Accelerator, LayerCost, Link, pipeline
 
     if not 1 <= n_stages <= min(MAX_STAGES, len(layer_bytes)):
@@ -141,6 +142,19 @@ class Pipeline:
         self._start()
 
     def _start(self) -> None:
+        """New stages, chained; a failure on the way kills whatever was started and raises StageFailure."""
+        try:
+            self._start_stages()
+        except StageFailure:
+            raise
+        except Exception as e:  # noqa: BLE001 - loading, placing or compiling failed: nothing half-built stays
+            self._kill()
+            dag, self.dag = getattr(self, "dag", None), None
+            if dag is not None:
+                threading.Thread(target=_quiet_teardown, args=(dag,), name="edgellm-teardown", daemon=True).start()
+            raise StageFailure(f"the stages could not start: {_cause(e)}") from None
+
+    def _start_stages(self) -> None:
         ray = self._ray
         from ray.dag import InputNode
 
@@ -329,6 +343,8 @@ class PipelineModel:
     def new_cache(self, n_ctx: int, cache_type: str = "f32") -> RemoteCache:
         if cache_type.lower() not in CACHE_TYPES:
             raise ConfigError(f"unknown KV cache type '{cache_type}'; choose one of: {', '.join(CACHE_TYPES)}")
+        if len(self._caches) >= MAX_CACHES:
+            raise ConfigError(f"a pipeline holds at most {MAX_CACHES} sequences' caches (--parallel, threads)")
         cache = RemoteCache(n_ctx, cache_type.lower())
         self._caches.add(cache)
         # once the driver drops it, the stages drop theirs (told with the next message)
@@ -342,7 +358,6 @@ class PipelineModel:
         self._check_tokens(tokens)
         rows = range(len(tokens))[logits_rows] if logits_rows is not None else range(0)
         (logits,) = self._run([[(tokens, cache)]], [np.asarray(rows, dtype=np.int32)])
-        cache.advance(len(tokens))
         return logits
 
     def forward_batch(self, batch, want_logits) -> np.ndarray:
@@ -362,8 +377,6 @@ class PipelineModel:
         for group, logits in zip(groups, results):
             wanted = [i for i in group if want_logits[i]]
             out[wanted] = logits
-        for tokens, cache in batch:
-            cache.advance(len(tokens))
         return out
 
     def _check_tokens(self, tokens: np.ndarray) -> None:
@@ -371,6 +384,8 @@ class PipelineModel:
             raise ValueError(f"token id out of range 0..{self.config.n_vocab - 1}")
 
     def _run(self, groups: list[list[tuple]], rows: list[np.ndarray]) -> list[np.ndarray]:
+        """One message per group through the stages; the groups' caches advance by their tokens (under the lock, so
+        a failure seen by another thread cannot come between)."""
         with self._lock:
             freed = [self._freed.popleft() for _ in range(len(self._freed))]
             messages = []
@@ -382,7 +397,7 @@ class PipelineModel:
                     "tokens": np.concatenate([np.asarray(t, dtype=np.int32) for t, _ in seqs]),
                 })  # fmt: skip
                 freed = []
-            sent = time.monotonic()
+            sent = time.time()
             epoch = self.pipeline.epoch
             try:
                 answers = self.pipeline.run(messages)
@@ -391,9 +406,12 @@ class PipelineModel:
                     for c in self._caches:
                         c.n_past = 0
                 raise
-            got = time.monotonic()
+            got = time.time()
+            for seqs in groups:
+                for tokens, cache in seqs:
+                    cache.advance(len(tokens))
             self._account(answers, groups, sent, got)
-            return [a["logits"] for a in answers]
+            return [np.array(a["logits"]) for a in answers]  # a copy: not a view into the transport's buffers
 
     def _account(self, answers: list[dict], groups, sent: float, got: float) -> None:
         reads = [a["read"] for a in answers]
@@ -409,14 +427,16 @@ class PipelineModel:
         width = self.config.n_embd * np.dtype(HIDDEN_DTYPE).itemsize
         for a, n in zip(answers, n_tokens):
             trace = a["trace"]
+            for i, (_, arrived, compute, left) in enumerate(trace):
+                s.stage_s[i] += compute
+                if i + 1 < len(trace):
+                    s.hop_bytes[i] += n * width
+            if len(answers) > 1:  # micro-batches wait for each other: their times are not the links'
+                continue
             s.messages += 1
             s.hop_s[0] += trace[0][1] - sent
             for i, (_, arrived, compute, left) in enumerate(trace):
-                s.stage_s[i] += compute
-                nxt = trace[i + 1][1] if i + 1 < len(trace) else got
-                s.hop_s[i + 1] += nxt - left
-                if i + 1 < len(trace):
-                    s.hop_bytes[i] += n * width
+                s.hop_s[i + 1] += (trace[i + 1][1] if i + 1 < len(trace) else got) - left
 
     def bytes_read(self) -> float:
         return float(sum(self._last_read))

@@ -20,7 +20,7 @@ from ..runtime.kv_cache import KVCache
 from ..runtime.store import MappedStore
 
 HIDDEN_DTYPE = np.float32  # the engine's residual stream; the planner's ACTIVATION_BYTES
-MAX_CACHES = 64  # sequences a stage holds caches for (the driver frees them; this bounds a leak)
+MAX_CACHES = 256  # sequences a stage holds caches for (the driver frees them; this bounds a leak)
 
 
 class Stage:
@@ -60,8 +60,10 @@ class Stage:
     def handle(self, msg: dict) -> dict:
         """Run one message: "forward" (this stage's layers over the batch), "free" (drop sequences' caches), "info".
         An error becomes part of the message, so the driver gets it from the last stage with the stage named."""
-        arrived = time.monotonic()
+        arrived = time.time()  # wall clock: comparable between hosts whose clocks are synchronised
         if msg.get("error"):
+            for seq in msg.get("free", ()):  # an earlier stage failed: still let go of what the driver freed
+                self.caches.pop(seq, None)
             return msg
         try:
             op = msg["op"]
@@ -77,7 +79,7 @@ class Stage:
                 raise EdgeLLMError(f"unknown pipeline message '{op}'")
         except Exception as e:  # noqa: BLE001 - reported to the driver, which raises it as a one-line error
             return {"op": msg.get("op"), "error": f"stage {self.index} (layers {self.layers[0]}-{self.layers[1] - 1}): {e}"}
-        sent = time.monotonic()
+        sent = time.time()
         if not self.last and self.link_gbps:  # an emulated link: the message takes its time on the wire
             payload = out.get("hidden")
             nbytes = payload.nbytes if payload is not None else 0

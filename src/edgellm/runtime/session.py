@@ -94,6 +94,8 @@ class Session:
                 f"prompt has {len(ids)} tokens, more than the context size {self.n_ctx}; "
                 "shorten the prompt or raise the context size (--ctx-size)"
             )
+        if self.cache.n_past < len(self.tokens):  # the cache lost what it held (a pipeline's stages restarted)
+            self.tokens, self._prompt_logits = self.tokens[: self.cache.n_past], None
         common = common_prefix(self.tokens, ids)
         stored = self._prompt_logits
         if common == len(ids) and stored is not None and stored[0] == common:

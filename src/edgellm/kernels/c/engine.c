@@ -669,7 +669,7 @@ int el_forward_batch(const el_model *m, el_pool *pool, el_scratch *scratch, cons
     }
     for (int t = 0; !x_in && t < n_tokens; t++)
         if (tokens[t] < 0 || tokens[t] >= m->n_vocab) return -1;
-    if (n_out_rows > 0 && !m->output.data && !m->offload) return -1; /* no head to score with */
+    if (n_out_rows > n_tokens || (n_out_rows > 0 && !m->output.data && !m->offload)) return -1; /* rows, a head */
     for (int i = 0; i < n_out_rows; i++)
         if (out_rows[i] < 0 || out_rows[i] >= n_tokens) return -1;
     const int E = m->n_embd, F = m->n_ff, half = m->rope_dim / 2;
