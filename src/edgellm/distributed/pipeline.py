@@ -1,10 +1,11 @@
 """The model's layers split over N Ray actors (pipeline stages), driven as one model.
 
 Each stage (distributed/stage.py) maps the model file and builds the engine's plan for its run of layers only;
-the first embeds, the last scores. On one host the stages are chained in a Ray compiled graph: a message goes driver → stage 0
-→ … → stage N-1 → driver over shared-memory channels (a hop between idle stages costs 0.15-0.25 ms, a plain actor
-call about a millisecond); stages on several hosts talk by plain actor calls. Several messages can be in flight, so with several sequences `forward_batch` cuts the batch into
-micro-batches, one per stage, and stage i works on one while stage i+1 works on the one before (pipelining).
+the first embeds, the last scores. On one host the stages are chained in a Ray compiled graph: a message goes
+driver → stage 0 → … → stage N-1 → driver over shared-memory channels (a hop between idle stages costs
+0.15-0.25 ms, a plain actor call about a millisecond); stages on several hosts talk by plain actor calls. Several
+messages can be in flight, so with several sequences `forward_batch` cuts the batch into micro-batches, one per
+stage, and stage i works on one while stage i+1 works on the one before (pipelining).
 
 `PipelineModel` stands in for the Transformer wherever a model runs (Session, the server's scheduler, bench): the
 KV caches live in the stages, and the driver holds `RemoteCache`s that say how much of each they hold.
@@ -25,10 +26,11 @@ import numpy as np
 
 from ..errors import ConfigError, EdgeLLMError, UnsupportedError
 from ..formats.quants import GGMLType
-from ..runtime.kv_cache import CACHE_TYPES
+from ..planner.partition import MAX_ACCELERATORS
+from ..runtime.kv_cache import CACHE_TYPES, CacheSpan
 from .stage import HIDDEN_DTYPE, MAX_CACHES, Stage
 
-MAX_STAGES = 8  # as the planner (planner/partition.py MAX_ACCELERATORS)
+MAX_STAGES = MAX_ACCELERATORS  # what the planner plans
 GET_TIMEOUT_S = 600.0  # one message through every stage (a long prompt on a slow device included)
 TEARDOWN_S = 5.0  # waited for a graph's teardown on close
 
@@ -64,7 +66,7 @@ def layer_read_bytes(store, n_layers: int, output_name: str) -> list[float]:
 
 
 @dataclass(eq=False)
-class RemoteCache:
+class RemoteCache(CacheSpan):
     """The driver's view of one sequence's KV cache, which lives in the stages (each holds its layers' share)."""
 
     n_ctx: int
@@ -77,26 +79,12 @@ class RemoteCache:
     def type(self) -> GGMLType:
         return CACHE_TYPES[self.cache_type]
 
-    def reserve(self, n_tokens: int) -> None:
-        from ..errors import BudgetError
-
-        if self.n_past + n_tokens > self.n_ctx:
-            raise BudgetError(f"context full: {self.n_past} cached + {n_tokens} new tokens > n_ctx {self.n_ctx}; "
-                              "use a larger --ctx-size or a shorter prompt")  # fmt: skip
-
-    def advance(self, n_tokens: int) -> None:
-        self.n_past += n_tokens
-
-    def truncate(self, n_past: int) -> None:
-        self.n_past = min(self.n_past, n_past)
-
 
 @dataclass
 class LinkStats:
     """What crossed the links and how long it took, summed over the messages of the decode steps counted."""
 
     tokens: int = 0  # decoded tokens (one per sequence per step)
-    steps: int = 0  # forward calls
     wall_s: float = 0.0
     stage_s: list[float] = field(default_factory=list)  # compute per stage
     hop_s: list[float] = field(default_factory=list)  # driver→0, 0→1, …, N-1→driver
@@ -137,7 +125,6 @@ class Pipeline:
         self.message_bytes = message_bytes  # channels start this large (a larger message makes them grow)
         if not ray.is_initialized():
             _init_ray(ray, address)
-        self.epoch = 0  # rebuilds after a failure
         self.broken = False  # a stage died: new stages before the next message
         self._start()
 
@@ -202,7 +189,6 @@ class Pipeline:
         """Send the messages through every stage (all in flight at once) and return what the last stage answered."""
         ray = self._ray
         if self.broken:
-            self.epoch += 1
             self._start()
             self.broken = False
         try:
@@ -398,11 +384,10 @@ class PipelineModel:
                 })  # fmt: skip
                 freed = []
             sent = time.time()
-            epoch = self.pipeline.epoch
             try:
                 answers = self.pipeline.run(messages)
             except StageFailure:
-                if self.pipeline.broken or self.pipeline.epoch != epoch:  # new stages will hold nothing
+                if self.pipeline.broken:  # the next stages will hold nothing
                     for c in self._caches:
                         c.n_past = 0
                 raise
@@ -421,7 +406,6 @@ class PipelineModel:
         if not decode:  # decode steps only: prompts would swamp the per-token figures
             return
         s = self.stats
-        s.steps += 1
         s.tokens += sum(n_tokens)
         s.wall_s += got - sent
         width = self.config.n_embd * np.dtype(HIDDEN_DTYPE).itemsize

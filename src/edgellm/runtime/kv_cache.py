@@ -16,7 +16,29 @@ from ..model.config import ModelConfig
 CACHE_TYPES = {"f32": GGMLType.F32, "f16": GGMLType.F16, "q8_0": GGMLType.Q8_0}
 
 
-class KVCache:
+class CacheSpan:
+    """How much of a sequence's cache is filled (positions 0..n_past-1) out of n_ctx: a KVCache's, or that of a
+    cache held by pipeline stages (distributed/pipeline.py RemoteCache)."""
+
+    n_ctx: int
+    n_past: int
+
+    def reserve(self, n_tokens: int) -> None:
+        if self.n_past + n_tokens > self.n_ctx:
+            raise BudgetError(
+                f"context full: {self.n_past} cached + {n_tokens} new tokens > n_ctx {self.n_ctx}; "
+                "use a larger --ctx-size or a shorter prompt"
+            )
+
+    def advance(self, n_tokens: int) -> None:
+        self.n_past += n_tokens
+
+    def truncate(self, n_past: int) -> None:
+        """Forget everything from position n_past on (prefix reuse between prompts)."""
+        self.n_past = min(self.n_past, n_past)
+
+
+class KVCache(CacheSpan):
     """Positions 0..n_past-1 are filled. np.zeros maps pages lazily, so a long n_ctx costs only what is used."""
 
     def __init__(self, config: ModelConfig, n_ctx: int, dtype: np.dtype | None = None, cache_type: str = "f32",
@@ -44,13 +66,6 @@ class KVCache:
         self._head_shape = (config.n_head_kv, config.head_dim), (config.n_head_kv, config.head_dim_v)
         self.n_past = 0
 
-    def reserve(self, n_tokens: int) -> None:
-        if self.n_past + n_tokens > self.n_ctx:
-            raise BudgetError(
-                f"context full: {self.n_past} cached + {n_tokens} new tokens > n_ctx {self.n_ctx}; "
-                "use a larger --ctx-size or a shorter prompt"
-            )
-
     def store(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Write this step's keys/values after the cached ones; return every key/value so far (as floats)."""
         end = self.n_past + k.shape[0]
@@ -65,13 +80,6 @@ class KVCache:
         keys = dequantize(self.k[layer, :end], GGMLType.Q8_0, (end, self._k_width)).reshape(end, *self._head_shape[0])
         values = dequantize(self.v[layer, :end], GGMLType.Q8_0, (end, self._v_width)).reshape(end, *self._head_shape[1])
         return keys, values
-
-    def advance(self, n_tokens: int) -> None:
-        self.n_past += n_tokens
-
-    def truncate(self, n_past: int) -> None:
-        """Forget everything from position n_past on (prefix reuse between prompts)."""
-        self.n_past = min(self.n_past, n_past)
 
     @property
     def n_bytes(self) -> int:
