@@ -17,7 +17,7 @@ setup(
             "edgellm.kernels._C",
             sources=sources,
             include_dirs=["src/edgellm/kernels/c"],
-            extra_compile_args=["-O3", "-std=c11", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"],
+            extra_compile_args=["-O3", "-std=c11", "-pthread", "-fno-strict-aliasing", "-fno-trapping-math", "-Wall", "-Wno-unused-function"],
             extra_link_args=["-pthread"],
             optional=True,
         )

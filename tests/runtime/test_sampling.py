@@ -85,3 +85,31 @@ def test_kth_largest_is_the_partitions(n):
             x[rng.random(n) < 0.3] = -np.inf
         for k in sorted({1, min(n, 2), min(n, 40), max(1, n // 2), n}):
             assert kth_largest(x, k) == np.partition(x, -k)[-k], (n, trial, k)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 40, 41, 1000, 49152])
+def test_c_draw_equals_the_numpy_chain(n):
+    """The C chain (top-k, top-p, min-p, temperature, one uniform number) picks the token the NumPy functions pick,
+    with the same seed, over ties, -inf from a bias or a grammar, top_k off and every filter off or on."""
+    from edgellm.kernels import _C
+
+    if _C is None:
+        pytest.skip("no C extension in this build")
+    rng = np.random.default_rng(n)
+    for trial in range(60):
+        x = (rng.standard_normal(n) * [0.1, 1.0, 5.0][trial % 3]).astype(np.float32)
+        if trial % 4 == 1:
+            x = np.round(x, 1)  # ties at the k-th value and in the probabilities
+        if trial % 5 == 2:
+            x[rng.random(n) < 0.3] = -np.inf
+            x[0] = 0.5
+        params = dict(temperature=[0.3, 0.8, 1.0, 2.0][trial % 4], top_k=[0, 2, 3, 40, 100][trial % 5],
+                      top_p=[1.0, 0.95, 0.5, 0.1][trial // 5 % 4], min_p=[0.0, 0.05, 0.5][trial // 3 % 3], seed=trial)
+        fast, reference = make_sampler(**params), make_sampler(**params)
+        for _ in range(3):
+            assert fast.draw(x) == reference.draw_reference(x), (n, trial, params)
+
+
+def test_c_draw_refuses_a_row_without_a_finite_logit():
+    with pytest.raises(ValueError, match="no token can be sampled"):
+        make_sampler(temperature=0.8, seed=0).draw(np.full(8, -np.inf, dtype=np.float32))

@@ -170,6 +170,18 @@ class Sampler:
         p = self.params
         if p.greedy:
             return int(np.argmax(logits))
+        from ..kernels import _C
+
+        if _C is not None and logits.dtype == np.float32 and logits.flags.c_contiguous:  # the same chain in C
+            token = _C.sample(logits, p.top_k, p.top_p, p.min_p, p.temperature, self.rng.random())
+            if token < 0:
+                raise ValueError("no token can be sampled: every logit is -inf or NaN")
+            return token
+        return self.draw_reference(logits)
+
+    def draw_reference(self, logits: np.ndarray) -> int:
+        """`draw` in NumPy: what the C chain must equal."""
+        p = self.params
         ids = candidates(logits, p.top_k)
         kept = logits[ids]
         for f in self.filters[1:]:

@@ -935,22 +935,20 @@ done:
     return result;
 }
 
-/* kth_largest(float32 buffer, k) -> the k-th largest value (NaN skipped; -inf when fewer than k are not NaN): a
- * min-heap of k, so a 49152-entry row of logits costs one comparison per entry, not a partition of the row */
-static PyObject *py_kth_largest(PyObject *self, PyObject *args) {
-    Py_buffer buf;
-    int k;
-    if (!PyArg_ParseTuple(args, "y*i", &buf, &k)) return NULL;
-    const float *x = buf.buf;
-    const Py_ssize_t n = buf.len / (Py_ssize_t)sizeof(float);
-    float *heap = k >= 1 && k <= n ? malloc(sizeof(float) * (size_t)k) : NULL;
-    if (!heap) {
-        PyBuffer_Release(&buf);
-        if (k >= 1 && k <= n) return PyErr_NoMemory();
-        return PyErr_Format(PyExc_ValueError, "kth_largest: k = %d of %zd values", k, n);
-    }
+/* The k-th largest of n floats, NaN skipped (-inf when fewer than k are not NaN): a min-heap of k, one comparison
+ * per entry for a 49152-entry row of logits. `heap` holds k floats. */
+static float kth_largest(const float *x, Py_ssize_t n, int k, float *heap) {
     int size = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (size == k && (i & 15) == 0 && i + 16 <= n) { /* skip 16 at a time while none beats the root */
+            const float root = heap[0];
+            int any = 0;
+            for (int j = 0; j < 16; j++) any |= x[i + j] > root;
+            if (!any) {
+                i += 15;
+                continue;
+            }
+        }
         const float v = x[i];
         if (v != v || (size == k && !(v > heap[0]))) continue;
         int pos;
@@ -968,10 +966,118 @@ static PyObject *py_kth_largest(PyObject *self, PyObject *args) {
         }
         heap[pos] = v;
     }
-    const float kth = size == k ? heap[0] : -INFINITY;
+    return size == k ? heap[0] : -INFINITY;
+}
+
+/* kth_largest(float32 buffer, k) -> the k-th largest value (NaN skipped; -inf when fewer than k are not NaN) */
+static PyObject *py_kth_largest(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    int k;
+    if (!PyArg_ParseTuple(args, "y*i", &buf, &k)) return NULL;
+    const Py_ssize_t n = buf.len / (Py_ssize_t)sizeof(float);
+    float *heap = k >= 1 && k <= n ? malloc(sizeof(float) * (size_t)k) : NULL;
+    if (!heap) {
+        PyBuffer_Release(&buf);
+        if (k >= 1 && k <= n) return PyErr_NoMemory();
+        return PyErr_Format(PyExc_ValueError, "kth_largest: k = %d of %zd values", k, n);
+    }
+    const float kth = kth_largest(buf.buf, n, k, heap);
     free(heap);
     PyBuffer_Release(&buf);
     return PyFloat_FromDouble(kth);
+}
+
+typedef struct {
+    double p;
+    Py_ssize_t i;
+} prob_index;
+
+static int by_prob_descending(const void *a, const void *b) { /* ties in index order (a stable sort) */
+    const prob_index *x = a, *y = b;
+    if (x->p != y->p) return x->p < y->p ? 1 : -1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+/* The sampler's chain after the logits are adjusted: top-k -> top-p -> min-p -> temperature -> one draw with the
+ * uniform number u, step for step as runtime.sampling's NumPy functions compute it (which stay the reference):
+ * one pass over the row and arithmetic on the candidates only, where NumPy spent a few hundred microseconds of
+ * a server step per token. Returns the token, or -1 when no logit is finite. */
+static Py_ssize_t sample_row(const float *x, Py_ssize_t n, int top_k, double top_p, double min_p, double temperature,
+                             double u) {
+    const int by_k = top_k > 0 && top_k < n;
+    float *heap = by_k ? malloc(sizeof(float) * (size_t)top_k) : NULL;
+    if (by_k && !heap) return -2;
+    const float kth = by_k ? kth_largest(x, n, top_k, heap) : -INFINITY;
+    free(heap);
+    Py_ssize_t m = 0; /* the candidates: at least the k-th largest and finite (comparisons only, so it vectorizes) */
+    for (Py_ssize_t i = 0; i < n; i++) m += (x[i] >= kth) & (x[i] > -INFINITY) & (x[i] < INFINITY);
+    if (m == 0) return -1;
+    Py_ssize_t *ids = malloc(sizeof(Py_ssize_t) * (size_t)m);
+    float *kept = malloc(sizeof(float) * (size_t)m);
+    double *w = malloc(sizeof(double) * (size_t)m);
+    prob_index *order = top_p < 1.0 ? malloc(sizeof(prob_index) * (size_t)m) : NULL;
+    Py_ssize_t token = -2;
+    if (!ids || !kept || !w || (top_p < 1.0 && !order)) goto done;
+    for (Py_ssize_t i = 0, j = 0; i < n; i += 16) {
+        const Py_ssize_t end = i + 16 < n ? i + 16 : n;
+        int any = 0;
+        for (Py_ssize_t t = i; t < end; t++) any |= (x[t] >= kth) & (x[t] > -INFINITY) & (x[t] < INFINITY);
+        if (any)
+            for (Py_ssize_t t = i; t < end; t++)
+                if (x[t] >= kth && x[t] > -INFINITY && x[t] < INFINITY) ids[j] = t, kept[j++] = x[t];
+    }
+    if (top_p < 1.0) { /* the most likely tokens whose probability reaches top_p */
+        float mx = kept[0];
+        for (Py_ssize_t j = 1; j < m; j++) mx = kept[j] > mx ? kept[j] : mx;
+        double sum = 0.0;
+        for (Py_ssize_t j = 0; j < m; j++) sum += w[j] = exp((double)kept[j] - (double)mx);
+        for (Py_ssize_t j = 0; j < m; j++) order[j] = (prob_index){w[j] / sum, j};
+        qsort(order, (size_t)m, sizeof(prob_index), by_prob_descending);
+        Py_ssize_t n_keep = 0;
+        double cumulative = 0.0;
+        while (n_keep < m && (cumulative += order[n_keep].p) < top_p) n_keep++;
+        for (Py_ssize_t j = n_keep + 1; j < m; j++) kept[order[j].i] = -INFINITY;
+    }
+    if (min_p > 0.0) { /* drop tokens less likely than min_p times the most likely one */
+        float mx = -INFINITY;
+        for (Py_ssize_t j = 0; j < m; j++) mx = kept[j] > mx ? kept[j] : mx;
+        const double threshold = (double)mx + log(min_p);
+        for (Py_ssize_t j = 0; j < m; j++)
+            if (!((double)kept[j] >= threshold)) kept[j] = -INFINITY;
+    }
+    float mx = -INFINITY;
+    for (Py_ssize_t j = 0; j < m; j++) mx = (kept[j] = kept[j] / (float)temperature) > mx ? kept[j] : mx;
+    double sum = 0.0;
+    for (Py_ssize_t j = 0; j < m; j++) sum += w[j] = exp((double)kept[j] - (double)mx);
+    double cdf = 0.0, total = 0.0; /* the draw as NumPy's Generator.choice: the first cumulative share above u */
+    for (Py_ssize_t j = 0; j < m; j++) total += w[j] / sum;
+    token = -1;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        if (w[j] == 0.0) continue;
+        token = ids[j];
+        if ((cdf += w[j] / sum) / total > u) break;
+    }
+done:
+    free(ids);
+    free(kept);
+    free(w);
+    free(order);
+    return token;
+}
+
+/* sample(float32 buffer, top_k, top_p, min_p, temperature, u) -> token id, or -1 when no logit is finite */
+static PyObject *py_sample(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    int top_k;
+    double top_p, min_p, temperature, u;
+    if (!PyArg_ParseTuple(args, "y*idddd", &buf, &top_k, &top_p, &min_p, &temperature, &u)) return NULL;
+    Py_ssize_t token;
+    Py_BEGIN_ALLOW_THREADS;
+    token = sample_row(buf.buf, buf.len / (Py_ssize_t)sizeof(float), top_k, top_p, min_p, temperature, u);
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&buf);
+    if (token == -2) return PyErr_NoMemory();
+    return PyLong_FromSsize_t(token);
 }
 
 /* read_bandwidth(buffer, n_threads, repetitions) -> GB/s */
@@ -987,6 +1093,7 @@ static PyObject *py_read_bandwidth(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"kth_largest", py_kth_largest, METH_VARARGS, "The k-th largest of a float32 row (a top-k threshold)."},
+    {"sample", py_sample, METH_VARARGS, "One draw of the sampler's top-k/top-p/min-p/temperature chain."},
     {"read_bandwidth", py_read_bandwidth, METH_VARARGS, "Memory read bandwidth over a buffer, GB/s."},
     {"model_create", py_model_create, METH_VARARGS, "Build a whole-model plan from weight addresses."},
     {"forward", py_forward, METH_VARARGS, "Run sequences' tokens through a model plan, filling their KV caches and logits."},

@@ -24,20 +24,6 @@ static void norm_rows(float *y, const float *x, const el_weight *w, int n_rows, 
     for (int r = 0; r < n_rows; r++) rms_norm(y + (size_t)r * n, x + (size_t)r * n, w->data, n, eps);
 }
 
-/* exp(x) without a libm call, so loops over it vectorize: 2^(x log2 e) split into 2^n (exponent bits) and
- * 2^f, |f| <= 1/2, by its Taylor series to degree 6 (relative error < 2e-7). */
-static inline float fast_expf(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float t = x * 1.4426950408889634f;
-    const float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest */
-    const float f = (t - n) * 0.6931471805599453f;
-    const float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720))))));
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof(scale));
-    return p * scale;
-}
-
 /* cos/sin of every (position, pair) of this batch, T x n_rot/2 each, as ggml_rope_ext: pair i turns by
  * position * base^(-2i/n_rot) / factors[i], times scale; with YaRN (ext_factor) the angle blends from the original
  * one (pairs below yarn_low) to the interpolated one (above yarn_high); cos and sin are multiplied by mscale. */
@@ -142,7 +128,7 @@ static void attn_item(const attn_ctx *c, int item, int ith) {
             if (s[j - a] > mx) mx = s[j - a];
         }
         for (int j = a; j < b; j++) {
-            const float e = j >= lo && j <= hi ? fast_expf(s[j - a] - mx) : 0.0f;
+            const float e = j >= lo && j <= hi ? el_expf(s[j - a] - mx) : 0.0f;
             s[j - a] = e;
             sum += e;
         }
@@ -171,7 +157,7 @@ static void attn_merge_item(const attn_ctx *c, int item) {
         for (int s = 0; s < c->n_split; s++) {
             const float *p = parts + ((size_t)s * R + r) * (dv + 2);
             if (p[dv + 1] <= 0.0f) continue;
-            const float w = c->n_split == 1 ? 1.0f : fast_expf(p[dv] - mx);
+            const float w = c->n_split == 1 ? 1.0f : el_expf(p[dv] - mx);
             total += w * p[dv + 1];
             for (int d = 0; d < dv; d++) o[d] += w * p[d];
         }
@@ -400,13 +386,6 @@ static void add_bias(float *x, const el_weight *b, int n_tokens, int n) {
         for (int i = 0; i < n; i++) x[(size_t)t * n + i] += bias[i];
 }
 
-/* 0.5 x (1 + tanh(y)) == x / (1 + exp(-2y)), y = sqrt(2/pi) (x + 0.044715 x^3) */
-static inline float gelu_tanh(float x) {
-    return x / (1.0f + fast_expf(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
-}
-
-static inline float silu(float x) { return x / (1.0f + fast_expf(-x)); }
-
 /* bytes for the quantized activations of the largest product of this batch (they are reused by each) */
 static size_t max_scratch(const el_model *m, int n_tokens) {
     size_t best = el_matmul_scratch_bytes((enum el_type)m->output.type, m->output.n_cols, n_tokens);
@@ -497,11 +476,8 @@ static void gate_task(void *vctx, int ith, int nth) {
     token_range(c->n_tokens, ith, nth, &t0, &t1);
     float *g = c->g + (size_t)t0 * F, *u = c->u + (size_t)t0 * F;
     const size_t n = (size_t)(t1 - t0) * F;
-    if (c->m->gelu) {
-        for (size_t i = 0; i < n; i++) g[i] = gelu_tanh(g[i]) * u[i];
-    } else {
-        for (size_t i = 0; i < n; i++) g[i] = silu(g[i]) * u[i];
-    }
+    if (el_traits[EL_F32].glu) el_traits[EL_F32].glu(g, u, n, c->m->gelu);
+    else el_glu_rows(g, u, n, c->m->gelu);
 }
 
 /* a matrix of n_rows x n_cols whose rows are whole blocks, with a matrix product in its type */

@@ -714,7 +714,10 @@ static void mix_f16(int n, int m, float *s, size_t bs, const float *p, size_t bp
     mix_x8(n, m, s, bs, p, bp, nr, x, bx, 1);
 }
 
+static void glu_f32(float *g, const float *u, size_t n, int gelu) { el_glu_rows(g, u, n, gelu); }
+
 void el_register_avx2(el_type_traits *t) {
+    t[EL_F32].glu = glu_f32;
     t[EL_F32].mix = mix_f32;
     t[EL_F16].mix = mix_f16;
     t[EL_F32].dot_rows = dot_rows_f32;

@@ -706,7 +706,10 @@ INL void gemm16_q8_0_tile(const int NC, int n, float *s, size_t bs, const uint8_
 GEMM16(gemm16_q4_1, gemm16_q4_1_tile)
 GEMM16(gemm16_q8_0, gemm16_q8_0_tile)
 
+static void glu_f32(float *g, const float *u, size_t n, int gelu) { el_glu_rows(g, u, n, gelu); }
+
 void el_register_avx512(el_type_traits *t) {
+    t[EL_F32].glu = glu_f32;
     t[EL_F32].mix = mix_f32;
     t[EL_F16].mix = mix_f16;
     t[EL_F32].dot_rows = dot_rows_f32;
