@@ -3,15 +3,17 @@ threads, measured side by side (alternating rounds).
 
     python benchmarks/server_throughput.py -m smollm2-135m --threads 2 --streams 4 --tokens 128 --rounds 3 [--json]
 
-Each stream is a streamed chat completion (the official openai client) of a different prompt with ignore-eos-like
-settings: max_tokens fixed and a logit bias against the end-of-turn token, so every stream generates exactly
---tokens tokens. Reported: per configuration the median over rounds of total tokens / wall time from the first
+Each stream is a streamed chat completion of a different prompt with ignore-eos-like settings: max_tokens fixed and
+a logit bias against the end-of-turn token, so every stream generates exactly --tokens tokens. The load generator
+runs on the server's own cores, so by default it is the standard library's HTTP client reading the SSE events
+(`--client openai`: the official client, which spends a few hundred microseconds of CPU per chunk). Reported: per configuration the median over rounds of total tokens / wall time from the first
 request sent to the last stream finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -21,6 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -42,19 +45,59 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_streams(client, n: int, tokens: int, bias: dict) -> tuple[float, int]:
-    """n concurrent streams; (seconds from the first request to the last token, tokens generated)."""
+def request_body(i: int, tokens: int, bias: dict) -> dict:
+    return {"model": "x", "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": tokens,
+            "temperature": 0.8, "seed": i, "logit_bias": bias, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+
+
+def stream_openai(client, i: int, tokens: int, bias: dict) -> int:
+    """One streamed chat completion through the official client; the completion tokens its usage chunk reports."""
+    body = request_body(i, tokens, bias)
+    stream = client.chat.completions.create(**body)
+    used = 0
+    for chunk in stream:
+        if chunk.usage is not None:
+            used = chunk.usage.completion_tokens
+    return used
+
+
+def stream_raw(url: str, i: int, tokens: int, bias: dict) -> int:
+    """The same request over the standard library's HTTP client: each SSE event parsed as JSON, the stream checked
+    (content chunks, a usage chunk, then [DONE]), at a small fraction of the official client's CPU per chunk."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(request_body(i, tokens, bias)),
+                     {"Content-Type": "application/json", "Authorization": "Bearer none"})  # fmt: skip
+        response = conn.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"stream {i}: HTTP {response.status}: {response.read()[:200]!r}")
+        used, done = 0, False
+        for line in response:
+            if not line.startswith(b"data: "):
+                continue
+            if line.strip() == b"data: [DONE]":
+                done = True
+                break
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                used = chunk["usage"]["completion_tokens"]
+        if not done:
+            raise RuntimeError(f"stream {i} ended without data: [DONE]")
+        return used
+    finally:
+        conn.close()
+
+
+def run_streams(one, n: int) -> tuple[float, int]:
+    """n concurrent streams, `one(i)` each; (seconds from the first request to the last token, tokens generated)."""
     counts = [0] * n
 
-    def one(i: int) -> None:
-        stream = client.chat.completions.create(
-            model="x", messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], max_tokens=tokens,
-            temperature=0.8, seed=i, logit_bias=bias, stream=True, stream_options={"include_usage": True})  # fmt: skip
-        for chunk in stream:
-            if chunk.usage is not None:
-                counts[i] = chunk.usage.completion_tokens
+    def worker(i: int) -> None:
+        counts[i] = one(i)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -71,10 +114,12 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ctx-size", type=int, default=1024)
+    parser.add_argument("--cache-type", choices=["f32", "f16", "q8_0"], default="f32", help="the server's KV cache")
+    parser.add_argument("--client", choices=["raw", "openai"], default="raw",
+                        help="load generator: the standard library's HTTP client (default: it takes little of the "
+                             "cores the server runs on) or the official openai client")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    import openai
-
     from edgellm import hub
     from edgellm.api import LLM
 
@@ -82,21 +127,33 @@ def main() -> int:
     tok = LLM(path, n_ctx=64).tokenizer
     bias = {str(t): -100 for t in tok.eog_ids}  # every stream generates exactly --tokens tokens
     server = start_server(path, "--threads", str(args.threads), "--parallel", str(args.streams), "--ctx-size",
-                          str(args.ctx_size))  # fmt: skip
+                          str(args.ctx_size), "--cache-type", args.cache_type)  # fmt: skip
     try:
-        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=600)
-        run_streams(client, 1, 8, bias)  # warm up
+        if args.client == "openai":
+            import openai
+
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=600)
+
+            def one(i: int, tokens: int = args.tokens) -> int:
+                return stream_openai(client, i, tokens, bias)
+        else:
+
+            def one(i: int, tokens: int = args.tokens) -> int:
+                return stream_raw(server.url, i, tokens, bias)
+
+        run_streams(lambda i: one(i, 8), 1)  # warm up
         single, multi = [], []
         for _ in range(args.rounds):  # alternating, so drift of the host hits both alike
-            seconds, n = run_streams(client, 1, args.tokens, bias)
+            seconds, n = run_streams(one, 1)
             single.append(n / seconds)
-            seconds, n = run_streams(client, args.streams, args.tokens, bias)
+            seconds, n = run_streams(one, args.streams)
             multi.append(n / seconds)
         rss = server.metrics()["edgellm_process_resident_memory_bytes"]
     finally:
         stop_server(server)
     result = {
-        "cpu": cpu_name(), "model": path.name, "threads": args.threads, "streams": args.streams,
+        "cpu": cpu_name(), "model": path.name, "threads": args.threads, "streams": args.streams, "client": args.client,
+        "cache_type": args.cache_type,
         "tokens_per_stream": args.tokens, "rounds": args.rounds, "single_tps": statistics.median(single),
         "multi_tps": statistics.median(multi), "ratio": statistics.median(multi) / statistics.median(single),
         "single_runs": single, "multi_runs": multi, "server_rss_mb": rss / 1e6,
