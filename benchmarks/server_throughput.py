@@ -141,7 +141,7 @@ def main() -> int:
             def one(i: int, tokens: int = args.tokens) -> int:
                 return stream_raw(server.url, i, tokens, bias)
 
-        run_streams(lambda i: one(i, 8), 1)  # warm up
+        run_streams(lambda i: one(i, 8), args.streams)  # warm up every slot: its cache pages, its prompt cached
         single, multi = [], []
         for _ in range(args.rounds):  # alternating, so drift of the host hits both alike
             seconds, n = run_streams(one, 1)
