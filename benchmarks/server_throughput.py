@@ -114,7 +114,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ctx-size", type=int, default=1024)
-    parser.add_argument("--cache-type", choices=["f32", "f16", "q8_0"], default="f32", help="the server's KV cache")
+    parser.add_argument("--cache-type", choices=["f32", "f16", "q8_0"], default="f16", help="the server's KV cache")
     parser.add_argument("--client", choices=["raw", "openai"], default="raw",
                         help="load generator: the standard library's HTTP client (default: it takes little of the "
                              "cores the server runs on) or the official openai client")  # fmt: skip

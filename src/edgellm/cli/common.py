@@ -110,9 +110,10 @@ def sparsity_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"sparsity": getattr(args, "sparsity", None), "head": getattr(args, "head", None)}
 
 
-def add_cache_type_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-type", choices=["f32", "f16", "q8_0"], default="f32",
-                        help="KV cache storage: f32, f16 (half the memory) or q8_0 (about a quarter)")  # fmt: skip
+def add_cache_type_argument(parser: argparse.ArgumentParser, default: str = "f32") -> None:
+    parser.add_argument("--cache-type", choices=["f32", "f16", "q8_0"], default=default,
+                        help=f"KV cache storage: f32, f16 (half the memory) or q8_0 (about a quarter); "
+                             f"default {default}")  # fmt: skip
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

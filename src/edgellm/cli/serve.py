@@ -58,7 +58,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "(pip install 'edgellm[distributed]'; docs/distributed.md)")  # fmt: skip
     parser.add_argument("--link-gbps", type=positive_float, default=_env("link_gbps", None, positive_float),
                         metavar="GB/S", help="with --stages: emulate a link of this speed between stages")
-    add_cache_type_argument(parser)
+    add_cache_type_argument(parser, default="f16")  # llama-server's default: every slot holds a cache
     if os.environ.get("EDGELLM_CACHE_TYPE"):
         parser.set_defaults(cache_type=os.environ["EDGELLM_CACHE_TYPE"])
 

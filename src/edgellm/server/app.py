@@ -43,7 +43,7 @@ class ServerConfig:
     api_key: str | None = None
     mem_budget: str | None = None
     sparsity: str | None = None
-    cache_type: str = "f32"
+    cache_type: str = "f16"  # half of f32's memory per slot, and batched decode reads it faster (docs/server.md)
     queue_size: int = 64  # requests waiting for a slot before 503
     timeout: float = 600.0  # seconds a request may run (queue included)
     max_body_bytes: int = 4 << 20
