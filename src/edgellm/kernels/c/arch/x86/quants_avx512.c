@@ -638,8 +638,16 @@ static void mix_f16(int n, int m, float *s, size_t bs, const float *p, size_t bp
 
 /* ---- 16 interleaved rows (el_pack16): lane i of every vector is row i ---- */
 
-INL __m512 f16_splat(const void *p) {
-    return _mm512_set1_ps(_cvtsh_ss((unsigned short)(*(const uint8_t *)p | ((const uint8_t *)p)[1] << 8)));
+/* the two fp16 values at p (an activation block's scale, and Q8_1's sum) as floats in lanes 0 and 1: one 32-bit load
+ * and one conversion for both */
+INL __m128 f16_scales(const void *p) { return _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(p))); }
+
+/* acc += unsigned bytes of w times the signed 4-byte group at p in every lane, the group broadcast from memory by
+ * the instruction itself ({1to16}): GCC issues a separate broadcast for _mm512_set1_epi32, one more uop per
+ * product, which a multi-row tile pays for every row */
+INL __m512i dpbusd_splat(__m512i acc, __m512i w, const void *p) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)p));
+    return acc;
 }
 
 /* Q4_1 against Q8_1 activations: sum_i d_w d_y q_w q_y + m_w s_y per block */
@@ -660,9 +668,10 @@ INL void gemm16_q4_1_tile(const int NC, int n, float *s, size_t bs, const uint8_
         for (int a = 0; a < NC; a++) {
             const uint8_t *yb = y + (size_t)a * by + (size_t)b * sizeof(block_q8_1);
             __m512i sum = _mm512_setzero_si512();
-            for (int k = 0; k < 8; k++) sum = _mm512_dpbusd_epi32(sum, wk[k], _mm512_set1_epi32((int)ld32(yb + 4 + 4 * k)));
-            acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, f16_splat(yb)), acc[a]);
-            acc[a] = _mm512_fmadd_ps(mw, f16_splat(yb + 2), acc[a]);
+            for (int k = 0; k < 8; k++) sum = dpbusd_splat(sum, wk[k], yb + 4 + 4 * k);
+            const __m128 ds = f16_scales(yb);
+            acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_broadcastss_ps(ds)), acc[a]);
+            acc[a] = _mm512_fmadd_ps(mw, _mm512_broadcastss_ps(_mm_movehdup_ps(ds)), acc[a]);
         }
     }
     for (int a = 0; a < NC; a++) _mm512_storeu_ps(s + (size_t)a * bs, acc[a]);
@@ -683,7 +692,7 @@ INL void gemm16_q8_0_tile(const int NC, int n, float *s, size_t bs, const uint8_
             const uint8_t *yb = y + (size_t)a * by + (size_t)b * sizeof(block_q8_0);
             __m512i sum = _mm512_sub_epi32(_mm512_setzero_si512(), corr);
             for (int k = 0; k < 8; k++) sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi32((int)ld32(yb + 2 + 4 * k)), wk[k]);
-            acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, f16_splat(yb)), acc[a]);
+            acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_broadcastss_ps(f16_scales(yb))), acc[a]);
         }
     }
     for (int a = 0; a < NC; a++) _mm512_storeu_ps(s + (size_t)a * bs, acc[a]);
